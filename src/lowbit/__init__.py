@@ -1,0 +1,42 @@
+"""lowbit: train, compress and deploy quantized neural networks at any bit width."""
+
+from lowbit import functional
+from lowbit.convert import LayerPlan, plan, quantize
+from lowbit.errors import (
+    BitsError,
+    CheckpointError,
+    DataError,
+    LowbitError,
+    MethodError,
+    NonFiniteError,
+    NoQuantizableLayerError,
+)
+from lowbit.nn import QuantAct, QuantConv2d, QuantLinear, set_quantization
+from lowbit.quantizers import METHODS, get_method
+from lowbit.recipe import LayerRule, Recipe
+from lowbit.size import model_bytes
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "METHODS",
+    "BitsError",
+    "CheckpointError",
+    "DataError",
+    "LayerPlan",
+    "LayerRule",
+    "LowbitError",
+    "MethodError",
+    "NoQuantizableLayerError",
+    "NonFiniteError",
+    "QuantAct",
+    "QuantConv2d",
+    "QuantLinear",
+    "Recipe",
+    "functional",
+    "get_method",
+    "model_bytes",
+    "plan",
+    "quantize",
+    "set_quantization",
+]

@@ -1,0 +1,111 @@
+"""The weight and activation quantizers Q_b and A_b of C. Ivan, "Quantization Schemes for
+Training Neural Networks" (shared/papers/ivan-quantization-schemes-for-training).
+
+Q_b, eq. (3), on x in [-1, 1], with s = 2^(b-1):
+    Q_b(x) = max(0, ceil(x s)/s) + max(0, -floor(x s)/s) * sign(x)
+  i.e. ceil(x s)/s for x > 0 and floor(x s)/s for x < 0: 2^b levels +-k/s, k = 1..s, no zero.
+  Deviation: eq. (3) gives Q_b(0) = 0, a (2^b + 1)-th level that the paper dismisses as having
+  probability 2^-32 per weight. We map x = 0 to +1/s, the level of the smallest positive
+  inputs, so that there are exactly 2^b levels (every b-bit code is used, no extra one) and
+  Q_1 is the sign function with sign(0) = +1, as the paper says it reduces to.
+  Note: the paper's text lists the levels as +-alpha k / 2^b; eq. (3) gives +-alpha k / 2^(b-1),
+  which is what we follow (the text's set would need b + 1 bits).
+  Backward: straight-through, dQ/dx = 1.
+
+Eq. (4), the scaled layer weight: W = |alpha| * Q_b(w_hat), w_hat = w / max|w|.
+  Deviation (reading): the paper writes w_hat = alpha w / max|w| *and* multiplies Q_b by |alpha|,
+  which would scale twice and feed Q_b values outside [-1, 1]; its own stated level set
+  {+-alpha k / ...} follows from feeding Q_b the weights scaled to [-1, 1] and multiplying by
+  |alpha| once, which is what we do. max|w| is a statistic (no gradient flows through it):
+  dW/dw = |alpha| / max|w|, dW/dalpha = sign(alpha) Q_b(w_hat).
+
+A_b, eq. (5), with n = 2^b - 1 and x_hat = clip(x, 0, n):
+    A_b(x) = ReLU( max(x_hat)/n * ceil(x_hat n / max(x_hat)) )
+  2^b levels {0, M/n, ..., M}, M = max(x_hat) over the tensor. Backward: straight-through
+  inside the clip range, dA/dx = 1 for 0 < x <= n, 0 elsewhere (the gradients of ReLU and
+  clip). M is a statistic (no gradient). When M = 0 (no positive input) the output is 0.
+  ``max_value`` lets a module pass a running M for inference (see quantizers/ivan.py).
+
+Tests: tests/functional/test_ivan.py (numpy reference of eq. 3 and 5, gradients, properties).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lowbit.functional.checks import check_bits, check_finite, check_nonempty
+
+
+def ivan_weight_codes(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """Signed level index k in {-s..-1, 1..s} (float) with Q_b(x) = k / s, s = 2^(b-1)."""
+    s = float(2 ** (check_bits(bits) - 1))
+    k = torch.clamp(torch.ceil(x.abs() * s), 1.0, s)
+    return torch.where(x >= 0, k, -k)
+
+
+def ivan_weight(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """Q_b(x), ivan eq. (3), for x in [-1, 1]; straight-through gradient (see module doc)."""
+    s = float(2 ** (check_bits(bits) - 1))
+    q = ivan_weight_codes(x.detach(), bits) / s
+    return x + (q - x).detach()
+
+
+class _IvanScaledWeight(torch.autograd.Function):
+    """W = |alpha| Q_b(w / max|w|) and its straight-through gradient, in one Function."""
+
+    @staticmethod
+    def forward(ctx, w, alpha, bits):
+        m = w.abs().max()
+        m = torch.where(m > 0, m, torch.ones_like(m))
+        s = float(2 ** (bits - 1))
+        k = ivan_weight_codes(w / m, bits)
+        step = alpha.abs() / s
+        ctx.save_for_backward(k, alpha, m)
+        ctx.s = s
+        return k * step
+
+    @staticmethod
+    def backward(ctx, grad):
+        k, alpha, m = ctx.saved_tensors
+        grad_w = grad * (alpha.abs() / m)
+        grad_alpha = (grad * k).sum().reshape(alpha.shape) * (torch.sign(alpha) / ctx.s)
+        return grad_w, grad_alpha, None
+
+
+def ivan_scaled_weight(w: torch.Tensor, alpha: torch.Tensor, bits: int) -> torch.Tensor:
+    """Eq. (4): |alpha| * Q_b(w / max|w|). An all-zero ``w`` maps to +|alpha|/2^(b-1)."""
+    check_bits(bits)
+    check_nonempty(w, "weight")
+    check_finite(w, "weight")
+    return _IvanScaledWeight.apply(w, alpha, bits)
+
+
+class _IvanActivation(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, n, max_value):
+        xc = torch.clamp(x, 0.0, n)
+        m = xc.max() if max_value is None else max_value.to(xc.dtype)
+        m = torch.where(m > 0, m, torch.ones_like(m))  # M = 0: every x_hat is 0, output 0
+        step = m / n
+        k = torch.clamp(torch.ceil(xc / step), 0.0, n)
+        ctx.save_for_backward((x > 0) & (x <= n))
+        return k * step
+
+    @staticmethod
+    def backward(ctx, grad):
+        (inside,) = ctx.saved_tensors
+        return grad * inside, None, None
+
+
+def ivan_activation(
+    x: torch.Tensor, bits: int, max_value: torch.Tensor | None = None
+) -> torch.Tensor:
+    """A_b(x), ivan eq. (5). ``max_value`` replaces max(x_hat) (e.g. a running max in eval).
+
+    ``ceil(x_hat n / M)`` is computed as ``ceil(x_hat / (M / n))``, the same step the output is
+    multiplied by, so that outputs are exactly ``k * step`` for integer k in 0..n.
+    """
+    n = float(2 ** check_bits(bits) - 1)
+    if x.numel() == 0:
+        return x.clone()
+    return _IvanActivation.apply(x, n, max_value)

@@ -1,0 +1,26 @@
+"""Straight-through estimators (Bengio, Léonard, Courville, "Estimating or propagating gradients
+through stochastic neurons", arXiv:1308.3432, 2013).
+
+Forward: the rounding function. Backward: identity (dy/dx = 1). Written as
+``x + (r(x) - x).detach()``, which gives the identity gradient with no custom Function.
+Tested in tests/functional/test_ste.py.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    """round half to even forward, identity gradient."""
+    return x + (torch.round(x) - x).detach()
+
+
+def ceil_ste(x: torch.Tensor) -> torch.Tensor:
+    """ceil forward, identity gradient."""
+    return x + (torch.ceil(x) - x).detach()
+
+
+def floor_ste(x: torch.Tensor) -> torch.Tensor:
+    """floor forward, identity gradient."""
+    return x + (torch.floor(x) - x).detach()

@@ -1,0 +1,5 @@
+"""Quantized layers."""
+
+from lowbit.nn.layers import QuantAct, QuantConv2d, QuantLinear, set_quantization
+
+__all__ = ["QuantAct", "QuantConv2d", "QuantLinear", "set_quantization"]

@@ -1,0 +1,126 @@
+"""Quantized layers: nn.Linear / nn.Conv2d whose weight passes through a weight quantizer, and
+QuantAct, an activation quantizer standing where a float activation module stood.
+
+``quant_enabled = False`` makes each layer compute exactly what the float layer computes (same
+kernel, same float weight: bit-for-bit equal). ``grad_quant`` is an optional module applied to
+the layer output whose backward quantizes the gradient flowing into the layer (DoReFa eq. 31).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as TF
+from torch import nn
+
+from lowbit.quantizers.base import ActQuantizer, WeightQuantizer
+
+
+class _QuantWeightMixin:
+    weight_quant: WeightQuantizer | None
+    grad_quant: nn.Module | None
+    quant_enabled: bool
+
+    def _setup(self, weight_quant: WeightQuantizer | None) -> None:
+        self.register_module("weight_quant", weight_quant)
+        self.register_module("grad_quant", None)
+        self.quant_enabled = True
+
+    def quantized_weight(self) -> torch.Tensor:
+        if self.weight_quant is None or not self.quant_enabled:
+            return self.weight
+        return self.weight_quant(self.weight)
+
+    def _out(self, y: torch.Tensor) -> torch.Tensor:
+        if self.grad_quant is not None and self.quant_enabled:
+            return self.grad_quant(y)
+        return y
+
+
+def _adopt(q, mod: nn.Module, weight_quant: WeightQuantizer | None):
+    """Give the new quantized layer ``q`` everything of the float layer ``mod``."""
+    q.__dict__.update(mod.__dict__)  # hyper-parameters, training flag, hooks
+    q._parameters = dict(mod._parameters)
+    q._buffers = dict(mod._buffers)
+    q._modules = dict(mod._modules)
+    if weight_quant is not None:
+        weight_quant.init_from(mod.weight)
+        weight_quant.to(mod.weight.device)
+    q._setup(weight_quant)
+    return q
+
+
+class QuantLinear(_QuantWeightMixin, nn.Linear):
+    def __init__(self, in_features, out_features, bias=True, weight_quant=None, device=None,
+                 dtype=None) -> None:
+        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        self._setup(weight_quant)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._out(TF.linear(x, self.quantized_weight(), self.bias))
+
+    @classmethod
+    def from_float(cls, mod: nn.Linear, weight_quant: WeightQuantizer | None) -> QuantLinear:
+        """A QuantLinear sharing ``mod``'s weight and bias tensors (they are moved, not copied)."""
+        return _adopt(cls.__new__(cls), mod, weight_quant)
+
+    def to_float(self, bake: bool = False) -> nn.Linear:
+        """A plain nn.Linear with the float weight, or the quantized one when ``bake``."""
+        lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
+                        device=self.weight.device, dtype=self.weight.dtype)
+        with torch.no_grad():
+            lin.weight.copy_(self.quantized_weight() if bake else self.weight)
+            if self.bias is not None:
+                lin.bias.copy_(self.bias)
+        return lin
+
+
+class QuantConv2d(_QuantWeightMixin, nn.Conv2d):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._out(self._conv_forward(x, self.quantized_weight(), self.bias))
+
+    @classmethod
+    def from_float(cls, mod: nn.Conv2d, weight_quant: WeightQuantizer | None) -> QuantConv2d:
+        """A QuantConv2d sharing ``mod``'s parameters and hyper-parameters."""
+        return _adopt(cls.__new__(cls), mod, weight_quant)
+
+    def to_float(self, bake: bool = False) -> nn.Conv2d:
+        conv = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride,
+                         self.padding, self.dilation, self.groups, self.bias is not None,
+                         self.padding_mode, device=self.weight.device, dtype=self.weight.dtype)
+        with torch.no_grad():
+            conv.weight.copy_(self.quantized_weight() if bake else self.weight)
+            if self.bias is not None:
+                conv.bias.copy_(self.bias)
+        return conv
+
+
+class QuantAct(nn.Module):
+    """An activation quantizer in place of a float activation module (``float_act``).
+
+    If the quantizer replaces the activation (ivan's A_b contains the ReLU) it gets the input
+    directly; otherwise it quantizes ``float_act(x)``. Disabled, it is ``float_act`` exactly.
+    """
+
+    def __init__(self, quant: ActQuantizer, float_act: nn.Module) -> None:
+        super().__init__()
+        self.quant = quant
+        self.float_act = float_act
+        self.quant_enabled = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.quant_enabled:
+            return self.float_act(x)
+        if self.quant.REPLACES_ACTIVATION:
+            return self.quant(x)
+        return self.quant(self.float_act(x))
+
+
+QUANT_LAYERS = (QuantLinear, QuantConv2d, QuantAct)
+
+
+def set_quantization(model: nn.Module, enabled: bool) -> nn.Module:
+    """Switch every quantized layer of ``model`` on or off (off = the float computation)."""
+    for m in model.modules():
+        if isinstance(m, QUANT_LAYERS):
+            m.quant_enabled = bool(enabled)
+    return model

@@ -1,0 +1,79 @@
+"""Modules for ivan's Q_b weights with trainable scale alpha (eq. 3-4) and A_b activations (eq. 5).
+
+Formulas and deviations: :mod:`lowbit.functional.ivan`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lowbit.functional.codebook import signed_to_codes
+from lowbit.functional.ivan import ivan_activation, ivan_scaled_weight, ivan_weight_codes
+from lowbit.quantizers.base import ActQuantizer, WeightQuantizer
+
+
+class IvanWeight(WeightQuantizer):
+    """W = |alpha| Q_b(w / max|w|); alpha is one trainable scalar per layer (eq. 4).
+
+    alpha is initialised to max|w| of the float weight (``init_from``), so the quantized layer
+    starts at the float layer's scale (the paper does not state an initial value).
+    """
+
+    def __init__(self, bits: int) -> None:
+        super().__init__(bits)
+        self.alpha = nn.Parameter(torch.ones(()))
+
+    def init_from(self, weight: torch.Tensor) -> None:
+        with torch.no_grad():
+            m = weight.detach().abs().max()
+            self.alpha.fill_(float(m) if float(m) > 0 else 1.0)
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return ivan_scaled_weight(weight, self.alpha, self.bits)
+
+    @torch.no_grad()
+    def encode(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        ivan_scaled_weight(weight, self.alpha, self.bits)  # same checks as forward
+        s = 2 ** (self.bits - 1)
+        m = weight.abs().max()
+        m = torch.where(m > 0, m, torch.ones_like(m))
+        k = ivan_weight_codes(weight / m, self.bits)
+        levels = torch.cat([torch.arange(-s, 0), torch.arange(1, s + 1)]).to(weight)
+        return signed_to_codes(k, s), levels * (self.alpha.abs() / float(s))
+
+    def storage_scalars(self, weight: torch.Tensor) -> int:
+        return 1  # alpha: the levels are alpha * k / 2^(b-1)
+
+
+class IvanAct(ActQuantizer):
+    """A_b (eq. 5): ReLU, clip to [0, 2^b - 1], 2^b levels up to the tensor's max M.
+
+    Training uses the batch's M, as the paper. Inference uses a running average of the batch
+    maxima (momentum 0.1), so a test prediction does not depend on the rest of its batch.
+    Deviation: the paper does not say what M is at inference.
+    """
+
+    def __init__(self, bits: int, momentum: float = 0.1) -> None:
+        super().__init__(bits)
+        self.momentum = momentum
+        self.register_buffer("running_max", torch.zeros(()))
+        self.register_buffer("num_batches", torch.zeros((), dtype=torch.long))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.numel() == 0:
+            return x.clone()
+        if self.training or int(self.num_batches) == 0:
+            m = torch.clamp(x.detach().max(), 0.0, float(2**self.bits - 1))
+            if self.training:
+                self._update(m)
+            return ivan_activation(x, self.bits, m)
+        return ivan_activation(x, self.bits, self.running_max)
+
+    @torch.no_grad()
+    def _update(self, m: torch.Tensor) -> None:
+        if int(self.num_batches) == 0:
+            self.running_max.copy_(m)
+        else:
+            self.running_max.lerp_(m, self.momentum)
+        self.num_batches += 1

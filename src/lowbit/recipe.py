@@ -1,0 +1,83 @@
+"""Recipes: what to quantize, how, and at how many bits. Frozen dataclasses of plain values,
+validated once at construction (GUIDE.md principle 3).
+
+A method name is resolved through the one registry (:mod:`lowbit.quantizers.registry`);
+32 bits means "leave in float". Rules are applied in order after the defaults, the last
+matching rule wins, and a rule naming a first or last layer overrides ``keep_first``/``keep_last``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import asdict, dataclass, field
+
+from lowbit.functional.checks import FLOAT_BITS, check_bits
+from lowbit.quantizers.registry import validate
+
+
+@dataclass(frozen=True)
+class LayerRule:
+    """Override for the modules whose qualified name matches ``pattern`` (fnmatch syntax).
+
+    Weight layers (Linear/Conv2d) take ``weight``/``w_bits``; activation modules take
+    ``act``/``a_bits``; ``None`` keeps the recipe's value. ``w_bits=32`` keeps a layer in float.
+    """
+
+    pattern: str
+    weight: str | None = None
+    w_bits: int | None = None
+    act: str | None = None
+    a_bits: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.pattern, str) or not self.pattern:
+            raise ValueError("LayerRule.pattern must be a non-empty string")
+        for bits, what in ((self.w_bits, "w_bits"), (self.a_bits, "a_bits")):
+            if bits is not None:
+                check_bits(bits, what=f"LayerRule({self.pattern!r}).{what}")
+
+    def matches(self, name: str) -> bool:
+        return fnmatch.fnmatchcase(name, self.pattern)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Weight method and bits, activation method and bits, per-layer rules.
+
+    ``keep_first``/``keep_last``: the first and last weight layers (in module registration
+    order) stay in float, XNOR-Net's practice (Rastegari et al. 2016, sec. 4); set them to
+    False to quantize every layer, as Ivan's experiments do.
+    """
+
+    weight: str = "ivan"
+    w_bits: int = FLOAT_BITS
+    act: str = "ivan"
+    a_bits: int = FLOAT_BITS
+    rules: tuple[LayerRule, ...] = field(default_factory=tuple)
+    keep_first: bool = True
+    keep_last: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rules", tuple(self.rules))
+        validate(self.weight, "weight", check_bits(self.w_bits, what="w_bits"))
+        validate(self.act, "activation", check_bits(self.a_bits, what="a_bits"))
+        for rule in self.rules:
+            if not isinstance(rule, LayerRule):
+                raise TypeError(f"Recipe.rules must hold LayerRule objects, got {rule!r}")
+            w = rule.weight or self.weight
+            a = rule.act or self.act
+            validate(w, "weight", rule.w_bits if rule.w_bits is not None else self.w_bits)
+            validate(a, "activation", rule.a_bits if rule.a_bits is not None else self.a_bits)
+
+    @property
+    def is_float(self) -> bool:
+        return self.w_bits == FLOAT_BITS and self.a_bits == FLOAT_BITS and not self.rules
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Recipe:
+        d = dict(d)
+        d["rules"] = tuple(LayerRule(**r) for r in d.get("rules", ()))
+        return cls(**d)
