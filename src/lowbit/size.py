@@ -30,7 +30,8 @@ def model_bytes(model: nn.Module) -> dict[str, int]:
         quantizer_state |= {id(t) for t in q.buffers()}
         if not isinstance(m, QuantAct):
             w = m.weight.detach()
-            weight_bytes[id(m.weight)] = math.ceil(w.numel() * q.bits / 8) + 4 * q.storage_scalars(w)
+            codes = math.ceil(w.numel() * q.bits / 8)
+            weight_bytes[id(m.weight)] = codes + 4 * q.storage_scalars(w)
     float_bytes = packed = 0
     for t in model.parameters():  # quantizer parameters are counted by storage_scalars
         if id(t) not in quantizer_state:
