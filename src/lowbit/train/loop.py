@@ -1,0 +1,238 @@
+"""The plain training loop: fit(), evaluate() and the batch iterator they share.
+
+Exact resume: the shuffle order of epoch ``e`` comes from a fresh ``torch.Generator`` seeded
+from ``(config.seed, e)``, and the checkpoint written after every epoch holds the model,
+optimizer and scheduler states plus the global torch RNG state (dropout, stochastic quantizers).
+Training 2 epochs, stopping and resuming to 4 gives the same weights, bit for bit, as 4 epochs
+in one go (tests/train/test_train_fit.py::test_resume_is_bit_exact).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from lowbit.errors import CheckpointError
+from lowbit.train.checkpoint import atomic_save, load_checkpoint, make_checkpoint
+from lowbit.train.config import TrainConfig
+from lowbit.train.metrics import append_jsonl, rewrite_jsonl
+from lowbit.train.optim import make_optimizer, make_scheduler
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "checkpoint.pt"
+METRICS_NAME = "metrics.jsonl"
+Dataset = tuple[Tensor, Tensor]
+
+
+def as_dataset(data: tuple[Any, Any], name: str) -> Dataset:
+    """Check ``(images uint8 (N, C, H, W), labels int (N,))``; return tensors, labels int64."""
+    images, labels = (torch.as_tensor(part) for part in data)
+    if images.dtype != torch.uint8 or images.dim() != 4:
+        raise ValueError(f"{name} images must be uint8 (N, C, H, W), "
+                         f"got {images.dtype} {tuple(images.shape)}")
+    if labels.dim() != 1 or labels.dtype.is_floating_point or len(labels) != len(images):
+        raise ValueError(f"{name} labels must be integers of shape ({len(images)},), "
+                         f"got {labels.dtype} {tuple(labels.shape)}")
+    if len(images) == 0:
+        raise ValueError(f"{name} set is empty")
+    return images, labels.long()
+
+
+def iterate_batches(
+    images: Tensor, labels: Tensor, batch_size: int, generator: torch.Generator | None = None
+) -> Iterator[Dataset]:
+    """Yield ``(float images / 255, labels)`` batches; shuffled iff a ``generator`` is given.
+
+    The last batch may be smaller. Conversion to float happens per batch to keep memory low.
+    """
+    n = len(images)
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    for start in range(0, n, batch_size):
+        index = order[start : start + batch_size]
+        yield images[index].float().div_(255.0), labels[index]
+
+
+def _device(model: nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def evaluate(
+    model: nn.Module, images: Tensor, labels: Tensor, batch_size: int = 1000
+) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy (0..1) of ``model`` on uint8 ``images``.
+
+    Runs under ``torch.no_grad()`` in eval mode; the model's previous mode is restored.
+    """
+    images, labels = as_dataset((images, labels), "evaluate")
+    device, was_training = _device(model), model.training
+    total_loss, correct = 0.0, 0
+    model.eval()
+    try:
+        with torch.no_grad():
+            for x, y in iterate_batches(images, labels, batch_size):
+                x, y = x.to(device), y.to(device)
+                logits = model(x)
+                total_loss += F.cross_entropy(logits, y, reduction="sum").item()
+                correct += int((logits.argmax(dim=1) == y).sum())
+    finally:
+        model.train(was_training)
+    return total_loss / len(labels), correct / len(labels)
+
+
+def shuffle_seed(seed: int, epoch: int) -> int:
+    """Seed of epoch ``epoch``'s shuffle; distinct for every (seed, epoch) with epoch < 2**20,
+    so runs with seeds s and s+1 do not share shuffles shifted by one epoch."""
+    return (seed << 20) + epoch
+
+
+def train_epoch(
+    model: nn.Module,
+    data: Dataset,
+    optimizer: torch.optim.Optimizer,
+    config: TrainConfig,
+    epoch: int,
+    progress: bool = True,
+) -> tuple[float, float]:
+    """One pass over ``data`` (0-based ``epoch``); returns mean training loss and accuracy.
+
+    Raises ``FloatingPointError`` naming the epoch and batch (1-based) on a NaN/Inf loss.
+    """
+    images, labels = data
+    device, num_batches = _device(model), math.ceil(len(labels) / config.batch_size)
+    generator = torch.Generator().manual_seed(shuffle_seed(config.seed, epoch))
+    batches = tqdm(iterate_batches(images, labels, config.batch_size, generator),
+                   total=num_batches, disable=not progress, leave=False,
+                   desc=f"epoch {epoch + 1}/{config.epochs}")
+    total_loss, correct = 0.0, 0
+    model.train()
+    for batch, (x, y) in enumerate(batches, start=1):
+        x, y = x.to(device), y.to(device)
+        logits = model(x)
+        loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
+        if not torch.isfinite(loss):
+            batches.close()
+            raise FloatingPointError(f"training loss is {loss.item()} at epoch {epoch + 1}, "
+                                     f"batch {batch} of {num_batches}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total_loss += loss.item() * len(y)
+        correct += int((logits.detach().argmax(dim=1) == y).sum())
+        batches.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+    batches.close()
+    return total_loss / len(labels), correct / len(labels)
+
+
+def _config_diff(stored: dict[str, Any], config: TrainConfig) -> list[str]:
+    current = asdict(config)
+    keys = (set(stored) | set(current)) - {"num_threads"}
+    return sorted(f"{k}: {stored.get(k)!r} -> {current.get(k)!r}"
+                  for k in keys if stored.get(k) != current.get(k))
+
+
+def _restore(path: Path, model: nn.Module, optimizer, scheduler, config: TrainConfig) -> list:
+    """Load the checkpoint at ``path`` into the training objects; return its metrics history."""
+    state = load_checkpoint(path)
+    diff = _config_diff(state["config"], config)
+    if diff:
+        raise CheckpointError(f"{path} was written with a different TrainConfig ({'; '.join(diff)})"
+                              "; resume with the same config or start a fresh run")
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng_state"])
+    except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+        raise CheckpointError(
+            f"checkpoint {path} does not fit this model/optimizer: {exc}"
+        ) from exc
+    history = list(state["history"])
+    if state["epoch"] != len(history):
+        raise CheckpointError(f"checkpoint {path} is inconsistent: epoch {state['epoch']} "
+                              f"but {len(history)} metrics records")
+    return history
+
+
+def _start(model, optimizer, scheduler, config: TrainConfig, out_dir: Path, resume: bool) -> list:
+    """Restore from ``out_dir`` if asked and possible; (re)write metrics.jsonl to match."""
+    path, history = out_dir / CHECKPOINT_NAME, []
+    if resume and path.exists():
+        history = _restore(path, model, optimizer, scheduler, config)
+        log.info("resuming from %s after epoch %d of %d", path, len(history), config.epochs)
+    elif resume:
+        log.info("resume requested but %s does not exist; starting from scratch", path)
+    rewrite_jsonl(history, out_dir / METRICS_NAME)
+    return history
+
+
+def _summary(history: list[dict[str, Any]]) -> dict[str, Any]:
+    last = history[-1]
+    return {
+        "test_accuracy": last["test_accuracy"],
+        "test_loss": last["test_loss"],
+        "epochs": len(history),
+        "wall_seconds": sum(record["epoch_seconds"] for record in history),
+        "history": history,
+    }
+
+
+def fit(
+    model: nn.Module,
+    train: tuple[Tensor, Tensor],
+    test: tuple[Tensor, Tensor],
+    config: TrainConfig,
+    out_dir: str | Path,
+    resume: bool = False,
+    progress: bool = True,
+    on_epoch_start: Callable[[int, nn.Module], None] | None = None,
+) -> dict[str, Any]:
+    """Train ``model`` on uint8 ``train`` images for ``config.epochs`` epochs.
+
+    After every epoch, writes ``out_dir/checkpoint.pt`` atomically and appends one line to
+    ``out_dir/metrics.jsonl`` (epoch (1-based), train/test loss and accuracy, lr, epoch_seconds).
+    ``resume=True`` continues from the checkpoint (from scratch, logged, if there is none);
+    the config must match the checkpoint's (``num_threads`` excepted). ``on_epoch_start`` is
+    called with the 0-based epoch index and the model before each epoch. Seeds torch with
+    ``config.seed`` first; model initialization is the caller's. Returns the summary:
+    test_accuracy, test_loss, epochs, wall_seconds (all epochs, resumed ones too), history.
+    """
+    data, test_data = as_dataset(train, "train"), as_dataset(test, "test")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if config.num_threads is not None:
+        torch.set_num_threads(config.num_threads)
+    torch.manual_seed(config.seed)
+    optimizer = make_optimizer(model, config)
+    scheduler = make_scheduler(optimizer, config)
+    history = _start(model, optimizer, scheduler, config, out_dir, resume)
+    for epoch in range(len(history), config.epochs):
+        if on_epoch_start is not None:
+            on_epoch_start(epoch, model)
+        started = time.perf_counter()
+        train_loss, train_accuracy = train_epoch(model, data, optimizer, config, epoch, progress)
+        test_loss, test_accuracy = evaluate(model, *test_data)
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+        record = {"epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": train_accuracy,
+                  "test_loss": test_loss, "test_accuracy": test_accuracy, "lr": lr,
+                  "epoch_seconds": time.perf_counter() - started}
+        history.append(record)
+        atomic_save(make_checkpoint(
+            epoch=epoch + 1, model=model.state_dict(), optimizer=optimizer.state_dict(),
+            scheduler=scheduler.state_dict(), torch_rng_state=torch.get_rng_state(),
+            history=history, config=asdict(config)), out_dir / CHECKPOINT_NAME)
+        append_jsonl(record, out_dir / METRICS_NAME)
+        log.info("epoch %d/%d: %s", epoch + 1, config.epochs, record)
+    return _summary(history)

@@ -1,0 +1,85 @@
+"""TrainConfig validation, atomic_save, the batch iterator and evaluate()."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+from train_synthetic import make_data, make_model
+
+from lowbit.train import TrainConfig, atomic_save, evaluate, iterate_batches
+from lowbit.train.loop import shuffle_seed
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("epochs", 0), ("epochs", 2.0), ("epochs", True), ("batch_size", -1), ("lr", 0.0),
+     ("lr", float("nan")), ("optimizer", "rmsprop"), ("momentum", 1.0), ("weight_decay", -1e-4),
+     ("schedule", "linear"), ("seed", -1), ("seed", 2**32), ("label_smoothing", 1.0),
+     ("num_threads", 0)],
+)
+def test_config_rejects(field: str, value: object) -> None:
+    with pytest.raises(ValueError, match=field):
+        TrainConfig(**{field: value})
+
+
+def test_config_is_frozen() -> None:
+    config = TrainConfig()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.lr = 1.0  # type: ignore[misc]
+
+
+def test_atomic_save_replaces_and_leaves_no_temp(tmp_path) -> None:
+    path = tmp_path / "model.pt"
+    atomic_save({"a": torch.arange(3)}, path)
+    atomic_save({"a": torch.arange(4)}, path)
+    assert torch.equal(torch.load(path, weights_only=True)["a"], torch.arange(4))
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
+
+
+def test_atomic_save_failure_keeps_old_file(tmp_path) -> None:
+    path = tmp_path / "model.pt"
+    atomic_save({"a": torch.arange(3)}, path)
+    with pytest.raises(Exception):  # noqa: B017 - lambdas cannot be pickled; any error will do
+        atomic_save({"bad": lambda: 0}, path)
+    assert torch.equal(torch.load(path, weights_only=True)["a"], torch.arange(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
+
+
+def test_iterate_batches_covers_everything_once() -> None:
+    images, labels = make_data(10, seed=0)
+    g = torch.Generator().manual_seed(0)
+    batches = list(iterate_batches(images, labels, 4, g))
+    assert [len(y) for _, y in batches] == [4, 4, 2]
+    x = torch.cat([b[0] for b in batches])
+    assert x.dtype == torch.float32 and 0.0 <= x.min() and x.max() <= 1.0
+    order = torch.randperm(10, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(x, images[order].float() / 255)
+    assert torch.equal(torch.cat([b[1] for b in batches]), labels[order])
+    unshuffled = torch.cat([b[0] for b in iterate_batches(images, labels, 3)])
+    torch.testing.assert_close(unshuffled, images.float() / 255)
+
+
+def test_shuffle_seeds_do_not_overlap_across_runs() -> None:
+    seeds = {shuffle_seed(s, e) for s in range(5) for e in range(100)}
+    assert len(seeds) == 500
+
+
+def test_evaluate_matches_manual_and_restores_mode() -> None:
+    images, labels = make_data(25, seed=0)
+    model = make_model().train()
+    loss, accuracy = evaluate(model, images, labels, batch_size=7)
+    assert model.training
+    model.eval()
+    with torch.no_grad():
+        logits = model(images.float() / 255)
+    torch.testing.assert_close(loss, nn.functional.cross_entropy(logits, labels).item())
+    assert accuracy == int((logits.argmax(1) == labels).sum()) / 25
+
+
+def test_evaluate_rejects_float_images() -> None:
+    images, labels = make_data(4, seed=0)
+    with pytest.raises(ValueError, match="uint8"):
+        evaluate(make_model(), images.float(), labels)
