@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from train_synthetic import make_data, make_model
 
-from lowbit.train import TrainConfig, atomic_save, evaluate, iterate_batches
+from lowbit.train import TrainConfig, atomic_save, evaluate
 from lowbit.train.loop import shuffle_seed
 
 
@@ -46,20 +46,6 @@ def test_atomic_save_failure_keeps_old_file(tmp_path) -> None:
         atomic_save({"bad": lambda: 0}, path)
     assert torch.equal(torch.load(path, weights_only=True)["a"], torch.arange(3))
     assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
-
-
-def test_iterate_batches_covers_everything_once() -> None:
-    images, labels = make_data(10, seed=0)
-    g = torch.Generator().manual_seed(0)
-    batches = list(iterate_batches(images, labels, 4, g))
-    assert [len(y) for _, y in batches] == [4, 4, 2]
-    x = torch.cat([b[0] for b in batches])
-    assert x.dtype == torch.float32 and 0.0 <= x.min() and x.max() <= 1.0
-    order = torch.randperm(10, generator=torch.Generator().manual_seed(0))
-    torch.testing.assert_close(x, images[order].float() / 255)
-    assert torch.equal(torch.cat([b[1] for b in batches]), labels[order])
-    unshuffled = torch.cat([b[0] for b in iterate_batches(images, labels, 3)])
-    torch.testing.assert_close(unshuffled, images.float() / 255)
 
 
 def test_shuffle_seeds_do_not_overlap_across_runs() -> None:

@@ -2,6 +2,6 @@
 
 from lowbit.train.checkpoint import atomic_save, load_checkpoint
 from lowbit.train.config import TrainConfig
-from lowbit.train.loop import evaluate, fit, iterate_batches
+from lowbit.train.loop import evaluate, fit
 
-__all__ = ["TrainConfig", "atomic_save", "evaluate", "fit", "iterate_batches", "load_checkpoint"]
+__all__ = ["TrainConfig", "atomic_save", "evaluate", "fit", "load_checkpoint"]

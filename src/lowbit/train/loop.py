@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from lowbit.data.batches import iterate_batches
 from lowbit.errors import CheckpointError
 from lowbit.train.checkpoint import atomic_save, load_checkpoint, make_checkpoint
 from lowbit.train.config import TrainConfig
@@ -49,20 +50,6 @@ def as_dataset(data: tuple[Any, Any], name: str) -> Dataset:
     return images, labels.long()
 
 
-def iterate_batches(
-    images: Tensor, labels: Tensor, batch_size: int, generator: torch.Generator | None = None
-) -> Iterator[Dataset]:
-    """Yield ``(float images / 255, labels)`` batches; shuffled iff a ``generator`` is given.
-
-    The last batch may be smaller. Conversion to float happens per batch to keep memory low.
-    """
-    n = len(images)
-    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-    for start in range(0, n, batch_size):
-        index = order[start : start + batch_size]
-        yield images[index].float().div_(255.0), labels[index]
-
-
 def _device(model: nn.Module) -> torch.device:
     param = next(model.parameters(), None)
     return param.device if param is not None else torch.device("cpu")
@@ -81,7 +68,7 @@ def evaluate(
     model.eval()
     try:
         with torch.no_grad():
-            for x, y in iterate_batches(images, labels, batch_size):
+            for x, y in iterate_batches(images, labels, batch_size, shuffle=False):
                 x, y = x.to(device), y.to(device)
                 logits = model(x)
                 total_loss += F.cross_entropy(logits, y, reduction="sum").item()
@@ -89,6 +76,16 @@ def evaluate(
     finally:
         model.train(was_training)
     return total_loss / len(labels), correct / len(labels)
+
+
+def quantizer_hooks(model: nn.Module) -> tuple[list[nn.Module], list[tuple[nn.Module, Tensor]]]:
+    """Modules whose ``regularization()`` is added to the loss (e.g. PACT's L2 on alpha), and
+    (weight quantizer, weight) pairs whose ``after_step(weight)`` runs after every optimizer step
+    (e.g. BinaryConnect's clipping of the real-valued weights to [-1, 1])."""
+    regularized = [m for m in model.modules() if callable(getattr(m, "regularization", None))]
+    after = [(m.weight_quant, m.weight) for m in model.modules()
+             if callable(getattr(getattr(m, "weight_quant", None), "after_step", None))]
+    return regularized, after
 
 
 def shuffle_seed(seed: int, epoch: int) -> int:
@@ -112,15 +109,18 @@ def train_epoch(
     images, labels = data
     device, num_batches = _device(model), math.ceil(len(labels) / config.batch_size)
     generator = torch.Generator().manual_seed(shuffle_seed(config.seed, epoch))
-    batches = tqdm(iterate_batches(images, labels, config.batch_size, generator),
+    batches = tqdm(iterate_batches(images, labels, config.batch_size, True, generator),
                    total=num_batches, disable=not progress, leave=False,
                    desc=f"epoch {epoch + 1}/{config.epochs}")
     total_loss, correct = 0.0, 0
+    regularized, after_step = quantizer_hooks(model)
     model.train()
     for batch, (x, y) in enumerate(batches, start=1):
         x, y = x.to(device), y.to(device)
         logits = model(x)
         loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
+        for module in regularized:
+            loss = loss + module.regularization()
         if not torch.isfinite(loss):
             batches.close()
             raise FloatingPointError(f"training loss is {loss.item()} at epoch {epoch + 1}, "
@@ -128,6 +128,8 @@ def train_epoch(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        for module, weight in after_step:
+            module.after_step(weight)
         total_loss += loss.item() * len(y)
         correct += int((logits.detach().argmax(dim=1) == y).sum())
         batches.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
