@@ -1,0 +1,102 @@
+"""The cost of quantizing: one training step (forward, backward, Adam/SGD update) with Ivan's
+Q_b/A_b at 4 bits on every layer, against the same float model, measured interleaved in one
+run (rounds alternate float and quantized; medians and their ratio). Batch 128, real data.
+
+    .venv/bin/python benchmarks/qat_step_cost.py
+Targets (issue 2): LeNet300 <= 1.3x, ResNet-20 <= 1.15x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import lowbit
+from lowbit.data import load_dataset
+from lowbit.experiment import model_kwargs
+from lowbit.models import build_model
+
+OUT = Path(__file__).resolve().parent / "results" / "qat_step_cost"
+CASES = {"lenet300": ("mnist", 1.3), "resnet20": ("cifar10", 1.15)}
+
+
+def make_step(model, x, y):
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+
+    def step():
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def timed(step, n: int) -> float:
+    t = time.perf_counter()
+    for _ in range(n):
+        step()
+    return (time.perf_counter() - t) / n
+
+
+def measure(name: str, rounds: int, steps: int, batch: int) -> dict:
+    dataset, target = CASES[name]
+    data = load_dataset(dataset, "train")
+    x = data.images[:batch].float() / 255
+    y = data.labels[:batch]
+    torch.manual_seed(0)
+    net = build_model(**model_kwargs(name, data))
+    recipe = lowbit.Recipe("ivan", 4, "ivan", 4, keep_first=False, keep_last=False)
+    q = lowbit.quantize(copy.deepcopy(net), recipe)
+    f_step, q_step = make_step(net, x, y), make_step(q, x, y)
+    for _ in range(3):
+        f_step(), q_step()
+    fs, qs = [], []
+    for _ in range(rounds):
+        fs.append(timed(f_step, steps))
+        qs.append(timed(q_step, steps))
+    ratios = [b / a for a, b in zip(fs, qs, strict=True)]
+    f_med, q_med = statistics.median(fs), statistics.median(qs)
+    return {"model": name, "batch": batch, "float_ms": 1e3 * f_med, "quant_ms": 1e3 * q_med,
+            "ratio": q_med / f_med, "ratio_min": min(ratios), "ratio_max": max(ratios),
+            "float_samples_per_s": batch / f_med, "target": target,
+            "met": q_med / f_med <= target}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--models", nargs="+", default=list(CASES))
+    a = p.parse_args()
+    rows = []
+    for name in a.models:
+        steps = 30 if name == "lenet300" else 3
+        rows.append(measure(name, a.rounds, steps, a.batch))
+        print(rows[-1])
+    OUT.mkdir(parents=True, exist_ok=True)
+    meta = {"command": "python benchmarks/qat_step_cost.py", "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "machine": platform.processor() or platform.machine()}
+    (OUT / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    lines = ["# Training-step cost of Q_b/A_b at 4 bits vs float (median of interleaved rounds)",
+             "", f"Command: `{meta['command']}`; torch threads {meta['threads']}.", "",
+             "| model | batch | float ms/step | W4A4 ms/step | ratio [min, max] | target | met |",
+             "|---|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['batch']} | {r['float_ms']:.2f} | {r['quant_ms']:.2f} "
+                     f"| {r['ratio']:.2f} [{r['ratio_min']:.2f}, {r['ratio_max']:.2f}] "
+                     f"| {r['target']} | {'yes' if r['met'] else '**no**'} |")
+    (OUT / "results.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
