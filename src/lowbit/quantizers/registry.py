@@ -8,7 +8,22 @@ from dataclasses import dataclass
 from lowbit.errors import BitsError, MethodError
 from lowbit.functional.checks import FLOAT_BITS, check_bits
 from lowbit.quantizers.base import ActQuantizer, WeightQuantizer
+from lowbit.quantizers.binary import (
+    ABCWeight,
+    BinaryConnectWeight,
+    BNNAct,
+    BNNWeight,
+    XNORAct,
+    XNORWeight,
+)
+from lowbit.quantizers.dorefa import DoReFaAct, DoReFaWeight
+from lowbit.quantizers.hwgq import HWGQAct
 from lowbit.quantizers.ivan import IvanAct, IvanWeight
+from lowbit.quantizers.learned import LSQAct, LSQWeight, PACTAct
+from lowbit.quantizers.log2 import INQWeight, Pow2Act, Pow2Weight
+from lowbit.quantizers.soft import SoftAct, SoftWeight
+from lowbit.quantizers.stochastic import StochasticAct, StochasticWeight, WuWeight
+from lowbit.quantizers.ternary import TTQWeight, TWNWeight
 from lowbit.quantizers.uniform import UniformAct, UniformWeight
 
 
@@ -34,6 +49,116 @@ METHODS: dict[str, Method] = {
         "activations (Jacob et al. 2018); 2..16 bits",
         UniformWeight,
         UniformAct,
+    ),
+    "lsq": Method(
+        "lsq",
+        "LSQ (Esser et al. 2020): learned step size, eq. 1-3 with gradient scale; signed "
+        "weights 2..8 bits, unsigned activations after the ReLU 1..8 bits",
+        LSQWeight,
+        LSQAct,
+    ),
+    "pact": Method(
+        "pact",
+        "PACT (Choi et al. 2018): learned clipping level alpha replaces the ReLU, eq. 1-3, "
+        "1..8 bits; activations only (pair with a weight method, e.g. dorefa)",
+        None,
+        PACTAct,
+    ),
+    "binaryconnect": Method(
+        "binaryconnect",
+        "BinaryConnect (Courbariaux et al. 2015, eq. 1-3): weights sign(w) in {-1, +1}, "
+        "straight-through gradient, real weights clipped to [-1, 1] after each step; 1 bit, "
+        "weights only",
+        BinaryConnectWeight,
+        None,
+    ),
+    "bnn": Method(
+        "bnn",
+        "BNN (Hubara/Courbariaux et al. 2016): sign weights (clipped to [-1, 1]) and sign "
+        "activations with the gradient cancelled where |x| > 1; 1 bit",
+        BNNWeight,
+        BNNAct,
+    ),
+    "xnor": Method(
+        "xnor",
+        "XNOR-Net (Rastegari et al. 2016, eq. 2-4): weights alpha_c sign(w), alpha_c = mean|w| "
+        "per output channel, sign activations; 1 bit (a_bits 32 = BWN)",
+        XNORWeight,
+        XNORAct,
+    ),
+    "abc": Method(
+        "abc",
+        "ABC-Net (Lin et al. 2017): weights as M = bits shifted-sign bases with least-squares "
+        "scales; 1..5 bits, weights only",
+        ABCWeight,
+        None,
+    ),
+    "twn": Method(
+        "twn",
+        "TWN (Li & Liu 2016): ternary weights alpha {-1, 0, 1}, delta = 0.7 mean|w|; 2 bits, "
+        "weights only",
+        TWNWeight,
+        None,
+    ),
+    "ttq": Method(
+        "ttq",
+        "TTQ (Zhu et al. 2017): ternary weights {-W_n, 0, W_p} with trained scales, "
+        "delta = 0.05 max|w|; 2 bits, weights only",
+        TTQWeight,
+        None,
+    ),
+    "qnet": Method(
+        "qnet",
+        "Quantization Networks (Yang et al. 2019): sum of sigmoids with temperature, eq. 6 "
+        "(training) / steps eq. 11 (inference), k-means biases; weights 1..5 bits ({-1,1}, "
+        "{-1,0,1}, 3(+-4), {-7..7}, {-15..15}), activations {0..2^b-1} after the ReLU",
+        SoftWeight,
+        SoftAct,
+    ),
+    "hwgq": Method(
+        "hwgq",
+        "HWGQ (Cai et al. 2017): half-wave Gaussian quantizer replacing the ReLU, levels fitted "
+        "to N(0,1), clipped-ReLU backward; 1..8 bits, activations only (pair with xnor weights)",
+        None,
+        HWGQAct,
+    ),
+    "dorefa": Method(
+        "dorefa",
+        "DoReFa-Net (Zhou et al. 2016): weights 2 quantize_k(tanh(w)/(2 max|tanh w|) + 1/2) - 1 "
+        "(eq. 9; 1 bit: E|w| sign(w)), activations quantize_k(clip(x, 0, 1)) replacing the "
+        "ReLU; 1..16 bits (gradients: DoReFaGradient module, 2..16 bits)",
+        DoReFaWeight,
+        DoReFaAct,
+    ),
+    "pow2": Method(
+        "pow2",
+        "Logarithmic / power-of-two (Miyashita et al. 2016): {0, +-2^e}, e rounded in the log "
+        "domain below a top exponent fsr fixed from max|w|; weights 2..8 bits (sign + log "
+        "code), activations 1..8 bits (unsigned LogQuant of the ReLU output)",
+        Pow2Weight,
+        Pow2Act,
+    ),
+    "inq": Method(
+        "inq",
+        "INQ (Zhou et al. 2017): powers of two {0, +-2^n2..2^n1}, n1 = floor(log2(4 max|w|/3)), "
+        "frozen incrementally by magnitude (lowbit.train.inq.fit_inq); 2..8 bits, weights only",
+        INQWeight,
+        None,
+    ),
+    "stochastic": Method(
+        "stochastic",
+        "Fixed point with stochastic rounding (Gupta et al. 2015) in training, round to "
+        "nearest at eval; step 2^-FL from max|w| (weights, signed) or the running max "
+        "(ReLU outputs, unsigned); 2..16 bits",
+        StochasticWeight,
+        StochasticAct,
+    ),
+    "wu": Method(
+        "wu",
+        "WAGE rounding (Wu et al. 2018, survey eq. 10): clip(sigma round(w/sigma), -1+sigma, "
+        "1-sigma), sigma = 2^(1-k), with a fixed power-of-two layer scale; 2..8 bits, weights only",
+        WuWeight,
+        None,
     ),
     # zoo methods are added here (issue 3)
 }

@@ -1,0 +1,142 @@
+"""Modules for the learned-range quantizers LSQ (weights and activations) and PACT (activations).
+
+Formulas, equation numbers and deviations: :mod:`lowbit.functional.learned`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lowbit.functional.checks import check_finite, check_nonempty
+from lowbit.functional.learned import (
+    lsq,
+    lsq_codes,
+    lsq_grad_scale,
+    lsq_init_step,
+    lsq_range,
+    pact,
+)
+from lowbit.quantizers.base import ActQuantizer, WeightQuantizer
+
+_EPS = torch.finfo(torch.float32).eps
+
+
+class LSQWeight(WeightQuantizer):
+    """LSQ weights: signed grid [-2^(b-1), 2^(b-1) - 1] times a learned step (eq. 1-3).
+
+    One step per tensor (the paper), or one per output channel (dim 0) with ``per_channel=True``
+    (an extension; each channel's gradient scale then uses N = elements of that channel).
+    ``init_from`` sets s = 2 mean|w| / sqrt(Q_P) (sec. 2.1). 1 bit is not offered: the signed
+    1-bit grid {-s, 0} (Q_P = 0) is degenerate and sqrt(Q_P) = 0 in the initialisation; LSQ
+    binary weights would need a different grid (e.g. {-s, +s}).
+    """
+
+    BITS = tuple(range(2, 9))
+
+    def __init__(self, bits: int, per_channel: bool = False) -> None:
+        super().__init__(bits)
+        self.per_channel = per_channel
+        self.qn, self.qp = lsq_range(bits, signed=True)
+        self.step = nn.Parameter(torch.ones(()))
+
+    def init_from(self, weight: torch.Tensor) -> None:
+        check_nonempty(weight, "weight")
+        step = lsq_init_step(weight, self.qp, 0 if self.per_channel else None)
+        self.step = nn.Parameter(step.to(dtype=torch.float32, device=weight.device))
+
+    def _axis(self) -> int | None:
+        return 0 if self.per_channel and self.step.dim() > 0 else None
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        check_nonempty(weight, "weight")
+        check_finite(weight, "weight")
+        axis = self._axis()
+        n = weight.numel() // (weight.shape[0] if axis is not None else 1)
+        return lsq(weight, self.step, self.qn, self.qp, lsq_grad_scale(n, self.qp), axis)
+
+    @torch.no_grad()
+    def encode(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        check_nonempty(weight, "weight")
+        check_finite(weight, "weight")
+        axis = self._axis()
+        codes = (lsq_codes(weight, self.step, self.qn, self.qp, axis) + self.qn).long()
+        grid = torch.arange(-self.qn, self.qp + 1, dtype=torch.float32, device=weight.device)
+        s = torch.clamp(self.step.detach(), min=_EPS)  # the same s the forward multiplies by
+        if axis is None:
+            return codes, grid * s
+        return codes, grid[None, :] * s[:, None]
+
+    def storage_scalars(self, weight: torch.Tensor) -> int:
+        return self.step.numel()  # the levels are k * s, k = -Q_N..Q_P
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, per_channel={self.per_channel}"
+
+
+class LSQAct(ActQuantizer):
+    """LSQ activations: unsigned grid [0, 2^b - 1] times a learned step, after the ReLU.
+
+    The step is initialised from the first training batch, s = 2 mean|x| / sqrt(Q_P) (sec. 2.1;
+    an all-zero batch is skipped). Evaluated before any training batch, the step is derived
+    from the batch at hand without being stored. Gradient scale g = 1/sqrt(N_F Q_P) with
+    N_F = features per example (numel / batch size; our reading of "features in the layer").
+    """
+
+    BITS = tuple(range(1, 9))
+    REPLACES_ACTIVATION = False
+
+    def __init__(self, bits: int) -> None:
+        super().__init__(bits)
+        self.qn, self.qp = lsq_range(bits, signed=False)
+        self.step = nn.Parameter(torch.ones(()))
+        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.numel() == 0:
+            return x.clone()
+        step = self.step
+        if not bool(self.initialized):
+            init = lsq_init_step(x, self.qp)
+            if self.training and bool(x.detach().abs().sum() > 0):
+                with torch.no_grad():
+                    self.step.copy_(init)
+                    self.initialized.fill_(True)
+            else:
+                step = init.to(self.step.dtype)
+        n = x.numel() // x.shape[0] if x.dim() > 1 else x.numel()
+        return lsq(x, step, self.qn, self.qp, lsq_grad_scale(n, self.qp))
+
+
+class PACTAct(ActQuantizer):
+    """PACT (eq. 1-3): clip(x, 0, alpha), quantized to 2^b levels; replaces the ReLU.
+
+    ``alpha``: one learned scalar per layer, initialised to ``alpha_init`` = 10 (the paper's
+    initial value). ``regularization()`` returns lambda_alpha * alpha^2, the paper's L2 on alpha;
+    ``lowbit.train`` adds it to the loss of every module that has it. Note: the optimizer's
+    ``weight_decay`` also reaches alpha (it is a parameter like any other): decay wd is the
+    gradient of (wd/2) alpha^2, so set ``lambda_alpha=0`` to rely on it alone. The default
+    lambda_alpha = 1e-4 is our choice; the paper tunes it per network.
+    PACT pairs with DoReFa weights in the paper; here the registry's ``pact`` has no weight
+    quantizer: mix methods, e.g. a Recipe with weight="dorefa", act="pact".
+    """
+
+    BITS = tuple(range(1, 9))
+    REPLACES_ACTIVATION = True
+
+    def __init__(self, bits: int, alpha_init: float = 10.0, lambda_alpha: float = 1e-4) -> None:
+        super().__init__(bits)
+        if not alpha_init > 0:
+            raise ValueError(f"alpha_init must be > 0, got {alpha_init}")
+        self.lambda_alpha = float(lambda_alpha)
+        self.alpha = nn.Parameter(torch.tensor(float(alpha_init)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return pact(x, self.alpha, self.bits)
+
+    def regularization(self) -> torch.Tensor:
+        """lambda_alpha * alpha^2, to be added to the training loss."""
+        return self.lambda_alpha * self.alpha**2
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, lambda_alpha={self.lambda_alpha}"
