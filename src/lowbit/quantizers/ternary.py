@@ -1,0 +1,79 @@
+"""Ternary quantizer modules: TWN (fixed threshold and scale) and TTQ (trained scales W_p, W_n).
+
+Formulas, gradients and deviations: :mod:`lowbit.functional.ternary`. Codes 0, 1, 2 stand for
+the negative level, zero and the positive level; the codebook is per tensor.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lowbit.functional.ternary import (
+    TTQ_THRESHOLD,
+    ternary_codes,
+    ttq,
+    ttq_delta,
+    twn,
+    twn_delta_alpha,
+)
+from lowbit.quantizers.base import WeightQuantizer
+
+
+class TWNWeight(WeightQuantizer):
+    """TWN (Li & Liu 2016): alpha {-1, 0, +1}, delta = 0.7 mean|w|; codebook [-alpha, 0, alpha]."""
+
+    BITS = (2,)
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return twn(weight)
+
+    @torch.no_grad()
+    def encode(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        delta, alpha = twn_delta_alpha(weight)
+        return ternary_codes(weight, delta), torch.stack([-alpha, torch.zeros_like(alpha), alpha])
+
+    def storage_scalars(self, weight: torch.Tensor) -> int:
+        return 1
+
+
+class TTQWeight(WeightQuantizer):
+    """TTQ (Zhu et al. 2017): {-W_n, 0, W_p} with trained W_p, W_n; delta = t max|w|.
+
+    ``init_from`` sets W_p (W_n) to the mean |w| of the float weights above delta (below
+    -delta); an empty region falls back to mean|w| over the tensor. Before ``init_from`` both
+    are 1. Deviation: the paper does not fix this initial value.
+    """
+
+    BITS = (2,)
+
+    def __init__(self, bits: int, t: float = TTQ_THRESHOLD) -> None:
+        super().__init__(bits)
+        if not 0.0 <= t < 1.0:
+            raise ValueError(f"TTQ threshold factor t must be in [0, 1), got {t}")
+        self.t = t
+        self.wp = nn.Parameter(torch.ones(()))
+        self.wn = nn.Parameter(torch.ones(()))
+
+    @torch.no_grad()
+    def init_from(self, weight: torch.Tensor) -> None:
+        w = weight.detach()
+        delta = ttq_delta(w, self.t)
+        fallback = w.abs().mean()
+        for param, region in ((self.wp, w[w > delta]), (self.wn, -w[w < -delta])):
+            param.copy_(region.mean() if region.numel() else fallback)
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return ttq(weight, self.wp, self.wn, self.t)
+
+    @torch.no_grad()
+    def encode(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        delta = ttq_delta(weight, self.t)
+        wp, wn = self.wp.detach(), self.wn.detach()
+        return ternary_codes(weight, delta), torch.stack([-wn, torch.zeros_like(wn), wp])
+
+    def storage_scalars(self, weight: torch.Tensor) -> int:
+        return 2
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, t={self.t}"

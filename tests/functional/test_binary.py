@@ -1,0 +1,222 @@
+"""Binary quantizers against numpy references written from the papers (lowbit.functional.binary)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from lowbit.errors import EmptyTensorError, NonFiniteError
+from lowbit.functional.binary import (
+    abc_codes_alphas,
+    abc_levels,
+    abc_weight,
+    binaryconnect,
+    bnn_sign,
+    clip_,
+    sign,
+    xnor_activation,
+    xnor_scale,
+    xnor_weight,
+)
+
+EDGE = [-2.0, -1.0, -0.5, -1e-7, -0.0, 0.0, 1e-7, 0.5, 1.0, 1.0000001, 2.0, 1e8, -1e8]
+floats = st.floats(-3, 3, allow_nan=False, width=32)
+SETTINGS = settings(max_examples=40, deadline=None)
+
+
+def np_sign(x):
+    return np.where(x >= 0, 1.0, -1.0).astype(np.float32)  # survey eq. (3)
+
+
+def test_sign_forward_reference_and_zero():
+    x = torch.tensor(EDGE)
+    for f in (sign, bnn_sign, binaryconnect):
+        y = f(x)
+        assert y.dtype == x.dtype
+        np.testing.assert_array_equal(y.numpy(), np_sign(np.array(EDGE, dtype=np.float32)))
+    assert sign(torch.tensor(-0.0)).item() == 1.0
+
+
+def test_sign_propagates_nan():
+    assert torch.isnan(sign(torch.tensor([float("nan")]))).all()
+
+
+def test_sign_gradients_closed_form():
+    x = torch.tensor(EDGE, requires_grad=True)
+    g = torch.linspace(-1, 1, len(EDGE))
+    sign(x).backward(g)
+    np.testing.assert_array_equal(x.grad.numpy(), g.numpy())  # identity STE
+    x.grad = None
+    bnn_sign(x).backward(g)
+    inside = np.abs(np.array(EDGE, dtype=np.float32)) <= 1  # survey eq. (4)-(5)
+    np.testing.assert_array_equal(x.grad.numpy(), g.numpy() * inside)
+
+
+def test_binaryconnect_stochastic_extremes_and_gradient():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.tensor([-5.0, -1.0, 1.0, 5.0] * 100, requires_grad=True)
+    y = binaryconnect(x, stochastic=True, generator=gen)
+    np.testing.assert_array_equal(y.detach().numpy(), np_sign(x.detach().numpy()))
+    y.sum().backward()
+    assert torch.equal(x.grad, torch.ones_like(x))
+
+
+def test_binaryconnect_stochastic_unbiased_in_range():
+    gen = torch.Generator().manual_seed(1234)
+    xs = torch.tensor([-0.9, -0.5, -0.1, 0.0, 0.3, 0.75])
+    n = 20000
+    draws = binaryconnect(xs.repeat(n, 1), stochastic=True, generator=gen)
+    assert set(draws.unique().tolist()) <= {-1.0, 1.0}
+    mean = draws.mean(dim=0)
+    p = (xs + 1) / 2  # hard sigmoid
+    se = torch.sqrt(4 * p * (1 - p) / n)
+    assert (torch.abs(mean - xs) <= 4 * se + 1e-6).all(), (mean, xs)
+
+
+def test_binaryconnect_generator_reproducible():
+    x = torch.randn(1000)
+    a = binaryconnect(x, True, torch.Generator().manual_seed(7))
+    b = binaryconnect(x, True, torch.Generator().manual_seed(7))
+    assert torch.equal(a, b)
+
+
+def test_clip_in_place():
+    w = torch.tensor([-3.0, -1.0, 0.2, 1.0, 4.0])
+    out = clip_(w)
+    assert out is w
+    assert w.tolist() == pytest.approx([-1.0, -1.0, 0.2, 1.0, 1.0])
+
+
+def np_xnor(w):
+    flat = w.reshape(w.shape[0], -1)
+    alpha = np.abs(flat).mean(axis=1)  # survey eq. (13): ||W||_1 / n
+    return (alpha[:, None] * np_sign(flat)).reshape(w.shape), alpha
+
+
+def test_xnor_weight_reference():
+    w = np.array([[0.0, -0.5, 1.5, -2.0], [0.25, 0.25, -0.25, -0.0], [0, 0, 0, 0]], np.float32)
+    got = xnor_weight(torch.from_numpy(w)).numpy()
+    want, _ = np_xnor(w)
+    np.testing.assert_array_equal(got, want)  # all-zero row: alpha = 0, output 0
+    conv = np.random.default_rng(0).normal(size=(4, 3, 3, 3)).astype(np.float32)
+    np.testing.assert_allclose(xnor_weight(torch.from_numpy(conv)).numpy(), np_xnor(conv)[0],
+                               rtol=1e-6)
+
+
+def test_xnor_weight_gradient_closed_form():
+    rng = np.random.default_rng(1)
+    w = rng.normal(size=(3, 5)).astype(np.float32) * 1.2
+    w[0, 0] = 0.0
+    g = rng.normal(size=(3, 5)).astype(np.float32)
+    wt = torch.from_numpy(w).requires_grad_()
+    xnor_weight(wt).backward(torch.from_numpy(g))
+    s, n = np_sign(w), w.shape[1]
+    alpha = np.abs(w).mean(axis=1, keepdims=True)
+    want = alpha * g * (np.abs(w) <= 1) + s * (g * s).sum(axis=1, keepdims=True) / n
+    np.testing.assert_allclose(wt.grad.numpy(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_xnor_weight_bad_input():
+    with pytest.raises(EmptyTensorError):
+        xnor_weight(torch.empty(0, 3))
+    with pytest.raises(NonFiniteError):
+        xnor_weight(torch.tensor([[1.0, float("inf")]]))
+
+
+def test_xnor_scale_reference_and_activation():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(2, 3, 5, 5)).astype(np.float32)
+    a = np.abs(x).mean(axis=1)  # A: mean over channels of |I|
+    ap = np.pad(a, ((0, 0), (1, 1), (1, 1)))
+    k = np.zeros((2, 5, 5), np.float32)
+    for i in range(5):
+        for j in range(5):
+            k[:, i, j] = ap[:, i:i + 3, j:j + 3].mean(axis=(1, 2))  # K = A * (1/9 box)
+    got = xnor_scale(torch.from_numpy(x), 3, 1, 1)[:, 0].numpy()
+    np.testing.assert_allclose(got, k, rtol=1e-5)
+    y = xnor_activation(torch.from_numpy(x), 3, 1, 1).numpy()
+    np.testing.assert_allclose(y, np_sign(x) * k[:, None], rtol=1e-5)
+    strided = xnor_scale(torch.from_numpy(x), 3, 2, 0)
+    assert strided.shape == (2, 1, 2, 2)
+    with pytest.raises(ValueError, match="stride 1"):
+        xnor_activation(torch.from_numpy(x), 3, 2, 0)
+    vec = torch.tensor([[1.0, -3.0], [0.0, 0.5]])
+    assert xnor_activation(vec, 1).tolist() == [[2.0, -2.0], [0.25, 0.25]]
+
+
+def test_xnor_activation_plain_is_bnn_sign():
+    x = torch.tensor(EDGE, requires_grad=True)
+    xnor_activation(x).backward(torch.ones(len(EDGE)))
+    assert torch.equal(x.grad, (x.detach().abs() <= 1).float())
+
+
+def np_abc(w, m):
+    """ABC-Net from its definition: bases by shifted signs, alphas by numpy least squares."""
+    u = [0.0] if m == 1 else [-1 + i * 2 / (m - 1) for i in range(m)]
+    flat = w.reshape(-1).astype(np.float64)
+    b = np.stack([np_sign(flat - flat.mean() + ui * flat.std()) for ui in u], axis=1)
+    alpha = np.linalg.lstsq(b, flat, rcond=None)[0]
+    return (b @ alpha).reshape(w.shape), alpha
+
+
+@pytest.mark.parametrize("m", [1, 2, 3, 5])
+def test_abc_reference(m):
+    w = np.random.default_rng(m).normal(size=(6, 20)).astype(np.float32)
+    want, alpha = np_abc(w, m)
+    _, got_alpha = abc_codes_alphas(torch.from_numpy(w), m)
+    np.testing.assert_allclose(got_alpha.numpy(), alpha, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(abc_weight(torch.from_numpy(w), m).numpy(), want, atol=1e-5)
+
+
+def test_abc_m1_is_scaled_sign_and_constant_weight():
+    w = torch.tensor([1.0, 2.0, 3.0, 10.0])
+    y = abc_weight(w, 1)  # sign(w - mean) with the l2-optimal alpha = mean|w - ...|
+    assert len(y.unique()) == 2
+    c = abc_weight(torch.full((4,), 0.5), 3)  # std 0: every base equal, pinv still defined
+    assert torch.allclose(c, torch.full((4,), 0.5))
+
+
+def test_abc_gradient_is_identity():
+    w = torch.randn(4, 4, requires_grad=True)
+    g = torch.randn(4, 4)
+    abc_weight(w, 3).backward(g)
+    assert torch.equal(w.grad, g)
+
+
+@SETTINGS
+@given(arrays(np.float32, st.integers(1, 40), elements=floats), st.integers(1, 5))
+def test_abc_levels_property(w, m):
+    codes, alphas = abc_codes_alphas(torch.from_numpy(w), m)
+    y = abc_weight(torch.from_numpy(w), m)
+    assert torch.equal(y, abc_levels(alphas)[codes])
+    assert len(y.unique()) <= min(2**m, m + 1)
+    order = np.argsort(w, kind="stable")
+    # nested thresholds: a larger weight has every base at least as positive
+    bits = (codes.numpy()[:, None] >> np.arange(m)) & 1
+    assert np.all(np.diff(bits[order], axis=0) >= 0)
+
+
+@SETTINGS
+@given(arrays(np.float32, st.integers(1, 60), elements=floats))
+def test_sign_properties(x):
+    t = torch.from_numpy(x)
+    y = sign(t)
+    assert set(y.unique().tolist()) <= {-1.0, 1.0}
+    assert torch.equal(sign(y), y)  # idempotent
+    order = np.argsort(x)
+    assert np.all(np.diff(y.numpy()[order]) >= 0)  # monotone
+
+
+@SETTINGS
+@given(arrays(np.float32, st.tuples(st.integers(1, 5), st.integers(1, 8)), elements=floats))
+def test_xnor_properties(w):
+    y = xnor_weight(torch.from_numpy(w)).numpy()
+    alpha = np.abs(w).mean(axis=1, keepdims=True)
+    assert np.all(np.abs(y) == np.abs(y)[:, :1])  # every value of a row is +-alpha_c
+    np.testing.assert_allclose(np.abs(y)[:, :1], alpha, rtol=1e-5)
+    assert np.all((y >= 0) == (w >= 0) | (alpha == 0))
+    assert all(len(np.unique(r)) <= 2 for r in y)
