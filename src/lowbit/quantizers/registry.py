@@ -184,9 +184,9 @@ def _check(cls: type | None, name: str, role: str, bits: int) -> type:
 def validate(name: str, role: str, bits: int) -> None:
     """Raise if ``name`` cannot quantize ``role`` ("weight" or "activation") to ``bits``."""
     check_bits(bits, what=f"{role} bits")
+    m = get_method(name)  # an unknown name is an error even where it is not used (32 bits)
     if bits == FLOAT_BITS:
         return
-    m = get_method(name)
     _check(m.weight if role == "weight" else m.act, name, role, bits)
 
 

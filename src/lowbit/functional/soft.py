@@ -1,0 +1,250 @@
+"""The soft and hard quantization functions of J. Yang, X. Shen, J. Xing, X. Tian, H. Li, B. Deng,
+J. Huang, X.-S. Hua, "Quantization Networks", CVPR 2019, arXiv:1911.09464
+(shared/papers/yang2019-quantization-networks.txt).
+
+Target level set Y = levels (ascending, n + 1 values), s_i = Y_{i+1} - Y_i (i = 1..n), offset o.
+
+Soft, eq. (6), training:  y = alpha * (sum_i s_i * sigmoid(T (beta x - b_i)) - o)
+Hard, eq. (11), inference: y = alpha * (sum_i s_i * A(beta x - b_i) - o),  A(z) = 1 if z >= 0 else 0
+  (eq. 1: the unit step is 1 at 0, so beta x == b_i takes the upper level).
+
+Offset: we use o = -Y_1 = -levels[0]. Sec. 3.1 defines o = (1/2) sum_i s_i = (Y_max - Y_min) / 2,
+  which equals -Y_1 for every symmetric set the paper uses ({-1, 1}: "s = 2, o = 1"; {-1, 0, 1};
+  {-4, -2, -1, 0, 1, 2, 4}; ...), and sec. 4.1 sets o = 0 for activations ({0, 1, 2, 3}), which is
+  -Y_1 again. One rule covers both; with sorted biases the hard output is exactly alpha * Y_k.
+
+Gradients, eq. (7)-(10), with sigma_i = sigmoid(T (beta x - b_i)):
+    dy/dx     = alpha T beta sum_i s_i sigma_i (1 - sigma_i)           (7)
+    dy/dalpha = y / alpha = sum_i s_i sigma_i - o                      (8)
+    dy/dbeta  = alpha T x sum_i s_i sigma_i (1 - sigma_i)              (9)
+    dy/db_i   = -alpha T s_i sigma_i (1 - sigma_i)                     (10)
+  Deviation (reading): the paper writes these as (T beta / (alpha s_i)) g_i (alpha s_i - g_i) and
+  defines g_i = sigma_i; they are the derivatives of eq. (6) only with g_i = alpha s_i sigma_i,
+  which is what we implement (the exact derivatives of eq. 6). Eq. (8) is evaluated as
+  sum_i s_i sigma_i - o, which is y / alpha without dividing by alpha (defined at alpha = 0).
+  ``grad_temperature`` (default: T) replaces T in the backward only: sec. 4.1, "freezing T = 1 for
+  the back-propagation of binary quantization achieves better performance".
+
+Hard function: no gradient w.r.t. x or the biases (the step's derivative is 0 almost everywhere);
+  d/dalpha flows through the level table alpha * Y. The biases must be ascending (k-means gives
+  ascending biases and the paper freezes them), so that code k = #{i : beta x >= b_i} indexes Y.
+
+Initialisation (sec. 4.1), :func:`init_soft_params`: beta = 5p / (4q), p = max |Y|, q = max |x|
+  (weights, or activations of 1000 samples); alpha = 1 / beta. Biases: k-means of x into n + 1
+  clusters, centres c_1 < ... < c_{n+1}, b_i = (c_i + c_{i+1}) / 2; for binary weights b = 0.
+  Deviation (reading): the biases are compared with beta x in eq. (6), so we store
+  b_i = beta (c_i + c_{i+1}) / 2: the steps then sit at the cluster midpoints of x, as the paper
+  intends (unscaled midpoints would put every step near x = 0 once beta is large).
+
+Level sets (table 2 notation), :func:`levels_for`: see WEIGHT_LEVELS and ACT_LEVELS below.
+
+Tests: tests/functional/test_soft.py (numpy reference of eq. 6/11, eq. 7-10 vs x.grad,
+gradcheck, soft -> hard as T grows, k-means and init).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lowbit.errors import BitsError
+
+# Weight level sets, by the paper's table 2 column names (sec. 4.1). "4" is ours: the paper has no
+# 4-bit column; {-7..7} is the symmetric integer set that fits 4 bits, as "5" = {-15..15} fits 5.
+WEIGHT_LEVELS: dict[str, tuple[float, ...]] = {
+    "1": (-1.0, 1.0),
+    "2": (-1.0, 0.0, 1.0),
+    "3(±2)": (-2.0, -1.0, 0.0, 1.0, 2.0),
+    "3(±4)": (-4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0),
+    "4": tuple(float(v) for v in range(-7, 8)),
+    "5": tuple(float(v) for v in range(-15, 16)),
+}
+# The set each bit width takes by default (3 bits -> the paper's best 3-bit set, "3(±4)").
+DEFAULT_WEIGHT_LEVELS: dict[int, str] = {1: "1", 2: "2", 3: "3(±4)", 4: "4", 5: "5"}
+# Activations (sec. 4.1): non-negative integers {0, 1} (1 bit), {0, 1, 2, 3} (2 bits), ...
+ACT_LEVELS: dict[str, tuple[float, ...]] = {
+    str(b): tuple(float(v) for v in range(2**b)) for b in range(1, 6)
+}
+
+
+def levels_for(name_or_bits: int | str, signed: bool = True) -> tuple[float, ...]:
+    """The target level set Y: weights (``signed``) or activations (non-negative).
+
+    ``name_or_bits``: a bit width 1..5 or a table-2 name ("1", "2", "3(±2)", "3(±4)", "5";
+    "3(+-2)" is accepted for "3(±2)").
+    """
+    table = WEIGHT_LEVELS if signed else ACT_LEVELS
+    if isinstance(name_or_bits, bool):
+        raise BitsError(f"level set must be a bit width or a name, got {name_or_bits!r}")
+    if isinstance(name_or_bits, int):
+        key = DEFAULT_WEIGHT_LEVELS.get(name_or_bits, "?") if signed else str(name_or_bits)
+    else:
+        key = str(name_or_bits).replace("+-", "±").replace(" ", "")
+    if key not in table:
+        known = ", ".join(table)
+        raise BitsError(f"no {'weight' if signed else 'activation'} level set {name_or_bits!r}; "
+                        f"known: {known} (or bits {', '.join(table if not signed else '12345')})")
+    return table[key]
+
+
+def _as_scalar(v: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
+    return v.to(like.dtype) if torch.is_tensor(v) else torch.tensor(float(v), dtype=like.dtype)
+
+
+class _SoftQuantize(torch.autograd.Function):
+    """Eq. (6) forward and the exact eq. (7)-(10) backward, looping over the n sigmoids."""
+
+    @staticmethod
+    def forward(ctx, x, biases, alpha, beta, steps, offset, t, t_grad):
+        # sigma_i = sigmoid(T beta x - T b_i);
+        # sum_i s_i sigma_i (1 - sigma_i) = acc - sum_i s_i sigma_i^2
+        ut, bt = x * (beta * t), biases * t
+        acc, sq = torch.zeros_like(x), torch.zeros_like(x)
+        for i, s in enumerate(steps):
+            sig = torch.sub(ut, bt[i]).sigmoid_()
+            acc.add_(sig, alpha=s)
+            if t_grad is None:
+                sq.addcmul_(sig, sig, value=s)
+            else:
+                sig = torch.sub(x * (beta * t_grad), biases[i] * t_grad).sigmoid_()
+                sq.addcmul_(sig, sig, value=s).sub_(sig, alpha=s)
+        dsum = acc - sq if t_grad is None else sq.neg_()
+        inner = acc.sub_(offset)
+        ctx.steps, ctx.tg = steps, (t if t_grad is None else t_grad)
+        ctx.save_for_backward(x, biases, alpha, beta, dsum,
+                              inner if ctx.needs_input_grad[2] else None)
+        return inner * alpha
+
+    @staticmethod
+    def backward(ctx, g):
+        x, biases, alpha, beta, dsum, inner = ctx.saved_tensors
+        tg = ctx.tg
+        need = ctx.needs_input_grad
+        gd = g * dsum
+        gx = gd * (alpha * tg * beta) if need[0] else None
+        galpha = (g * inner).sum().reshape(alpha.shape) if need[2] else None
+        gbeta = ((gd * x).sum() * (alpha * tg)).reshape(beta.shape) if need[3] else None
+        gb = None
+        if need[1]:
+            u = beta * x
+            parts = []
+            for i, s in enumerate(ctx.steps):
+                sig = torch.sigmoid((u - biases[i]) * tg)
+                parts.append((g * sig * (1.0 - sig)).sum() * (-alpha * tg * s))
+            gb = torch.stack(parts).reshape(biases.shape)
+        return gx, gb, galpha, gbeta, None, None, None, None
+
+
+def _steps_offset(levels: torch.Tensor) -> tuple[list[float], float]:
+    lv = [float(v) for v in levels.detach().reshape(-1).tolist()]
+    if len(lv) < 2 or any(b <= a for a, b in zip(lv, lv[1:], strict=False)):
+        raise ValueError(f"levels must hold >= 2 strictly ascending values, got {lv}")
+    return [b - a for a, b in zip(lv, lv[1:], strict=False)], -lv[0]
+
+
+def soft_quantize(
+    x: torch.Tensor,
+    levels: torch.Tensor,
+    biases: torch.Tensor,
+    temperature: torch.Tensor | float,
+    alpha: torch.Tensor | float = 1.0,
+    beta: torch.Tensor | float = 1.0,
+    grad_temperature: torch.Tensor | float | None = None,
+) -> torch.Tensor:
+    """Eq. (6): alpha * (sum_i s_i sigmoid(T (beta x - b_i)) - o), o = -levels[0].
+
+    ``levels`` (n + 1,) ascending, ``biases`` (n,); ``alpha``, ``beta``, ``temperature``
+    scalars (floats or 0-d tensors; tensors that require grad get eq. 8/9 gradients, biases
+    eq. 10). Backward: exact derivatives, eq. (7)-(10) (see the module doc).
+    """
+    steps, offset = _steps_offset(levels)
+    if biases.numel() != len(steps):
+        raise ValueError(f"{len(steps) + 1} levels need {len(steps)} biases, got {biases.numel()}")
+    if x.numel() == 0:
+        return x.clone()
+    a, b, t = (_as_scalar(v, x) for v in (alpha, beta, temperature))
+    tg = None if grad_temperature is None else _as_scalar(grad_temperature, x)
+    return _SoftQuantize.apply(x, biases.to(x.dtype).reshape(-1), a, b, steps, offset, t, tg)
+
+
+def hard_codes(x: torch.Tensor, biases: torch.Tensor, beta: torch.Tensor | float = 1.0):
+    """k = #{i : beta x - b_i >= 0} in 0..n (int64): the index of x's level in eq. (11)."""
+    b = biases.detach().to(x.dtype).reshape(-1)
+    if b.numel() > 1 and not bool((b[1:] >= b[:-1]).all()):
+        raise ValueError("hard_quantize needs ascending biases (k-means gives them; the paper "
+                         "freezes them after initialisation)")
+    u = _as_scalar(beta, x).detach() * x.detach()
+    if b.numel() > 16:
+        return torch.bucketize(u, b, right=True)
+    k = torch.zeros(u.shape, dtype=torch.uint8, device=u.device)  # faster than bucketize
+    for bi in b.tolist():
+        k.add_(u >= bi)
+    return k.long()
+
+
+def hard_table(levels: torch.Tensor, alpha: torch.Tensor | float = 1.0) -> torch.Tensor:
+    """alpha * (sum_{i <= k} s_i - o) for k = 0..n: the output values of eq. (11), the codebook."""
+    steps, offset = _steps_offset(levels)
+    lv = levels.reshape(-1)
+    cum = torch.cat([lv.new_zeros(1), torch.cumsum(lv.new_tensor(steps), 0)]) - offset
+    return cum * _as_scalar(alpha, lv)
+
+
+def hard_quantize(
+    x: torch.Tensor,
+    levels: torch.Tensor,
+    biases: torch.Tensor,
+    alpha: torch.Tensor | float = 1.0,
+    beta: torch.Tensor | float = 1.0,
+) -> torch.Tensor:
+    """Eq. (11): alpha * (sum_i s_i A(beta x - b_i) - o), A(0) = 1; = hard_table[hard_codes]."""
+    steps, _ = _steps_offset(levels)
+    if biases.numel() != len(steps):
+        raise ValueError(f"{len(steps) + 1} levels need {len(steps)} biases, got {biases.numel()}")
+    table = hard_table(levels.to(x.dtype), alpha)
+    return table.take(hard_codes(x, biases, beta))
+
+
+def kmeans_1d(x: torch.Tensor, k: int, iters: int = 100) -> torch.Tensor:
+    """Lloyd's k-means on the values of ``x`` (float64): ``k`` ascending centres.
+
+    Deterministic: starts from the (j + 0.5) / k quantiles; an empty cluster keeps its centre.
+    Runs on sorted values with prefix sums, so each iteration costs O(k log N).
+    """
+    v = torch.sort(x.detach().reshape(-1).to(torch.float64)).values
+    if v.numel() == 0:
+        raise ValueError("k-means needs at least one value")
+    csum = torch.cat([v.new_zeros(1), torch.cumsum(v, 0)])
+    n = v.numel()
+    centres = torch.quantile(v, (torch.arange(k, dtype=torch.float64) + 0.5) / k)
+    for _ in range(iters):
+        cut = torch.searchsorted(v, (centres[1:] + centres[:-1]) / 2)
+        edges = torch.cat([cut.new_zeros(1), cut, cut.new_full((1,), n)])
+        count = (edges[1:] - edges[:-1]).to(torch.float64)
+        total = csum[edges[1:]] - csum[edges[:-1]]
+        new = torch.where(count > 0, total / count.clamp_min(1.0), centres)
+        new = torch.sort(new).values
+        if torch.equal(new, centres):
+            break
+        centres = new
+    return centres
+
+
+def init_soft_params(
+    x: torch.Tensor, levels: torch.Tensor, q: float | None = None
+) -> tuple[torch.Tensor, float, float]:
+    """Sec. 4.1 initialisation: (biases (n,), alpha, beta) for the values ``x``.
+
+    beta = 5p / (4q), p = max |levels|, q = max |x| (or the given ``q``; 1 if 0); alpha = 1/beta.
+    Biases: beta * midpoints of k-means centres (n + 1 clusters); 0 for the binary set {-1, 1}.
+    """
+    lv = levels.detach().reshape(-1).to(torch.float64)
+    p = float(lv.abs().max())
+    q = float(x.detach().abs().max()) if q is None else float(q)
+    q = q if q > 0 else 1.0
+    beta = 5.0 * p / (4.0 * q)
+    n = lv.numel() - 1
+    if n == 1 and float(lv[0]) == -float(lv[1]):
+        return torch.zeros(1, dtype=levels.dtype), 1.0 / beta, beta
+    c = kmeans_1d(x, n + 1)
+    biases = beta * (c[1:] + c[:-1]) / 2
+    return biases.to(levels.dtype), 1.0 / beta, beta

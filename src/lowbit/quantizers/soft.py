@@ -1,0 +1,149 @@
+"""Modules for Quantization Networks (Yang et al., CVPR 2019): the soft quantization function
+eq. (6) in training, the step function eq. (11) in inference (``hard = True``).
+
+Formulas, level sets and deviations: :mod:`lowbit.functional.soft`. Training schedule (temperature
+T = epoch x factor, the three phases of sec. 4.1): :mod:`lowbit.train.qnet`.
+
+Bit widths (BITS = 1..5) and level sets Y (paper's table 2 notation):
+- weights: 1 -> {-1, 1}; 2 -> {-1, 0, 1} (ternary); 3 -> {-4, -2, -1, 0, 1, 2, 4} ("3(±4)");
+  4 -> {-7..7} (ours, the paper has no 4-bit set); 5 -> {-15..15}. Other sets (e.g. "3(±2)")
+  through ``levels=``;
+- activations: {0, 1, ..., 2^b - 1} (sec. 4.1: {0, 1} for 1 bit, {0, 1, 2, 3} for 2 bits).
+Per layer ("layer-wise quantization", sec. 4.1): one alpha, beta and bias vector per tensor.
+alpha and beta are trained; the biases are frozen buffers, as in every experiment of the paper
+(sec. 4.3, "we freeze the biases after the initialization"); ``learn_biases=True`` trains them
+with eq. (10) instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from lowbit.functional.checks import check_finite, check_nonempty
+from lowbit.functional.soft import (
+    hard_codes,
+    hard_quantize,
+    hard_table,
+    init_soft_params,
+    levels_for,
+    soft_quantize,
+)
+from lowbit.quantizers.base import ActQuantizer, WeightQuantizer
+
+
+class _SoftMixin:
+    """State shared by SoftWeight and SoftAct: levels, biases, alpha, beta, T, hard switch."""
+
+    levels: torch.Tensor
+    biases: torch.Tensor
+    temperature: torch.Tensor
+
+    def _setup(self, levels: Sequence[float], learn_biases: bool) -> None:
+        lv = torch.tensor(list(levels), dtype=torch.float32)
+        self.register_buffer("levels", lv)
+        mid = (lv[1:] + lv[:-1]) / 2  # until initialised: steps halfway between the levels
+        if learn_biases:
+            self.biases = nn.Parameter(mid)
+        else:
+            self.register_buffer("biases", mid)
+        self.alpha = nn.Parameter(torch.ones(()))
+        self.beta = nn.Parameter(torch.ones(()))
+        self.register_buffer("temperature", torch.ones(()))
+        self.hard = False
+        self.grad_temperature: float | None = None
+
+    @torch.no_grad()
+    def _init(self, x: torch.Tensor, q: float | None = None) -> None:
+        biases, alpha, beta = init_soft_params(x, self.levels, q=q)
+        self.biases.copy_(biases)
+        self.alpha.fill_(alpha)
+        self.beta.fill_(beta)
+
+    def _quantize(self, x: torch.Tensor) -> torch.Tensor:
+        if self.hard:
+            return hard_quantize(x, self.levels, self.biases, self.alpha, self.beta)
+        return soft_quantize(x, self.levels, self.biases, self.temperature, self.alpha,
+                             self.beta, grad_temperature=self.grad_temperature)
+
+    def _repr(self) -> str:
+        lv = ", ".join(f"{v:g}" for v in self.levels.tolist())
+        return f"bits={self.bits}, levels=({lv}), hard={self.hard}"
+
+
+class SoftWeight(_SoftMixin, WeightQuantizer):
+    """Weights through eq. (6) (training) or eq. (11) (``hard``: inference, export).
+
+    ``init_from(weight)``: k-means biases, beta = 5p/(4q), alpha = 1/beta (sec. 4.1).
+    1-bit: b = 0, and the backward uses T = 1 ("freezing T = 1 for the back-propagation of
+    binary quantization", sec. 4.1); set ``grad_temperature = None`` to use T.
+    ``encode`` describes the hard (inference) function: decode(encode(w)) equals forward(w)
+    exactly when ``hard`` is True; in soft mode forward is the smooth eq. (6) and differs.
+    """
+
+    BITS: ClassVar[tuple[int, ...]] = (1, 2, 3, 4, 5)
+
+    def __init__(self, bits: int, levels: Sequence[float] | None = None,
+                 learn_biases: bool = False) -> None:
+        super().__init__(bits)
+        lv = levels_for(bits, signed=True) if levels is None else tuple(levels)
+        if len(lv) > 2**bits:
+            raise ValueError(f"{len(lv)} levels do not fit in {bits} bits")
+        self._setup(lv, learn_biases)
+        self.grad_temperature = 1.0 if len(lv) == 2 else None
+
+    def init_from(self, weight: torch.Tensor) -> None:
+        check_nonempty(weight, "weight")
+        check_finite(weight, "weight")
+        self._init(weight)
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        check_nonempty(weight, "weight")
+        check_finite(weight, "weight")
+        return self._quantize(weight)
+
+    @torch.no_grad()
+    def encode(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """codes k = #{i : beta w >= b_i}, codebook alpha * Y (eq. 11, as computed by forward)."""
+        check_nonempty(weight, "weight")
+        check_finite(weight, "weight")
+        codes = hard_codes(weight, self.biases, self.beta)
+        return codes, hard_table(self.levels.to(weight.dtype), self.alpha)
+
+    def storage_scalars(self, weight: torch.Tensor) -> int:
+        return 1  # alpha: the codebook is alpha times the fixed level set
+
+    def extra_repr(self) -> str:
+        return self._repr()
+
+
+class SoftAct(_SoftMixin, ActQuantizer):
+    """Activations through eq. (6)/(11) with levels {0, ..., 2^b - 1} and o = 0.
+
+    REPLACES_ACTIVATION is False: the paper quantizes the outputs of the ReLU units
+    ("Conv-BN-ReLU(-Pooling)-Quant", sec. 4.1), and calibrates on them.
+    ``calibrate(activations)``: k-means biases and beta = 5p/(4q) from activations of (the
+    paper: 1000) calibration samples; ``q`` overrides max |activations| when the values given
+    are a subsample (see :func:`lowbit.train.qnet.calibrate_activations`).
+    """
+
+    BITS: ClassVar[tuple[int, ...]] = (1, 2, 3, 4, 5)
+    REPLACES_ACTIVATION: ClassVar[bool] = False
+
+    def __init__(self, bits: int, learn_biases: bool = False) -> None:
+        super().__init__(bits)
+        self._setup(levels_for(bits, signed=False), learn_biases)
+
+    def calibrate(self, activations: torch.Tensor, q: float | None = None) -> None:
+        check_nonempty(activations, "activations")
+        check_finite(activations, "activations")
+        self._init(activations, q=q)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._quantize(x)
+
+    def extra_repr(self) -> str:
+        return self._repr()

@@ -1,0 +1,218 @@
+"""Training Quantization Networks (Yang et al., CVPR 2019, sec. 3.2 and 4.1): the temperature
+schedule, activation calibration and the three training phases, on top of :func:`fit`.
+
+Temperature: "T is set to 10 and increased linearly w.r.t. the number of training epochs, i.e.
+T = epoch x 10" (AlexNet; 5 for ResNet). Epochs count from 1 in the paper (Algorithm 1), so with
+fit's 0-based epoch index T = (epoch + 1) x factor: the first epoch trains at T = factor, never 0.
+Across phases the epoch count runs on (phase 2 starts where phase 1 ended), since the paper ties T
+to the training epoch.
+
+Phases (sec. 4.1): "Firstly, we disable the activation quantization and only train the
+quantization of the weights. Secondly, we fix the quantization of the weights and only train the
+quantization of the activations. Finally, we train the quantization of both weights and
+activations until the model converges." Our reading (:data:`PAPER_PHASES`):
+  1. activation quantizers off (float ReLU); everything trains, weights through soft eq. (6);
+  2. activation quantizers on, calibrated on 1000 training samples first (sec. 4.1); the
+     quantized weight layers (their weight, bias and SoftWeight parameters) are frozen and their
+     quantizers switched to the step eq. (11); everything else trains;
+  3. both soft and trained.
+After the last phase every quantizer is switched to eq. (11) (Algorithm 1, inference network).
+Deviation: the paper does not say whether phase 2 calibrates or restarts T; we calibrate when
+activations are first switched on, and keep T running. The paper also clips gradients (L2 norm 5)
+which :func:`fit` does not do.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lowbit.nn.layers import QuantAct, QuantConv2d, QuantLinear
+from lowbit.quantizers.soft import SoftAct, SoftWeight
+from lowbit.train.config import TrainConfig
+from lowbit.train.loop import evaluate, fit
+
+SOFT_KINDS: tuple[type, ...] = (SoftWeight, SoftAct)
+CALIBRATION_CAP = 1 << 20  # values kept per layer for k-means (q uses every value)
+
+
+def temperature_schedule(epoch: int, factor: float) -> float:
+    """T = (epoch + 1) * factor for fit's 0-based ``epoch`` (the paper's T = epoch x factor)."""
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise ValueError(f"epoch must be an int >= 0, got {epoch!r}")
+    if not (isinstance(factor, (int, float)) and math.isfinite(factor) and factor > 0):
+        raise ValueError(f"temperature factor must be a finite number > 0, got {factor!r}")
+    return float((epoch + 1) * factor)
+
+
+def _soft_modules(model: nn.Module, kinds: tuple[type, ...]) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, kinds)]
+
+
+def set_temperature(model: nn.Module, temperature: float,
+                    kinds: tuple[type, ...] = SOFT_KINDS) -> int:
+    """Set T on every SoftWeight/SoftAct (of ``kinds``) in ``model``; returns how many."""
+    mods = _soft_modules(model, kinds)
+    for m in mods:
+        m.temperature.fill_(float(temperature))
+    return len(mods)
+
+
+def set_hard(model: nn.Module, hard: bool, kinds: tuple[type, ...] = SOFT_KINDS) -> int:
+    """Switch quantizers to eq. (11) (``hard``) or eq. (6); returns how many were switched."""
+    mods = _soft_modules(model, kinds)
+    for m in mods:
+        m.hard = bool(hard)
+    return len(mods)
+
+
+def qnet_epoch_callback(factor: float, offset: int = 0,
+                        kinds: tuple[type, ...] = SOFT_KINDS) -> Callable[[int, nn.Module], None]:
+    """``on_epoch_start`` for :func:`fit`: T = (offset + epoch + 1) * factor before each epoch."""
+    temperature_schedule(offset, factor)  # validate now, not in the first epoch
+
+    def on_epoch_start(epoch: int, model: nn.Module) -> None:
+        set_temperature(model, temperature_schedule(offset + epoch, factor), kinds)
+
+    return on_epoch_start
+
+
+def _soft_acts(model: nn.Module) -> list[QuantAct]:
+    return [m for m in model.modules() if isinstance(m, QuantAct) and isinstance(m.quant, SoftAct)]
+
+
+@torch.no_grad()
+def calibrate_activations(model: nn.Module, images: Tensor, n: int = 1000,
+                          batch_size: int = 250, generator: torch.Generator | None = None) -> int:
+    """Initialise every SoftAct from the activations ``n`` random samples produce (sec. 4.1).
+
+    ``images``: uint8 (N, C, H, W) as :func:`fit` takes them (scaled by 1/255). The activations
+    are the float ReLU outputs each SoftAct would quantize (its QuantAct runs with quantization
+    off meanwhile); the model runs in eval mode. k-means sees at most CALIBRATION_CAP evenly
+    strided values per layer; q = max |activation| uses all. Returns the number calibrated.
+    """
+    acts = _soft_acts(model)
+    if not acts:
+        return 0
+    index = torch.randperm(len(images), generator=generator)[:n]
+    seen: dict[int, list[Tensor]] = {id(m): [] for m in acts}
+    qmax: dict[int, float] = {id(m): 0.0 for m in acts}
+    stride = max(1, math.ceil(len(index) * _per_sample(model, images, acts) / CALIBRATION_CAP))
+
+    def hook(mod: nn.Module, _inp: Any, out: Tensor) -> None:
+        qmax[id(mod)] = max(qmax[id(mod)], float(out.abs().max()))
+        seen[id(mod)].append(out.detach().reshape(-1)[::stride].clone())
+
+    was_training, enabled = model.training, [m.quant_enabled for m in acts]
+    handles = [m.register_forward_hook(hook) for m in acts]
+    try:
+        model.eval()
+        for m in acts:
+            m.quant_enabled = False
+        for start in range(0, len(index), batch_size):
+            model(images[index[start:start + batch_size]].float().div_(255.0))
+    finally:
+        for h in handles:
+            h.remove()
+        for m, e in zip(acts, enabled, strict=True):
+            m.quant_enabled = e
+        model.train(was_training)
+    for m in acts:
+        m.quant.calibrate(torch.cat(seen[id(m)]), q=qmax[id(m)])
+    return len(acts)
+
+
+def _per_sample(model: nn.Module, images: Tensor, acts: list[QuantAct]) -> int:
+    """The largest number of activation values one sample gives any calibrated layer."""
+    sizes = [0]
+    handles = [m.register_forward_hook(lambda _m, _i, o: sizes.append(o[0].numel())) for m in acts]
+    try:
+        was_training = model.training
+        model.eval()
+        model(images[:1].float().div_(255.0))
+        model.train(was_training)
+    finally:
+        for h in handles:
+            h.remove()
+    return max(sizes)
+
+
+@dataclass(frozen=True)
+class QNetPhase:
+    """One training phase: are activations quantized, and which quantizers train."""
+
+    name: str
+    quantize_acts: bool
+    train_weights: bool
+    train_acts: bool
+
+
+PAPER_PHASES: tuple[QNetPhase, ...] = (
+    QNetPhase("weights", quantize_acts=False, train_weights=True, train_acts=False),
+    QNetPhase("activations", quantize_acts=True, train_weights=False, train_acts=True),
+    QNetPhase("joint", quantize_acts=True, train_weights=True, train_acts=True),
+)
+
+
+def _soft_weight_layers(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, (QuantLinear, QuantConv2d))
+            and isinstance(m.weight_quant, SoftWeight)]
+
+
+def _apply_phase(model: nn.Module, phase: QNetPhase) -> None:
+    """Switch activation quantizers, hard/soft weights and requires_grad as ``phase`` says."""
+    for m in _soft_acts(model):
+        m.quant_enabled = phase.quantize_acts
+        for p in m.quant.parameters():
+            p.requires_grad_(phase.train_acts)
+    for layer in _soft_weight_layers(model):
+        layer.weight_quant.hard = not phase.train_weights
+        for p in layer.parameters():  # weight, bias and the SoftWeight's alpha, beta
+            p.requires_grad_(phase.train_weights)
+
+
+def _phase_dir(out_dir: Path, k: int, phase: QNetPhase) -> Path:
+    return out_dir / f"phase{k + 1}-{phase.name}"
+
+
+def fit_qnet(model: nn.Module, train: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor],
+             config: TrainConfig, out_dir: str | Path, factor: float,
+             phases: tuple[QNetPhase, ...] = PAPER_PHASES, resume: bool = False,
+             progress: bool = True) -> dict[str, Any]:
+    """Train a model holding SoftWeight/SoftAct quantizers in ``phases`` (sec. 4.1).
+
+    Each phase is one :func:`fit` of ``config.epochs`` epochs in ``out_dir/phase<k>-<name>``
+    (so ``resume`` works per phase), T = (global epoch + 1) * factor. Activations are calibrated
+    on 1000 training samples (generator seeded with ``config.seed``) when first switched on.
+    Ends with every quantizer on eq. (11) and all requires_grad flags restored; returns
+    {"phases": [fit summaries], "hard_test_loss", "hard_test_accuracy"}.
+    """
+    temperature_schedule(0, factor)
+    out_dir, summaries, calibrated = Path(out_dir), [], False
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        for k, phase in enumerate(phases):
+            _apply_phase(model, phase)
+            if phase.quantize_acts and not calibrated:
+                gen = torch.Generator().manual_seed(config.seed)
+                calibrate_activations(model, train[0], generator=gen)
+                calibrated = True
+            kinds = ((SoftWeight,) if phase.train_weights else ()) + (
+                (SoftAct,) if phase.train_acts else ())
+            callback = qnet_epoch_callback(factor, offset=k * config.epochs, kinds=kinds)
+            summaries.append(fit(model, train, test, config, _phase_dir(out_dir, k, phase),
+                                 resume=resume, progress=progress, on_epoch_start=callback))
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+    set_hard(model, True)
+    for m in _soft_acts(model):
+        m.quant_enabled = True
+    loss, accuracy = evaluate(model, *test)
+    return {"phases": summaries, "hard_test_loss": loss, "hard_test_accuracy": accuracy}
