@@ -1,0 +1,286 @@
+"""quantize() / plan(): the module-swap walk on a small MLP and a small conv net."""
+
+from __future__ import annotations
+
+import copy
+import io
+
+import pytest
+import torch
+import torch.nn.functional as TF
+from torch import nn
+
+from lowbit import (
+    LayerRule,
+    LowbitError,
+    NoQuantizableLayerError,
+    QuantAct,
+    QuantConv2d,
+    QuantLinear,
+    Recipe,
+    plan,
+    quantize,
+    set_quantization,
+)
+from lowbit import functional as F
+from lowbit.quantizers import IvanAct, IvanWeight, UniformAct, UniformWeight
+
+
+def mlp(seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(),
+                         nn.Linear(16, 4))
+
+
+class ConvNet(nn.Module):
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+            nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+        )
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.head(self.features(x).mean(dim=(2, 3)))
+
+
+class FunctionalRelu(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+        self.b = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.b(TF.relu(self.a(x)))
+
+
+def x_mlp(seed=1):
+    return torch.randn(32, 8, generator=torch.Generator().manual_seed(seed))
+
+
+def x_conv(seed=1):
+    return torch.randn(4, 3, 6, 6, generator=torch.Generator().manual_seed(seed))
+
+
+def summary(model, recipe):
+    return [(p.name, p.kind, p.method, p.bits, p.why) for p in plan(model, recipe)]
+
+
+def test_plan_keeps_first_and_last_in_float_by_default():
+    assert summary(mlp(), Recipe(w_bits=4, a_bits=2)) == [
+        ("0", "weight", "ivan", 32, "keep_first"),
+        ("1", "activation", "ivan", 2, "recipe"),
+        ("2", "weight", "ivan", 4, "recipe"),
+        ("3", "activation", "ivan", 2, "recipe"),
+        ("4", "weight", "ivan", 32, "keep_last"),
+    ]
+    plans = plan(ConvNet(), Recipe(weight="uniform", w_bits=8, act="uniform", a_bits=8))
+    assert [(p.name, p.bits, p.quantized) for p in plans] == [
+        ("features.0", 32, False), ("features.2", 8, True), ("features.3", 8, True),
+        ("features.5", 8, True), ("head", 32, False),
+    ]
+
+
+def test_plan_overrides_keep_first_and_rules():
+    s = summary(mlp(), Recipe(w_bits=4, keep_first=False))
+    assert [(n, b, w) for n, k, _, b, w in s if k == "weight"] == [
+        ("0", 4, "recipe"), ("2", 4, "recipe"), ("4", 32, "keep_last")]
+    s = summary(mlp(), Recipe(w_bits=4, keep_last=False))
+    assert [b for _, k, _, b, _ in s if k == "weight"] == [32, 4, 4]
+    # a rule naming the first layer overrides keep_first
+    s = summary(mlp(), Recipe(w_bits=4, rules=(LayerRule("0", w_bits=8),)))
+    assert s[0] == ("0", "weight", "ivan", 8, "rule '0'")
+    # rules later win; a rule may change the method
+    rules = (LayerRule("*", w_bits=8), LayerRule("2", weight="uniform", w_bits=2),
+             LayerRule("[13]", a_bits=32), LayerRule("3", a_bits=4))
+    s = summary(mlp(), Recipe(w_bits=4, a_bits=2, rules=rules))
+    assert s == [
+        ("0", "weight", "ivan", 8, "rule '*'"),
+        ("1", "activation", "ivan", 32, "rule '[13]'"),
+        ("2", "weight", "uniform", 2, "rule '2'"),
+        ("3", "activation", "ivan", 4, "rule '3'"),
+        ("4", "weight", "ivan", 8, "rule '*'"),
+    ]
+    # reversed order: the catch-all rule, now last, wins everywhere
+    s = summary(mlp(), Recipe(w_bits=4, rules=(LayerRule("2", w_bits=2), LayerRule("*", w_bits=8))))
+    assert [b for _, k, _, b, _ in s if k == "weight"] == [8, 8, 8]
+
+
+def test_plan_has_no_side_effects():
+    model = mlp()
+    before = copy.deepcopy(model)
+    plan(model, Recipe(w_bits=4, a_bits=4, keep_first=False))
+    assert [type(m) for m in model.modules()] == [type(m) for m in before.modules()]
+
+
+def test_quantize_swaps_layers_per_plan():
+    model = mlp()
+    w2 = model[2].weight
+    out = quantize(model, Recipe(w_bits=4, a_bits=2))
+    assert out is model
+    assert [type(m) for m in model] == [nn.Linear, QuantAct, QuantLinear, QuantAct, nn.Linear]
+    assert model[2].weight is w2  # parameters are shared, not copied
+    assert isinstance(model[2].weight_quant, IvanWeight) and model[2].weight_quant.bits == 4
+    assert model[2].weight_quant.alpha.item() == w2.abs().max().item()
+    assert isinstance(model[1].quant, IvanAct) and model[1].quant.bits == 2
+    # quantized forward of the swapped layer is |alpha| Q_4(w / max|w|)
+    h = torch.randn(3, 16)
+    expected = TF.linear(h, F.ivan_scaled_weight(w2, model[2].weight_quant.alpha, 4),
+                         model[2].bias)
+    assert torch.equal(model[2](h), expected)
+
+
+RECIPES = [
+    Recipe(w_bits=4, a_bits=4, keep_first=False, keep_last=False),
+    Recipe(w_bits=2, a_bits=32, keep_first=False),
+    Recipe(weight="uniform", w_bits=8, act="uniform", a_bits=8, keep_first=False,
+           keep_last=False),
+    Recipe(w_bits=1, a_bits=3, rules=(LayerRule("*head*", weight="uniform", w_bits=4),)),
+]
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=range(len(RECIPES)))
+@pytest.mark.parametrize("net", ["mlp", "conv"])
+def test_disabled_quantization_is_bit_identical_to_float(recipe, net):
+    model, x = (mlp(), x_mlp()) if net == "mlp" else (ConvNet(), x_conv())
+    reference = copy.deepcopy(model)
+    quantize(model, recipe)
+    assert any(isinstance(m, (QuantLinear, QuantConv2d)) for m in model.modules())
+    # eval first (BatchNorm statistics frozen), then train (each model updates its BatchNorm
+    # statistics exactly once with the same batch before the quantized forward)
+    for mode in ("eval", "train"):
+        model.train(mode == "train")
+        reference.train(mode == "train")
+        set_quantization(model, False)
+        assert torch.equal(model(x), reference(x))
+        set_quantization(model, True)
+        assert not torch.equal(model(x), reference(x))  # quantization does something
+    assert all(m.quant_enabled for m in model.modules() if isinstance(m, QuantAct))
+
+
+def _calibrate(model, x, steps=3):
+    model.train()
+    for i in range(steps):
+        model(x * (1 + i))
+    for m in model.modules():
+        if isinstance(m, IvanWeight):
+            with torch.no_grad():
+                m.alpha.mul_(0.75)
+    model.eval()
+
+
+@pytest.mark.parametrize("recipe", [RECIPES[0], RECIPES[2], RECIPES[3]], ids=["ivan", "uniform",
+                                                                              "mixed"])
+@pytest.mark.parametrize("net", ["mlp", "conv"])
+def test_state_dict_round_trip(recipe, net):
+    build, x = (mlp, x_mlp()) if net == "mlp" else (ConvNet, x_conv())
+    model = quantize(build(0), recipe)
+    _calibrate(model, x)
+    expected = model(x)
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    buf.seek(0)
+    fresh = quantize(build(123), recipe)
+    assert not torch.equal(fresh.eval()(x), expected)
+    fresh.load_state_dict(torch.load(buf, weights_only=True), strict=True)
+    fresh.eval()
+    assert torch.equal(fresh(x), expected)
+    keys = set(model.state_dict())
+    if recipe is RECIPES[2]:
+        act = "features.2" if net == "conv" else "1"
+        assert {f"{act}.quant.running_min", f"{act}.quant.running_max"} <= keys
+    if recipe is RECIPES[0] and net == "mlp":
+        assert {"0.weight_quant.alpha", "1.quant.running_max", "1.quant.num_batches"} <= keys
+
+
+def test_quantize_twice_raises():
+    model = quantize(mlp(), Recipe(w_bits=4))
+    with pytest.raises(LowbitError, match="already quantized"):
+        quantize(model, Recipe(w_bits=4))
+    with pytest.raises(LowbitError, match="already quantized"):
+        plan(model, Recipe(w_bits=2))
+
+
+def test_no_quantizable_layers():
+    with pytest.raises(NoQuantizableLayerError, match="no nn.Linear or nn.Conv2d"):
+        quantize(nn.Sequential(nn.ReLU(), nn.Flatten()), Recipe(w_bits=4))
+    with pytest.raises(NoQuantizableLayerError):
+        plan(nn.Sequential(nn.BatchNorm1d(3)), Recipe())
+
+
+def test_functional_relu_model_with_activation_bits_raises():
+    model = FunctionalRelu()
+    with pytest.raises(NoQuantizableLayerError, match="no nn.ReLU"):
+        quantize(model, Recipe(w_bits=4, a_bits=4, keep_first=False, keep_last=False))
+    with pytest.raises(NoQuantizableLayerError, match="no nn.ReLU"):
+        quantize(model, Recipe(a_bits=8))
+    assert type(model.a) is nn.Linear and type(model.b) is nn.Linear  # nothing half-swapped
+    # weights only is fine
+    quantize(model, Recipe(w_bits=4, keep_first=False, keep_last=False))
+    assert type(model.a) is QuantLinear
+
+
+def test_single_layer_model_with_keep_first_raises_clearly():
+    model = nn.Sequential(nn.Linear(4, 2))
+    with pytest.raises(NoQuantizableLayerError, match="keep_first"):
+        quantize(model, Recipe(w_bits=4))
+    with pytest.raises(NoQuantizableLayerError, match="keep_first"):
+        quantize(model, Recipe(w_bits=4, keep_first=False))  # still the last layer
+    quantize(model, Recipe(w_bits=4, keep_first=False, keep_last=False))
+    assert type(model[0]) is QuantLinear
+
+
+@pytest.mark.parametrize("net", ["mlp", "conv"])
+def test_all_float_recipe_leaves_model_unchanged(net):
+    model, x = (mlp(), x_mlp()) if net == "mlp" else (ConvNet(), x_conv())
+    model.eval()
+    reference = copy.deepcopy(model)
+    for recipe in (Recipe(), Recipe(w_bits=32, a_bits=32, keep_first=False, keep_last=False)):
+        assert recipe.is_float
+        plans = plan(model, recipe)
+        assert plans and not any(p.quantized for p in plans) and {p.bits for p in plans} == {32}
+        assert quantize(model, recipe) is model
+        assert [type(m) for m in model.modules()] == [type(m) for m in reference.modules()]
+        assert torch.equal(model(x), reference(x))
+    assert model.state_dict().keys() == reference.state_dict().keys()
+
+
+def test_top_level_linear_model():
+    torch.manual_seed(0)
+    lin = nn.Linear(6, 3)
+    reference = copy.deepcopy(lin)
+    with pytest.raises(NoQuantizableLayerError):  # the only layer is first and last
+        quantize(lin, Recipe(w_bits=3))
+    q = quantize(lin, Recipe(w_bits=3, keep_first=False, keep_last=False))
+    assert type(q) is QuantLinear and q is not lin
+    assert type(lin) is nn.Linear  # the float module object is not mutated into another class
+    assert q.weight is lin.weight and q.bias is lin.bias
+    assert [p.name for p in plan(reference, Recipe(w_bits=3, keep_first=False,
+                                                   keep_last=False))] == [""]
+    x = torch.randn(5, 6)
+    alpha = q.weight_quant.alpha
+    assert alpha.item() == reference.weight.abs().max().item()
+    assert torch.equal(q(x), TF.linear(x, F.ivan_scaled_weight(reference.weight, alpha, 3),
+                                       reference.bias))
+    set_quantization(q, False)
+    assert torch.equal(q(x), reference(x))
+    # and its parameters train: gradient reaches weight, bias and alpha
+    set_quantization(q, True)
+    q(x).sum().backward()
+    assert q.weight.grad is not None and q.bias.grad is not None and alpha.grad is not None
+
+
+def test_uniform_recipe_builds_uniform_quantizers():
+    model = quantize(ConvNet(), Recipe(weight="uniform", w_bits=6, act="uniform", a_bits=5,
+                                       keep_first=False, keep_last=False))
+    convs = [m for m in model.modules() if isinstance(m, QuantConv2d)]
+    acts = [m for m in model.modules() if isinstance(m, QuantAct)]
+    assert len(convs) == 2 and isinstance(model.head, QuantLinear)
+    assert all(isinstance(m.weight_quant, UniformWeight) and m.weight_quant.bits == 6
+               for m in convs)
+    assert len(acts) == 2 and all(isinstance(a.quant, UniformAct) for a in acts)
+    # UniformAct quantizes the ReLU output: never negative
+    y = model.features(x_conv())
+    assert bool((y >= 0).all())

@@ -1,0 +1,84 @@
+"""size.model_bytes: float32 size and packed size (codes at their bit width + codebook scalars)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from lowbit import LayerRule, Recipe, model_bytes, quantize
+
+
+def stack(widths=(10, 7, 5, 3), relu=True, seed=0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    layers = []
+    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
+        layers.append(nn.Linear(a, b))
+        if relu and i < len(widths) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+def all_layers(**kw) -> Recipe:
+    return Recipe(keep_first=False, keep_last=False, **kw)
+
+
+def test_float_model_packed_equals_float():
+    model = stack()
+    n = sum(p.numel() for p in model.parameters())  # 10*7+7 + 7*5+5 + 5*3+3 = 135
+    assert n == 135
+    assert model_bytes(model) == {"float_bytes": 540, "packed_bytes": 540}
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 4, 5, 7, 8, 16])
+def test_ivan_weights_only(bits):
+    model = quantize(stack(relu=False), all_layers(w_bits=bits))
+    weights = [(7, 10), (5, 7), (3, 5)]
+    codes = sum(math.ceil(o * i * bits / 8) for o, i in weights)
+    alphas = 4 * len(weights)
+    biases = 4 * (7 + 5 + 3)
+    assert model_bytes(model) == {"float_bytes": 540, "packed_bytes": codes + alphas + biases}
+
+
+def test_ivan_weights_and_activations_hand_computed():
+    model = quantize(stack(), all_layers(w_bits=3, a_bits=2))
+    # codes: ceil(70*3/8)=27, ceil(35*3/8)=14, ceil(15*3/8)=6 -> 47; alphas 3*4; biases 15*4;
+    # two IvanAct running_max buffers (float, 4 bytes each; num_batches is int64, not stored)
+    assert model_bytes(model) == {"float_bytes": 540, "packed_bytes": 47 + 12 + 60 + 8}
+
+
+def test_uniform_weights_and_activations():
+    model = quantize(stack(), all_layers(weight="uniform", w_bits=4, act="uniform", a_bits=8))
+    # per-channel scale + zero point: 2 scalars per output channel
+    codes = math.ceil(70 * 4 / 8) + math.ceil(35 * 4 / 8) + math.ceil(15 * 4 / 8)
+    scalars = 4 * 2 * (7 + 5 + 3)
+    act = 2 * 4 * 2  # two UniformActs, running_min and running_max
+    assert model_bytes(model) == {"float_bytes": 540,
+                                  "packed_bytes": codes + scalars + 4 * 15 + act}
+
+
+def test_mixed_recipe_with_float_layers_and_batchnorm():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(),
+                          nn.Conv2d(4, 6, 3, bias=False), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(6, 2))
+    float_ = model_bytes(model)
+    # params: 108+4 + bn 4+4 + 216 + 12+2 = 350; bn running mean/var 8 floats
+    assert float_ == {"float_bytes": 4 * 358, "packed_bytes": 4 * 358}
+    quantize(model, Recipe(w_bits=2, rules=(LayerRule("6", w_bits=8),)))  # "0" kept float
+    packed = (4 * (108 + 4) + 4 * 8 + 4 * 8  # float conv, BN params + stats
+              + math.ceil(216 * 2 / 8) + 4  # conv 3: 2-bit codes + alpha
+              + math.ceil(12 * 8 / 8) + 4 + 4 * 2)  # linear 6: 8-bit codes + alpha + bias
+    assert model_bytes(model) == {"float_bytes": 4 * 358, "packed_bytes": packed}
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4, 8])
+def test_ratio_approaches_bits_over_32(bits):
+    model = quantize(nn.Sequential(nn.Linear(512, 512, bias=False)),
+                     all_layers(w_bits=bits))
+    sizes = model_bytes(model)
+    assert sizes["float_bytes"] == 4 * 512 * 512
+    assert sizes["packed_bytes"] == 512 * 512 * bits // 8 + 4
+    assert sizes["packed_bytes"] / sizes["float_bytes"] == pytest.approx(bits / 32, rel=1e-3)
