@@ -1,0 +1,99 @@
+"""End-to-end: `lowbit train` / `eval` / `methods` / `demo` on the bundled digits (no download)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from lowbit.cli import main
+from lowbit.errors import CheckpointError
+from lowbit.experiment import load_model
+
+TRAIN = ["train", "--model", "lenet300", "--dataset", "digits", "--method", "ivan",
+         "--w-bits", "4", "--a-bits", "4", "--epochs", "2", "--batch-size", "64",
+         "--no-progress"]
+
+
+def test_train_writes_model_summary_and_metrics(tmp_path, capsys):
+    assert main([*TRAIN, "--out", str(tmp_path)]) == 0
+    s = json.loads((tmp_path / "summary.json").read_text())
+    for key in ("test_accuracy", "test_loss", "epochs", "wall_seconds", "w_bits", "a_bits",
+                "method", "model", "dataset", "float_bytes", "packed_bytes"):
+        assert key in s
+    assert 0.5 < s["test_accuracy"] <= 1.0  # 10 classes: chance is 0.1
+    assert (s["w_bits"], s["a_bits"], s["method"], s["epochs"]) == (4, 4, "ivan", 2)
+    assert s["packed_bytes"] < s["float_bytes"]
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [1, 2]
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "model.pt"), "--dataset", "digits", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["test_accuracy"] == pytest.approx(s["test_accuracy"], abs=0)
+
+
+def _state(path):
+    return load_model(path)[0].state_dict()
+
+
+def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, monkeypatch):
+    import lowbit.experiment as experiment
+
+    main([*TRAIN, "--out", str(tmp_path / "a"), "--seed", "3"])
+    real_fit = experiment.fit
+
+    def stop_before_epoch_2(epoch, model):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    def interrupted_fit(*args, **kwargs):
+        return real_fit(*args, **kwargs, on_epoch_start=stop_before_epoch_2)
+
+    monkeypatch.setattr(experiment, "fit", interrupted_fit)
+    with pytest.raises(KeyboardInterrupt):
+        main([*TRAIN, "--out", str(tmp_path / "b"), "--seed", "3"])
+    assert (tmp_path / "b" / "checkpoint.pt").exists()
+    assert not (tmp_path / "b" / "model.pt").exists()
+    monkeypatch.setattr(experiment, "fit", real_fit)
+    main([*TRAIN, "--out", str(tmp_path / "b"), "--seed", "3", "--resume"])
+    a, b = _state(tmp_path / "a" / "model.pt"), _state(tmp_path / "b" / "model.pt")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    main([*TRAIN, "--out", str(tmp_path / "c"), "--seed", "4"])
+    c = _state(tmp_path / "c" / "model.pt")
+    assert not torch.equal(a["fc1.weight"], c["fc1.weight"])
+
+
+def test_bad_inputs_give_clear_errors(tmp_path, capsys):
+    assert main([*TRAIN[:5], "--w-bits", "0", "--out", str(tmp_path)]) == 2
+    assert "bits" in capsys.readouterr().err
+    assert main([*TRAIN[:5], "--method", "nope", "--w-bits", "4", "--out", str(tmp_path)]) == 2
+    assert "unknown quantization method 'nope'" in capsys.readouterr().err
+    bad = tmp_path / "model.pt"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(CheckpointError, match="model.pt"):
+        load_model(bad)
+    assert main(["eval", str(bad), "--dataset", "digits"]) == 2
+    assert main(["eval", str(tmp_path / "missing.pt"), "--dataset", "digits"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_methods_lists_every_registered_method(capsys):
+    from lowbit.quantizers import METHODS
+
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert sorted(line.split()[0] for line in out) == sorted(METHODS)
+    assert all(len(line.split()) > 3 for line in out)  # each has a description
+
+
+def test_demo_runs_and_writes_table_and_plot(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path), "--epochs", "1"]) == 0
+    rows = json.loads((tmp_path / "results.json").read_text())
+    assert [r["w_bits"] for r in rows] == [32, 8, 4, 2, 1]
+    sizes = [r["packed_bytes"] for r in rows]
+    assert sizes == sorted(sizes, reverse=True)
+    assert (tmp_path / "demo.png").stat().st_size > 1000
+    assert "| float |" in capsys.readouterr().out
