@@ -1,0 +1,196 @@
+"""Power-of-two modules: Miyashita's logarithmic weights and activations, and INQ's weights.
+
+Formulas and deviations: :mod:`lowbit.functional.log2`; the INQ procedure that drives
+:class:`INQWeight`: :mod:`lowbit.train.inq`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from lowbit.errors import LowbitError
+from lowbit.functional.checks import check_finite, check_nonempty
+from lowbit.functional.log2 import (
+    inq_codes,
+    inq_exponents,
+    inq_levels,
+    inq_quantize,
+    log_quant,
+    pow2,
+    pow2_codes,
+    pow2_levels,
+    round_log2,
+)
+from lowbit.functional.stochastic import finite_absmax
+from lowbit.quantizers.base import ActQuantizer, WeightQuantizer
+
+
+def _top_exponent(m: torch.Tensor) -> torch.Tensor:
+    """Round(log2 m) as int64 (0 for m = 0): the exponent m itself rounds to."""
+    r, nonzero = round_log2(m.detach().float().reshape(1))
+    return torch.where(nonzero, r, torch.zeros_like(r)).long().reshape(())
+
+
+class Pow2Weight(WeightQuantizer):
+    """{0, +-2^e : e = fsr - 2^(b-1) + 2 .. fsr}, sign bit + log code (Miyashita et al. 2016).
+
+    ``fsr`` (a buffer, default 0) is set by ``init_from`` to Round(log2 max|w|), the exponent
+    the largest float weight rounds to, and kept fixed during training like the paper's FSR.
+    Deviation (from the issue's ceil(log2 max|w|)): with ceil the top level is never reached
+    whenever max|w| < 2^(fsr - 1/2), wasting one of the few magnitudes.
+    """
+
+    BITS = tuple(range(2, 9))
+
+    def __init__(self, bits: int) -> None:
+        super().__init__(bits)
+        self.register_buffer("fsr", torch.zeros((), dtype=torch.long))
+
+    def init_from(self, weight: torch.Tensor) -> None:
+        check_finite(check_nonempty(weight, "weight"), "weight")
+        self.fsr.copy_(_top_exponent(weight.detach().abs().max()))
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        finite_absmax(weight, "weight")
+        return pow2(weight, self.bits, self.fsr)
+
+    @torch.no_grad()
+    def encode(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        q = self.forward(weight)
+        fsr = int(self.fsr)
+        levels = pow2_levels(self.bits, fsr, dtype=q.dtype, device=q.device)
+        return pow2_codes(q, self.bits, fsr), levels
+
+    def storage_scalars(self, weight: torch.Tensor) -> int:
+        return 1  # fsr
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, fsr={int(self.fsr)}"
+
+
+class Pow2Act(ActQuantizer):
+    """Unsigned LogQuant(x, b, FSR) of the ReLU output: {0} U {2^e : e = fsr - 2^b + 2 .. fsr}.
+
+    fsr = Round(log2 M), M the batch max in training and a running average of batch maxima
+    (momentum 0.1) at inference. Deviation: Miyashita et al. pick FSR per layer by hand.
+    """
+
+    BITS = tuple(range(1, 9))
+    REPLACES_ACTIVATION = False
+
+    def __init__(self, bits: int, momentum: float = 0.1) -> None:
+        super().__init__(bits)
+        self.momentum = momentum
+        self.register_buffer("running_max", torch.zeros(()))
+        self.register_buffer("num_batches", torch.zeros((), dtype=torch.long))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.numel() == 0:
+            return x.clone()
+        if self.training or int(self.num_batches) == 0:
+            m = x.detach().max().clamp(min=0.0)
+            if self.training:
+                self._update(m)
+        else:
+            m = self.running_max
+        return log_quant(x, self.bits, _top_exponent(m))
+
+    @torch.no_grad()
+    def _update(self, m: torch.Tensor) -> None:
+        if int(self.num_batches) == 0:
+            self.running_max.copy_(m)
+        else:
+            self.running_max.lerp_(m, self.momentum)
+        self.num_batches += 1
+
+
+class INQWeight(WeightQuantizer):
+    """INQ (Zhou et al. 2017): frozen weights are powers of two {0, +-2^n2..2^n1}, the rest
+    stays float until :mod:`lowbit.train.inq` freezes it.
+
+    forward(w) = where(frozen_mask, frozen_values, w). The frozen entries get a zero gradient
+    (the ``where``), and the forward reads the stored ``frozen_values``, so an optimizer's
+    weight decay on the float copy cannot move them. n1 = floor(log2(4 max|w| / 3)) is fixed by
+    ``init_from`` (the pre-trained weight), n2 = n1 + 1 - 2^(b-2). ``encode`` is valid only once
+    every weight is frozen (portion 1.0).
+    """
+
+    BITS = tuple(range(2, 9))
+
+    def __init__(self, bits: int) -> None:
+        super().__init__(bits)
+        self.register_buffer("n1", torch.zeros((), dtype=torch.long))
+        self.register_buffer("frozen_mask", torch.zeros(0, dtype=torch.bool))
+        self.register_buffer("frozen_values", torch.zeros(0))
+
+    @property
+    def n2(self) -> int:
+        return int(self.n1) + 1 - 2 ** (self.bits - 2)
+
+    def init_from(self, weight: torch.Tensor) -> None:
+        w = check_finite(check_nonempty(weight.detach(), "weight"), "weight")
+        self.n1.fill_(inq_exponents(float(w.abs().max()), self.bits)[0])
+        self.frozen_mask = torch.zeros(w.shape, dtype=torch.bool, device=w.device)
+        self.frozen_values = torch.zeros_like(w)
+
+    def _check_shape(self, weight: torch.Tensor) -> None:
+        if self.frozen_mask.shape != weight.shape:
+            raise LowbitError(
+                f"INQWeight holds a mask of shape {tuple(self.frozen_mask.shape)} for a weight of "
+                f"shape {tuple(weight.shape)}; call init_from(weight) first (quantize() does)"
+            )
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        self._check_shape(weight)
+        return torch.where(self.frozen_mask, self.frozen_values, weight)
+
+    @property
+    def frozen_fraction(self) -> float:
+        n = self.frozen_mask.numel()
+        return float(self.frozen_mask.sum()) / n if n else 0.0
+
+    @torch.no_grad()
+    def partition_(self, weight: torch.Tensor, portion: float) -> int:
+        """Freeze the largest-|w| float weights until ``portion`` of all are frozen; set them
+        (in ``weight`` too) to their INQ levels. Returns the number newly frozen."""
+        self._check_shape(weight)
+        if not 0.0 <= portion <= 1.0 or math.isnan(portion):
+            raise ValueError(f"INQ portion must be in [0, 1], got {portion!r}")
+        mask, values = self.frozen_mask.view(-1), self.frozen_values.view(-1)
+        flat = weight.detach().reshape(-1)
+        target = min(flat.numel(), math.floor(portion * flat.numel() + 0.5))
+        k = target - int(mask.sum())
+        if k > 0:
+            score = torch.where(mask, torch.full_like(flat, -1.0), flat.abs())
+            idx = torch.topk(score, k).indices
+            values[idx] = inq_quantize(flat[idx], int(self.n1), self.n2)
+            mask[idx] = True
+        weight.data.copy_(torch.where(self.frozen_mask, self.frozen_values, weight.data))
+        return max(k, 0)
+
+    @torch.no_grad()
+    def encode(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self._check_shape(weight)
+        if not bool(self.frozen_mask.all()):
+            raise LowbitError(
+                f"INQ weight is only {100 * self.frozen_fraction:.1f}% quantized; encode needs "
+                "every weight frozen (run the INQ schedule to portion 1.0)"
+            )
+        q = self.forward(weight)
+        n1, n2 = int(self.n1), self.n2
+        return inq_codes(q, n1, n2), inq_levels(n1, n2, dtype=q.dtype, device=q.device)
+
+    def storage_scalars(self, weight: torch.Tensor) -> int:
+        return 1  # n1
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for name in ("frozen_mask", "frozen_values"):  # shapes follow the stored weight
+            stored = state_dict.get(prefix + name)
+            if stored is not None and stored.shape != getattr(self, name).shape:
+                setattr(self, name, torch.empty_like(stored, device=self.n1.device))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, n1={int(self.n1)}, n2={self.n2}"
