@@ -142,9 +142,6 @@ def test_non_finite_weight_ivan(value):
         layer(torch.randn(2, 3))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: UniformWeight never calls check_finite: NaN -> "
-                   "ValueError('scale must be > 0') in forward and garbage int64 codes in encode; "
-                   "Inf -> silent all-NaN channel in forward")
 @pytest.mark.parametrize("value", [math.nan, math.inf])
 @pytest.mark.parametrize("method", ["forward", "encode"])
 def test_non_finite_weight_uniform(value, method):
@@ -201,9 +198,6 @@ def _finite_part_ok(y: torch.Tensor, x: torch.Tensor, bits: int) -> bool:
     return torch.equal(y[fin], F.ivan_activation(x[fin], bits))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a NaN in an activation makes M = NaN, which "
-                   "`where(m > 0, m, 1)` silently replaces by 1: the finite entries are quantized "
-                   "with M = 1 (e.g. 3.0 -> 1.0 at 2 bits), and IvanAct's running_max becomes NaN")
 def test_nan_activation_does_not_silently_change_the_other_entries():
     x = torch.tensor([math.nan, 1.0, 3.0])
     assert _finite_part_ok(F.ivan_activation(x, 2), x, 2)
@@ -212,8 +206,6 @@ def test_nan_activation_does_not_silently_change_the_other_entries():
     assert not math.isnan(q.running_max.item()) or bool(torch.isnan(q.eval()(x)).all())
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: UniformAct raises ValueError('scale must be > 0') "
-                   "on a NaN activation instead of propagating NaN as checks.py documents")
 @pytest.mark.parametrize("training", [True, False])
 def test_nan_activation_uniform_act_propagates(training):
     y = UniformAct(4).train(training)(torch.tensor([math.nan, 0.5, 1.0]))

@@ -196,9 +196,6 @@ def boundary_weights(seed: int, b: int) -> torch.Tensor:
     return w[w.abs() <= m]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: IvanWeight.encode computes codes from "
-                   "ceil((w / m) * s) but forward (_IvanScaledWeight since c145833) from "
-                   "ceil(w * (s / m)); near level boundaries decode(encode(w)) != forward(w)")
 def test_ivan_weight_decode_equals_forward_at_level_boundaries():
     for seed in range(300):
         b = 2 + seed % 7
@@ -209,8 +206,6 @@ def test_ivan_weight_decode_equals_forward_at_level_boundaries():
         assert torch.equal(F.decode(codes, codebook), q(w).detach()), (seed, b)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: same root cause: forward feeds Q_b with "
-                   "w * (s / max|w|), not w / max|w| as eq. (4) and the docstring say")
 def test_ivan_scaled_weight_matches_reference_at_level_boundaries():
     for seed in range(300):
         b = 2 + seed % 7
@@ -306,8 +301,6 @@ def test_ivan_activation_zero_max_gives_zeros(b):
         assert torch.equal(y, torch.zeros_like(x))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: max_value=0 with positive inputs gives outputs up "
-                   "to 1.0 (M silently replaced by 1) instead of 0 / outputs <= M")
 def test_ivan_activation_given_zero_max_value_gives_zeros():
     y = F.ivan_activation(torch.tensor([0.5, 2.0]), 2, torch.tensor(0.0))
     assert torch.equal(y, torch.zeros(2))

@@ -60,18 +60,29 @@ def ivan_weight(x: torch.Tensor, bits: int) -> torch.Tensor:
     return x + (q - x).detach()
 
 
+def ivan_scaled_levels(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Signed level indices k of Q_b(w / max|w|) and max|w| (1 for an all-zero ``w``).
+
+    ``w / (m / s)`` equals ``(w / m) * s`` exactly (m / s and the product by s are exact
+    power-of-two scalings), so this is Q_b of w / max|w| bit for bit. Raises NonFiniteError for
+    NaN/Inf in ``w`` (max|w| is NaN or Inf iff ``w`` holds one: no extra pass over ``w``).
+    """
+    lo, hi = torch.aminmax(w.detach())
+    m = torch.maximum(-lo, hi)
+    if not bool(torch.isfinite(m)):
+        check_finite(w, "weight")
+    m = m if bool(m > 0) else torch.ones_like(m)
+    s = float(2 ** (bits - 1))
+    return _signed_levels(w.detach() / (m / s), s), m
+
+
 class _IvanScaledWeight(torch.autograd.Function):
     """W = |alpha| Q_b(w / max|w|) and its straight-through gradient, in one Function."""
 
     @staticmethod
     def forward(ctx, w, alpha, bits):
-        lo, hi = torch.aminmax(w)
-        m = torch.maximum(-lo, hi)
-        if not bool(torch.isfinite(m)):  # max|w| is NaN or Inf iff w holds NaN or Inf
-            check_finite(w, "weight")
-        m = m if bool(m > 0) else torch.ones_like(m)
+        k, m = ivan_scaled_levels(w, bits)
         s = float(2 ** (bits - 1))
-        k = _signed_levels(w * (s / m), s)
         ctx.save_for_backward(k, alpha, m)
         ctx.s = s
         return k * (alpha.abs() / s)
@@ -97,11 +108,11 @@ class _IvanActivation(torch.autograd.Function):
     def forward(ctx, x, n, max_value):
         xc = torch.clamp(x, 0.0, n)
         m = xc.max() if max_value is None else max_value.to(xc.dtype)
-        m = torch.where(m > 0, m, torch.ones_like(m))  # M = 0: every x_hat is 0, output 0
-        step = m / n
-        k = torch.clamp(torch.ceil(xc / step), 0.0, n)
         ctx.save_for_backward((x > 0) & (x <= n))
-        return k * step
+        if bool(m == 0):  # no positive input (or a zero running max): A_b is 0 everywhere
+            return torch.zeros_like(x)
+        step = m / n  # a NaN in x makes M NaN, and NaN spreads to every output
+        return torch.clamp(torch.ceil(xc / step), 0.0, n) * step
 
     @staticmethod
     def backward(ctx, grad):

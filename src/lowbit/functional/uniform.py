@@ -75,7 +75,7 @@ def uniform(
     if x.numel() == 0:
         return x.clone()
     s = _broadcast(scale, x, axis)
-    if not bool((s > 0).all()):
+    if bool((s <= 0).any()):  # a NaN scale (from NaN activations) propagates NaN instead
         raise ValueError("scale must be > 0")
     return _Uniform.apply(x, s, _broadcast(zero_point, x, axis), qmin, qmax)
 

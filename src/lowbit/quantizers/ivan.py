@@ -8,8 +8,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lowbit.functional.checks import check_nonempty
 from lowbit.functional.codebook import signed_to_codes
-from lowbit.functional.ivan import ivan_activation, ivan_scaled_weight, ivan_weight_codes
+from lowbit.functional.ivan import ivan_activation, ivan_scaled_levels, ivan_scaled_weight
 from lowbit.quantizers.base import ActQuantizer, WeightQuantizer
 
 
@@ -34,11 +35,9 @@ class IvanWeight(WeightQuantizer):
 
     @torch.no_grad()
     def encode(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        ivan_scaled_weight(weight, self.alpha, self.bits)  # same checks as forward
+        check_nonempty(weight, "weight")
         s = 2 ** (self.bits - 1)
-        m = weight.abs().max()
-        m = torch.where(m > 0, m, torch.ones_like(m))
-        k = ivan_weight_codes(weight / m, self.bits)
+        k, _ = ivan_scaled_levels(weight, self.bits)  # the same levels the forward computes
         levels = torch.cat([torch.arange(-s, 0), torch.arange(1, s + 1)]).to(weight)
         return signed_to_codes(k, s), levels * (self.alpha.abs() / float(s))
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from lowbit.functional.checks import check_finite
 from lowbit.functional.uniform import minmax, minmax_qparams, uniform, uniform_codes
 from lowbit.quantizers.base import ActQuantizer, WeightQuantizer
 
@@ -29,6 +30,8 @@ class UniformWeight(WeightQuantizer):
     def qparams(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int | None]:
         axis = 0 if self.per_channel else None
         lo, hi = minmax(weight, axis)
+        if not bool(torch.isfinite(lo).all() & torch.isfinite(hi).all()):
+            check_finite(weight, "weight")
         scale, zero_point = minmax_qparams(lo, hi, self.qmin, self.qmax, self.symmetric)
         return scale, zero_point, axis
 
