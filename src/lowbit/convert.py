@@ -15,7 +15,11 @@ from torch import nn
 from lowbit.errors import LowbitError, NoQuantizableLayerError
 from lowbit.functional.checks import FLOAT_BITS
 from lowbit.nn.layers import QUANT_LAYERS, QuantAct, QuantConv2d, QuantLinear
-from lowbit.quantizers.registry import make_act_quantizer, make_weight_quantizer
+from lowbit.quantizers.registry import (
+    make_act_quantizer,
+    make_grad_quantizer,
+    make_weight_quantizer,
+)
 from lowbit.recipe import Recipe
 
 WEIGHT_LAYERS: dict[type, type] = {nn.Linear: QuantLinear, nn.Conv2d: QuantConv2d}
@@ -97,13 +101,19 @@ def _check_plan(model: nn.Module, recipe: Recipe, layers: list[LayerPlan]) -> No
 
 
 def quantize(model: nn.Module, recipe: Recipe) -> nn.Module:
-    """Swap ``model``'s layers in place as ``recipe`` says and return the model."""
+    """Swap ``model``'s layers in place as ``recipe`` says and return the model.
+
+    With ``recipe.g_bits < 32`` every quantized weight layer also gets the recipe's gradient
+    quantizer in its ``grad_quant`` slot (applied to the gradient w.r.t. the layer output).
+    """
     for p in plan(model, recipe):
         if not p.quantized:
             continue
         old = model.get_submodule(p.name)
         if p.kind == "weight":
             new = WEIGHT_LAYERS[type(old)].from_float(old, make_weight_quantizer(p.method, p.bits))
+            if recipe.g_bits != FLOAT_BITS:
+                new.grad_quant = make_grad_quantizer(recipe.grad, recipe.g_bits)
         else:
             new = QuantAct(make_act_quantizer(p.method, p.bits), old)
             new.train(old.training)

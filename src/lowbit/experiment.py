@@ -23,9 +23,12 @@ from lowbit.convert import quantize
 from lowbit.data import load_dataset
 from lowbit.errors import CheckpointError
 from lowbit.models import build_model
+from lowbit.nn.layers import QUANT_LAYERS
 from lowbit.recipe import Recipe
 from lowbit.size import model_bytes
 from lowbit.train import TrainConfig, atomic_save, evaluate, fit
+from lowbit.train.inq import fit_inq
+from lowbit.train.qnet import fit_qnet
 
 MODEL_FORMAT, MODEL_VERSION = "lowbit-model", 1
 
@@ -52,6 +55,8 @@ class Job:
     recipe: Recipe = field(default_factory=Recipe)
     config: TrainConfig = field(default_factory=TrainConfig)
     data_dir: str | None = None
+    init: str | None = None  # a float model.pt to start from (fine-tuning, INQ, qnet)
+    temperature_factor: float = 5.0  # qnet: T = epoch x factor (yang2019 sec. 4.1, ResNet)
 
 
 def default_config(model: str, **overrides: Any) -> TrainConfig:
@@ -60,12 +65,39 @@ def default_config(model: str, **overrides: Any) -> TrainConfig:
     return replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
 
-def build(model: str, dataset_name: str, recipe: Recipe, data_dir: str | None = None):
-    """Model ``model`` sized for ``dataset_name``'s images and quantized by ``recipe``."""
-    train = load_dataset(dataset_name, "train", data_dir)
-    kwargs = model_kwargs(model, train)
-    net = quantize(build_model(**kwargs), recipe)
-    return net, kwargs
+def build(job: Job):
+    """Job's model sized for its dataset, started from ``job.init`` if given, quantized."""
+    train = load_dataset(job.dataset, "train", job.data_dir)
+    kwargs = model_kwargs(job.model, train)
+    net = build_model(**kwargs)
+    if job.init is not None:
+        start, blob = load_model(job.init)
+        if any(isinstance(m, QUANT_LAYERS) for m in start.modules()):
+            raise CheckpointError(f"--init {job.init} is a quantized model; give a float one")
+        if blob["model_kwargs"] != kwargs:
+            raise CheckpointError(f"--init {job.init} is a {blob['model_kwargs']['name']} for "
+                                  "other inputs/classes than this job's")
+        net.load_state_dict(start.state_dict())
+    return quantize(net, job.recipe), kwargs
+
+
+def _train(job: Job, net: nn.Module, train, test, out_dir: Path, resume: bool, progress: bool):
+    """fit(), or the method's own training procedure (INQ's steps, qnet's phases)."""
+    data = (train.images, train.labels), (test.images, test.labels)
+    if job.recipe.weight == "inq" and job.recipe.w_bits != 32:
+        r = fit_inq(net, *data, job.config, out_dir, resume=resume, progress=progress)
+        steps = [s["summary"] for s in r["steps"] if s.get("summary")]
+        return {"test_accuracy": r["test_accuracy"], "test_loss": r["test_loss"],
+                "epochs": sum(s["epochs"] for s in steps),
+                "wall_seconds": sum(s["wall_seconds"] for s in steps)}
+    if "qnet" in (job.recipe.weight, job.recipe.act) and not job.recipe.is_float:
+        config = job.config if job.config.grad_clip else replace(job.config, grad_clip=5.0)
+        r = fit_qnet(net, *data, config, out_dir, job.temperature_factor, resume=resume,
+                     progress=progress)
+        return {"test_accuracy": r["hard_test_accuracy"], "test_loss": r["hard_test_loss"],
+                "epochs": sum(s["epochs"] for s in r["phases"]),
+                "wall_seconds": sum(s["wall_seconds"] for s in r["phases"])}
+    return fit(net, *data, job.config, out_dir, resume=resume, progress=progress)
 
 
 def model_kwargs(model: str, data) -> dict[str, Any]:
@@ -80,18 +112,17 @@ def run(job: Job, out_dir: str | Path, resume: bool = False, progress: bool = Tr
     train = load_dataset(job.dataset, "train", job.data_dir)
     test = load_dataset(job.dataset, "test", job.data_dir)
     torch.manual_seed(job.config.seed)  # model initialisation is part of the seeded run
-    net, kwargs = build(job.model, job.dataset, job.recipe, job.data_dir)
-    result = fit(net, (train.images, train.labels), (test.images, test.labels), job.config,
-                 out_dir, resume=resume, progress=progress)
+    net, kwargs = build(job)
+    result = _train(job, net, train, test, out_dir, resume, progress)
     save_model(net, kwargs, job, out_dir / "model.pt")
     summary = {
         "test_accuracy": result["test_accuracy"], "test_loss": result["test_loss"],
         "epochs": result["epochs"], "wall_seconds": result["wall_seconds"],
-        "w_bits": job.recipe.w_bits, "a_bits": job.recipe.a_bits,
+        "w_bits": job.recipe.w_bits, "a_bits": job.recipe.a_bits, "g_bits": job.recipe.g_bits,
         "method": job.recipe.weight if job.recipe.weight == job.recipe.act
         else f"{job.recipe.weight}+{job.recipe.act}",
         "model": job.model, "dataset": job.dataset, **model_bytes(net),
-        "recipe": job.recipe.to_dict(), "config": job.config.__dict__,
+        "recipe": job.recipe.to_dict(), "config": job.config.__dict__, "init": job.init,
     }
     write_json_atomic(summary, out_dir / "summary.json")
     return summary

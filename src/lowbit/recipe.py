@@ -46,7 +46,8 @@ class Recipe:
 
     ``keep_first``/``keep_last``: the first and last weight layers (in module registration
     order) stay in float, XNOR-Net's practice (Rastegari et al. 2016, sec. 4); set them to
-    False to quantize every layer, as Ivan's experiments do.
+    False to quantize every layer, as Ivan's experiments do. ``grad``/``g_bits``: quantize the
+    gradient flowing back into every quantized weight layer (DoReFa-Net eq. 12; 32 = float).
     """
 
     weight: str = "ivan"
@@ -56,11 +57,14 @@ class Recipe:
     rules: tuple[LayerRule, ...] = field(default_factory=tuple)
     keep_first: bool = True
     keep_last: bool = True
+    grad: str = "dorefa"
+    g_bits: int = FLOAT_BITS
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "rules", tuple(self.rules))
         validate(self.weight, "weight", check_bits(self.w_bits, what="w_bits"))
         validate(self.act, "activation", check_bits(self.a_bits, what="a_bits"))
+        validate(self.grad, "gradient", check_bits(self.g_bits, what="g_bits"))
         for rule in self.rules:
             if not isinstance(rule, LayerRule):
                 raise TypeError(f"Recipe.rules must hold LayerRule objects, got {rule!r}")
@@ -71,7 +75,8 @@ class Recipe:
 
     @property
     def is_float(self) -> bool:
-        return self.w_bits == FLOAT_BITS and self.a_bits == FLOAT_BITS and not self.rules
+        bits = (self.w_bits, self.a_bits, self.g_bits)
+        return all(b == FLOAT_BITS for b in bits) and not self.rules
 
     def to_dict(self) -> dict:
         return asdict(self)

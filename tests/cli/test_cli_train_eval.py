@@ -97,3 +97,37 @@ def test_demo_runs_and_writes_table_and_plot(tmp_path, capsys):
     assert sizes == sorted(sizes, reverse=True)
     assert (tmp_path / "demo.png").stat().st_size > 1000
     assert "| float |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("method,w,a", [("inq", "5", "32"), ("qnet", "3", "32"),
+                                        ("dorefa", "4", "4")])
+def test_method_procedures_from_a_float_init(tmp_path, method, w, a):
+    """INQ (accumulated portions) and qnet (three phases) run through `lowbit train --method`,
+    started from a float model with --init; the saved model evaluates to the summary's value."""
+    base = ["train", "--model", "lenet300", "--dataset", "digits", "--epochs", "1",
+            "--batch-size", "64", "--no-progress"]
+    assert main([*base, "--out", str(tmp_path / "float")]) == 0
+    out = tmp_path / method
+    args = [*base, "--method", method, "--w-bits", w, "--a-bits", a, "--g-bits", "8",
+            "--g-method", "dorefa", "--init", str(tmp_path / "float" / "model.pt")]
+    assert main([*args, "--out", str(out)]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["init"].endswith("model.pt") and s["g_bits"] == 8
+    net, _ = load_model(out / "model.pt")
+    assert any(getattr(m, "grad_quant", None) is not None for m in net.modules())
+    from lowbit.data import load_dataset
+    from lowbit.train import evaluate
+
+    test = load_dataset("digits", "test")
+    assert evaluate(net, test.images, test.labels)[1] == pytest.approx(s["test_accuracy"])
+    if method == "inq":
+        assert sorted(p.name for p in out.glob("step*")) == ["step1", "step2", "step3"]
+    if method == "qnet":
+        assert len(list(out.glob("phase*"))) == 3
+
+
+def test_init_must_be_a_float_model_of_the_same_shape(tmp_path, capsys):
+    q = tmp_path / "q"
+    main([*TRAIN, "--out", str(q)])
+    assert main([*TRAIN, "--init", str(q / "model.pt"), "--out", str(tmp_path / "x")]) == 2
+    assert "quantized model" in capsys.readouterr().err

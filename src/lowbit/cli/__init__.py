@@ -20,6 +20,12 @@ def _train_parser(sub) -> None:
     p.add_argument("--a-method", help="activation method (default: --method)")
     p.add_argument("--w-bits", type=int, default=32, help="weight bits, 1..32 (32 = float)")
     p.add_argument("--a-bits", type=int, default=32, help="activation bits, 1..32 (32 = float)")
+    p.add_argument("--g-bits", type=int, default=32, help="gradient bits (DoReFa), 32 = float")
+    p.add_argument("--g-method", default="dorefa", help="gradient quantization method")
+    p.add_argument("--init", help="start from this float model.pt (fine-tuning, INQ, qnet)")
+    p.add_argument("--grad-clip", type=float, help="clip the gradient L2 norm (qnet: 5)")
+    p.add_argument("--temperature-factor", type=float, default=5.0,
+                   help="qnet: T = epoch x factor (yang2019 sec. 4.1)")
     p.add_argument("--keep-first", action=argparse.BooleanOptionalAction, default=True,
                    help="keep the first weight layer in float (default: yes)")
     p.add_argument("--keep-last", action=argparse.BooleanOptionalAction, default=True,
@@ -41,11 +47,12 @@ def _cmd_train(a) -> int:
     from lowbit.recipe import Recipe
 
     recipe = Recipe(weight=a.w_method or a.method, w_bits=a.w_bits, act=a.a_method or a.method,
-                    a_bits=a.a_bits, keep_first=a.keep_first, keep_last=a.keep_last)
+                    a_bits=a.a_bits, keep_first=a.keep_first, keep_last=a.keep_last,
+                    grad=a.g_method, g_bits=a.g_bits)
     config = default_config(a.model, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
                             weight_decay=a.weight_decay, seed=a.seed, optimizer=a.optimizer,
-                            schedule=a.schedule, num_threads=a.threads)
-    job = Job(a.model, a.dataset, recipe, config, a.data_dir)
+                            schedule=a.schedule, num_threads=a.threads, grad_clip=a.grad_clip)
+    job = Job(a.model, a.dataset, recipe, config, a.data_dir, a.init, a.temperature_factor)
     s = run(job, a.out, resume=a.resume, progress=not a.no_progress)
     print(f"test accuracy {s['test_accuracy']:.4f}  loss {s['test_loss']:.4f}  "
           f"packed {s['packed_bytes']:,} B of {s['float_bytes']:,} B float  "

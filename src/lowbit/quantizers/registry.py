@@ -16,7 +16,7 @@ from lowbit.quantizers.binary import (
     XNORAct,
     XNORWeight,
 )
-from lowbit.quantizers.dorefa import DoReFaAct, DoReFaWeight
+from lowbit.quantizers.dorefa import DoReFaAct, DoReFaGradient, DoReFaWeight
 from lowbit.quantizers.hwgq import HWGQAct
 from lowbit.quantizers.ivan import IvanAct, IvanWeight
 from lowbit.quantizers.learned import LSQAct, LSQWeight, PACTAct
@@ -33,6 +33,7 @@ class Method:
     description: str
     weight: type[WeightQuantizer] | None = None
     act: type[ActQuantizer] | None = None
+    grad: type | None = None  # identity forward, quantized backward (for ``grad_quant``)
 
 
 METHODS: dict[str, Method] = {
@@ -129,6 +130,7 @@ METHODS: dict[str, Method] = {
         "ReLU; 1..16 bits (gradients: DoReFaGradient module, 2..16 bits)",
         DoReFaWeight,
         DoReFaAct,
+        DoReFaGradient,
     ),
     "pow2": Method(
         "pow2",
@@ -181,13 +183,17 @@ def _check(cls: type | None, name: str, role: str, bits: int) -> type:
     return cls
 
 
+ROLES = ("weight", "activation", "gradient")
+
+
 def validate(name: str, role: str, bits: int) -> None:
-    """Raise if ``name`` cannot quantize ``role`` ("weight" or "activation") to ``bits``."""
+    """Raise if ``name`` cannot quantize ``role`` (one of ROLES) to ``bits``."""
     check_bits(bits, what=f"{role} bits")
     m = get_method(name)  # an unknown name is an error even where it is not used (32 bits)
     if bits == FLOAT_BITS:
         return
-    _check(m.weight if role == "weight" else m.act, name, role, bits)
+    cls = {"weight": m.weight, "activation": m.act, "gradient": m.grad}[role]
+    _check(cls, name, role, bits)
 
 
 def make_weight_quantizer(name: str, bits: int) -> WeightQuantizer:
@@ -198,3 +204,8 @@ def make_weight_quantizer(name: str, bits: int) -> WeightQuantizer:
 def make_act_quantizer(name: str, bits: int) -> ActQuantizer:
     validate(name, "activation", bits)
     return get_method(name).act(bits)
+
+
+def make_grad_quantizer(name: str, bits: int):
+    validate(name, "gradient", bits)
+    return get_method(name).grad(bits)

@@ -30,6 +30,7 @@ class TrainConfig:
     ``schedule`` (stepped once per epoch): "cosine" (Loshchilov & Hutter 2017, SGDR without
     restarts, to 0 over ``epochs``), "step" (x0.1 at 50% and 75% of the epochs, as He et al.
     2016 for CIFAR) or "none". ``num_threads`` None leaves torch's thread count alone.
+    ``grad_clip``: clip the gradients' global L2 norm to this value (None: no clipping).
     """
 
     epochs: int = 10
@@ -42,6 +43,7 @@ class TrainConfig:
     seed: int = 0
     label_smoothing: float = 0.0
     num_threads: int | None = None
+    grad_clip: float | None = None
 
     def __post_init__(self) -> None:
         _check_int("epochs", self.epochs, 1)
@@ -55,6 +57,8 @@ class TrainConfig:
         _check_float("momentum", self.momentum, 0.0, 1.0, open_low=False)
         _check_float("weight_decay", self.weight_decay, 0.0, math.inf, open_low=False)
         _check_float("label_smoothing", self.label_smoothing, 0.0, 1.0, open_low=False)
+        if self.grad_clip is not None:
+            _check_float("grad_clip", self.grad_clip, 0.0, math.inf, open_low=True)
         if self.optimizer not in OPTIMIZER_NAMES:
             raise ValueError(f"TrainConfig.optimizer must be one of {OPTIMIZER_NAMES}, "
                              f"got {self.optimizer!r}")

@@ -88,7 +88,8 @@ def fit_inq(
                           progress=progress)
         else:
             loss, accuracy = evaluate(model, *test)
-            summary = {"test_accuracy": accuracy, "test_loss": loss, "epochs": 0}
+            summary = {"test_accuracy": accuracy, "test_loss": loss, "epochs": 0,
+                       "wall_seconds": 0.0}
         steps.append({"portion": portion, "frozen_fraction": frozen, "summary": summary})
     last = steps[-1]["summary"]
     return {"steps": steps, "test_accuracy": last["test_accuracy"], "test_loss": last["test_loss"]}

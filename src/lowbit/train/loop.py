@@ -127,6 +127,8 @@ def train_epoch(
                                      f"batch {batch} of {num_batches}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if config.grad_clip is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
         for module, weight in after_step:
             module.after_step(weight)
