@@ -1,0 +1,41 @@
+"""The fused numba kernels equal their torch fallbacks bit for bit (lowbit.functional.kernels)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lowbit.functional import kernels
+
+
+@pytest.mark.skipif(kernels.numba is None, reason="numba not installed")
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), bits=st.integers(1, 16), n=st.integers(1, 3000))
+def test_signed_levels_kernel_equals_torch(seed, bits, n):
+    g = torch.Generator().manual_seed(seed)
+    s = float(2 ** (bits - 1))
+    w = torch.randn(n, generator=g) * 10 ** float(torch.randint(-3, 3, (1,), generator=g))
+    m = w.abs().max()
+    # exact grid points k m / s, half-steps, +-0 and the extremes
+    grid = torch.arange(-s, s + 1) / s * m
+    half = (torch.arange(-s, s) + 0.5) / s * m
+    w = torch.cat([w, grid, half, torch.tensor([0.0, -0.0])])
+    d = m / s
+    fast = kernels.signed_levels(w, d, s)
+    ref = kernels._signed_levels_torch(w.clone(), d, s)
+    assert torch.equal(fast, ref)
+    assert torch.equal(torch.signbit(fast), torch.signbit(ref))
+    assert fast.abs().min() >= 1 and fast.abs().max() <= s
+
+
+def test_signed_levels_falls_back_for_float64_and_noncontiguous():
+    w = torch.randn(6, 4, dtype=torch.float64)
+    out = kernels.signed_levels(w, torch.tensor(0.25, dtype=torch.float64), 4.0)
+    assert out.dtype == torch.float64
+    assert torch.equal(out, kernels._signed_levels_torch(w.clone(), torch.tensor(0.25), 4.0))
+    wt = torch.randn(5, 7).t()  # not contiguous
+    d = wt.abs().max() / 8
+    assert torch.equal(kernels.signed_levels(wt, d, 8.0),
+                       kernels._signed_levels_torch(wt.clone(), d, 8.0))
