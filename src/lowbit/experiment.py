@@ -9,8 +9,6 @@ call :func:`run` and :func:`evaluate_file`; benchmarks call them too.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,6 +25,7 @@ from lowbit.nn.layers import QUANT_LAYERS
 from lowbit.recipe import Recipe
 from lowbit.size import model_bytes
 from lowbit.train import TrainConfig, atomic_save, evaluate, fit
+from lowbit.train.checkpoint import atomic_write_text
 from lowbit.train.inq import fit_inq
 from lowbit.train.qnet import fit_qnet
 
@@ -167,16 +166,6 @@ def evaluate_file(path: str | Path, dataset: str, data_dir: str | None = None) -
 
 
 def write_json_atomic(obj: Any, path: Path) -> None:
-    """Write ``obj`` as JSON to ``path`` atomically (temp file in the same dir, fsync, rename)."""
+    """Write ``obj`` as indented JSON to ``path`` atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, default=str)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(json.dumps(obj, indent=2, default=str) + "\n", path)

@@ -56,6 +56,32 @@ class ActQuantizer(_Quantizer):
     REPLACES_ACTIVATION: ClassVar[bool] = True
 
 
+class RunningMaxAct(ActQuantizer):
+    """An activation quantizer whose range is the batch max M in training and a running average
+    of batch maxima (``momentum``) at inference, so that a test prediction does not depend on
+    the rest of its batch. Before any training batch, eval uses the batch's own max."""
+
+    def __init__(self, bits: int, momentum: float = 0.1) -> None:
+        super().__init__(bits)
+        self.momentum = momentum
+        self.register_buffer("running_max", torch.zeros(()))
+        self.register_buffer("num_batches", torch.zeros((), dtype=torch.long))
+
+    def observed_max(self, x: torch.Tensor, hi: float = float("inf")) -> torch.Tensor:
+        """M for this call: clamp(max x, 0, hi), updating the running average in training."""
+        if not self.training and int(self.num_batches) > 0:
+            return self.running_max
+        m = torch.clamp(x.detach().max(), 0.0, hi)
+        if self.training:
+            with torch.no_grad():
+                if int(self.num_batches) == 0:
+                    self.running_max.copy_(m)
+                else:
+                    self.running_max.lerp_(m, self.momentum)
+                self.num_batches += 1
+        return m
+
+
 def _span(bits: tuple[int, ...]) -> str:
     if len(bits) > 2 and bits == tuple(range(bits[0], bits[-1] + 1)):
         return f"{bits[0]}..{bits[-1]} (or 32 = float)"

@@ -11,7 +11,7 @@ from torch import nn
 from lowbit.functional.checks import check_nonempty
 from lowbit.functional.codebook import signed_to_codes
 from lowbit.functional.ivan import ivan_activation, ivan_scaled_levels, ivan_scaled_weight
-from lowbit.quantizers.base import ActQuantizer, WeightQuantizer
+from lowbit.quantizers.base import RunningMaxAct, WeightQuantizer
 
 
 class IvanWeight(WeightQuantizer):
@@ -45,7 +45,7 @@ class IvanWeight(WeightQuantizer):
         return 1  # alpha: the levels are alpha * k / 2^(b-1)
 
 
-class IvanAct(ActQuantizer):
+class IvanAct(RunningMaxAct):
     """A_b (eq. 5): ReLU, clip to [0, 2^b - 1], 2^b levels up to the tensor's max M.
 
     Training uses the batch's M, as the paper. Inference uses a running average of the batch
@@ -53,26 +53,7 @@ class IvanAct(ActQuantizer):
     Deviation: the paper does not say what M is at inference.
     """
 
-    def __init__(self, bits: int, momentum: float = 0.1) -> None:
-        super().__init__(bits)
-        self.momentum = momentum
-        self.register_buffer("running_max", torch.zeros(()))
-        self.register_buffer("num_batches", torch.zeros((), dtype=torch.long))
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.numel() == 0:
             return x.clone()
-        if self.training or int(self.num_batches) == 0:
-            m = torch.clamp(x.detach().max(), 0.0, float(2**self.bits - 1))
-            if self.training:
-                self._update(m)
-            return ivan_activation(x, self.bits, m)
-        return ivan_activation(x, self.bits, self.running_max)
-
-    @torch.no_grad()
-    def _update(self, m: torch.Tensor) -> None:
-        if int(self.num_batches) == 0:
-            self.running_max.copy_(m)
-        else:
-            self.running_max.lerp_(m, self.momentum)
-        self.num_batches += 1
+        return ivan_activation(x, self.bits, self.observed_max(x, float(2**self.bits - 1)))

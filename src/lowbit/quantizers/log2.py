@@ -24,7 +24,7 @@ from lowbit.functional.log2 import (
     round_log2,
 )
 from lowbit.functional.stochastic import finite_absmax
-from lowbit.quantizers.base import ActQuantizer, WeightQuantizer
+from lowbit.quantizers.base import RunningMaxAct, WeightQuantizer
 
 
 def _top_exponent(m: torch.Tensor) -> torch.Tensor:
@@ -70,7 +70,7 @@ class Pow2Weight(WeightQuantizer):
         return f"bits={self.bits}, fsr={int(self.fsr)}"
 
 
-class Pow2Act(ActQuantizer):
+class Pow2Act(RunningMaxAct):
     """Unsigned LogQuant(x, b, FSR) of the ReLU output: {0} U {2^e : e = fsr - 2^b + 2 .. fsr}.
 
     fsr = Round(log2 M), M the batch max in training and a running average of batch maxima
@@ -80,30 +80,10 @@ class Pow2Act(ActQuantizer):
     BITS = tuple(range(1, 9))
     REPLACES_ACTIVATION = False
 
-    def __init__(self, bits: int, momentum: float = 0.1) -> None:
-        super().__init__(bits)
-        self.momentum = momentum
-        self.register_buffer("running_max", torch.zeros(()))
-        self.register_buffer("num_batches", torch.zeros((), dtype=torch.long))
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.numel() == 0:
             return x.clone()
-        if self.training or int(self.num_batches) == 0:
-            m = x.detach().max().clamp(min=0.0)
-            if self.training:
-                self._update(m)
-        else:
-            m = self.running_max
-        return log_quant(x, self.bits, _top_exponent(m))
-
-    @torch.no_grad()
-    def _update(self, m: torch.Tensor) -> None:
-        if int(self.num_batches) == 0:
-            self.running_max.copy_(m)
-        else:
-            self.running_max.lerp_(m, self.momentum)
-        self.num_batches += 1
+        return log_quant(x, self.bits, _top_exponent(self.observed_max(x)))
 
 
 class INQWeight(WeightQuantizer):

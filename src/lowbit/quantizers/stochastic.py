@@ -16,7 +16,7 @@ from lowbit.functional.stochastic import (
     wu_codes,
     wu_round,
 )
-from lowbit.quantizers.base import ActQuantizer, WeightQuantizer
+from lowbit.quantizers.base import RunningMaxAct, WeightQuantizer
 
 
 class StochasticWeight(WeightQuantizer):
@@ -56,7 +56,7 @@ class StochasticWeight(WeightQuantizer):
         return 1  # FL
 
 
-class StochasticAct(ActQuantizer):
+class StochasticAct(RunningMaxAct):
     """Unsigned fixed point k 2^-FL, k in [0, 2^b - 1], of the ReLU output; 2^IL is the smallest
     power of two >= M (batch max in training, running average of batch maxima at eval).
     Stochastic rounding in training, round to nearest (ties down) at eval."""
@@ -66,34 +66,18 @@ class StochasticAct(ActQuantizer):
 
     def __init__(self, bits: int, momentum: float = 0.1,
                  generator: torch.Generator | None = None) -> None:
-        super().__init__(bits)
-        self.momentum = momentum
+        super().__init__(bits, momentum)
         self.generator = generator
-        self.register_buffer("running_max", torch.zeros(()))
-        self.register_buffer("num_batches", torch.zeros((), dtype=torch.long))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.numel() == 0:
             return x.clone()
-        if self.training or int(self.num_batches) == 0:
-            m = x.detach().max().clamp(min=0.0)
-            if self.training:
-                self._update(m)
-        else:
-            m = self.running_max
+        m = self.observed_max(x)
         step = pow2_step(m, self.bits + 1)  # unsigned: all b bits for the magnitude
         qmax = 2**self.bits - 1
         if self.training:
             return stochastic_round(x, step, self.generator, 0, qmax)
         return fixed_point_round(x, step, 0, qmax)
-
-    @torch.no_grad()
-    def _update(self, m: torch.Tensor) -> None:
-        if int(self.num_batches) == 0:
-            self.running_max.copy_(m)
-        else:
-            self.running_max.lerp_(m, self.momentum)
-        self.num_batches += 1
 
 
 class WuWeight(WeightQuantizer):
