@@ -1,0 +1,411 @@
+"""The shape of yang2019's Table 2 at the scale this machine allows: every registered method
+fine-tuned from one float model at W/A = 1/32, 2/32, 3/32, 4/32, 1/1, 1/2, 2/2, 4/4 (wherever the
+method applies), test accuracy, drop from float, and the training-step cost relative to float.
+
+Model/dataset: ResNet-20 on CIFAR-10 when ``load_dataset("cifar10")`` works, else LeNet-5 on
+MNIST (the fallback is printed and written in the results); ``--model/--dataset`` override.
+
+1. A float model is trained once (``--float-epochs``, default 30 for resnet20: ~150 s/epoch on
+   this 2-core machine, ~75 min; more with ``--threads 1``, the default, which keeps a shared
+   machine from oversubscription) into ``WORK/float``; an interrupted run resumes.
+2. Every cell fine-tunes from it (``Job.init``) with the same budget of ``--epochs`` epochs
+   (default 3). Procedures with stages split the budget: qnet's three phases (sec. 4.1) and
+   INQ's three retraining steps get ``max(1, epochs // 3)`` epochs each; the table shows the
+   epochs actually run. Fine-tuning lr: the model's default lr / 10 unless ``--lr``.
+   First and last layers stay in float (keep_first/keep_last, the papers' practice).
+   Activation-only methods are paired with a weight method and only get settings with quantized
+   activations: pact with dorefa weights (Choi et al. 2018), hwgq with xnor weights (Cai et al.
+   2017). Weight-only methods get the x/32 settings only. qnet at 3 bits is the paper's 3(+-4).
+3. Step ratio: one training step (forward, backward, SGD) of the cell's quantized model over the
+   float model on 128 real training images, interleaved rounds in one process, median ratio.
+
+Resumable: each finished cell is ``OUT/cells/<label>.json`` and is skipped on a rerun; an
+interrupted cell resumes from its epoch checkpoint in ``WORK/cells/<label>``.
+Cost at the defaults (resnet20, 67 cells x 3 epochs): ~9 h on this machine with ``--jobs 1``.
+
+    .venv/bin/python benchmarks/zoo_table2.py --jobs 2
+    .venv/bin/python benchmarks/zoo_table2.py --model lenet5 --dataset digits --float-epochs 1 \
+        --epochs 1 --methods ivan twn qnet --out /tmp/zt2 --work /tmp/zt2w   # smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SETTINGS = ((1, 32), (2, 32), (3, 32), (4, 32), (1, 1), (1, 2), (2, 2), (4, 4))
+PAIRED_WEIGHT = {"pact": "dorefa", "hwgq": "xnor"}  # activation-only method -> weight method
+STAGED = {"qnet": 3, "inq": 3}  # qnet's phases, INQ's retraining steps (portions .5 .75 .875)
+STE_BASED = ("dorefa", "ivan", "xnor", "bnn", "binaryconnect", "twn", "ttq", "abc", "lsq",
+             "uniform", "pow2", "stochastic", "wu", "dorefa+pact", "xnor+hwgq")
+MAX_STEP_RATIO = 1.5
+
+
+# ---------------------------------------------------------------- which cells (pure helpers)
+
+def setting_name(w: int, a: int, method: str = "") -> str:
+    return f"3(±4)/{a}" if method == "qnet" and w == 3 else f"{w}/{a}"
+
+
+def applies(method, w: int, a: int) -> bool:
+    """Can registry Method ``method`` (paired as the module doc says) run at W/A = w/a?"""
+    from lowbit.errors import LowbitError
+    from lowbit.quantizers.registry import validate
+
+    weight = method.name if method.weight is not None else PAIRED_WEIGHT.get(method.name)
+    if weight is None or (method.act is None and a != 32) or (method.weight is None and a == 32):
+        return False
+    try:
+        validate(weight, "weight", w)
+        validate(method.name, "activation", a)
+    except LowbitError:
+        return False
+    return True
+
+
+def cell_specs(names: list[str]) -> list[dict]:
+    """One dict per (method, setting) that applies: label, method label, weight/act and bits."""
+    from lowbit.quantizers.registry import get_method
+
+    specs = []
+    for name in names:
+        m = get_method(name)
+        weight = name if m.weight is not None else PAIRED_WEIGHT[name]
+        label = name if weight == name else f"{weight}+{name}"
+        for w, a in SETTINGS:
+            if applies(m, w, a):
+                specs.append({"label": f"{label}_w{w}a{a}", "method": label, "weight": weight,
+                              "w_bits": w, "act": name, "a_bits": a})
+    return specs
+
+
+def stage_epochs(weight: str, epochs: int) -> int:
+    """Epochs per fit() so staged procedures (qnet, INQ) spend about ``epochs`` in total."""
+    return max(1, epochs // STAGED.get(weight, 1))
+
+
+# ---------------------------------------------------------------- training
+
+def pick_task(model: str | None, dataset: str | None) -> tuple[str, str, str]:
+    """(model, dataset, note): ResNet-20/CIFAR-10 if CIFAR-10 loads, else LeNet-5/MNIST."""
+    from lowbit.data import load_dataset
+
+    if model and dataset:
+        return model, dataset, "chosen with --model/--dataset"
+    try:
+        load_dataset("cifar10", "train")
+        return model or "resnet20", dataset or "cifar10", "CIFAR-10 available"
+    except Exception as exc:  # DataError, OSError: any reason the data is not there
+        note = f"CIFAR-10 not loadable ({type(exc).__name__}: {exc}); fell back to LeNet-5/MNIST"
+        print(note)
+        return model or "lenet5", dataset or "mnist", note
+
+
+def finetune_config(model: str, epochs: int, lr: float | None, threads: int | None):
+    from lowbit.experiment import default_config
+
+    return default_config(model, epochs=epochs, num_threads=threads,
+                          lr=lr if lr is not None else default_config(model).lr / 10)
+
+
+def train_float(model: str, dataset: str, epochs: int, work: Path) -> dict:
+    from lowbit.experiment import Job, default_config, run
+    from lowbit.recipe import Recipe
+
+    job = Job(model, dataset, Recipe(), default_config(model, epochs=epochs))
+    return run(job, work / "float", resume=True, progress=True)
+
+
+def make_step(model, x, y):
+    import torch
+    import torch.nn.functional as F
+
+    model.train()
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3,
+                          momentum=0.9)
+
+    def step():
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def timed(step, n: int) -> float:
+    t = time.perf_counter()
+    for _ in range(n):
+        step()
+    return (time.perf_counter() - t) / n
+
+
+def step_ratio(init: Path, dataset: str, recipe, rounds: int = 5, batch: int = 128) -> dict:
+    """Median over interleaved rounds of (quantized step time / float step time)."""
+    import lowbit
+    from lowbit.data import load_dataset
+    from lowbit.experiment import load_model
+
+    data = load_dataset(dataset, "train")
+    x, y = data.images[:batch].float() / 255, data.labels[:batch]
+    net, _ = load_model(init)
+    q = lowbit.quantize(copy.deepcopy(net), recipe)
+    f_step, q_step = make_step(net, x, y), make_step(q, x, y)
+    for _ in range(2):
+        f_step(), q_step()
+    steps = max(1, int(0.5 / timed(f_step, 1)))  # ~0.5 s of float steps per round
+    ratios, fs = [], []
+    for _ in range(rounds):
+        fs.append(timed(f_step, steps))
+        ratios.append(timed(q_step, steps) / fs[-1])
+    return {"step_ratio": statistics.median(ratios), "step_ratio_min": min(ratios),
+            "step_ratio_max": max(ratios), "float_step_ms": 1e3 * statistics.median(fs),
+            "timing_steps": steps, "timing_rounds": rounds}
+
+
+def write_atomic(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def run_cell(spec: dict, task: dict, work: Path, cells: Path) -> dict:
+    import torch
+
+    if task["threads"]:
+        torch.set_num_threads(task["threads"])
+    from lowbit.experiment import Job, run
+    from lowbit.recipe import Recipe
+
+    recipe = Recipe(spec["weight"], spec["w_bits"], spec["act"], spec["a_bits"],
+                    keep_first=True, keep_last=True)
+    config = finetune_config(task["model"], stage_epochs(spec["weight"], task["epochs"]),
+                             task["lr"], task["threads"])
+    init = work / "float" / "model.pt"
+    job = Job(task["model"], task["dataset"], recipe, config, init=str(init))
+    s = run(job, work / "cells" / spec["label"], resume=True, progress=False)
+    cell = spec | {k: s[k] for k in ("test_accuracy", "test_loss", "epochs", "wall_seconds",
+                                     "float_bytes", "packed_bytes") if k in s}
+    cell |= {"model": task["model"], "dataset": task["dataset"], "lr": config.lr,
+             "epochs_per_stage": config.epochs}
+    cell |= step_ratio(init, task["dataset"], recipe)
+    write_atomic(cell, cells / f"{spec['label']}.json")
+    return cell
+
+
+def run_cells(todo: list[dict], task: dict, work: Path, cells: Path, jobs: int) -> None:
+    if jobs <= 1:
+        for i, spec in enumerate(todo, 1):
+            c = run_cell(spec, task, work, cells)
+            print(f"[{i}/{len(todo)}] {c['label']}: {100 * c['test_accuracy']:.2f} %, "
+                  f"step x{c['step_ratio']:.2f}", flush=True)
+        return
+    with ProcessPoolExecutor(jobs) as pool:
+        futures = [pool.submit(run_cell, s, task, work, cells) for s in todo]
+        for i, f in enumerate(as_completed(futures), 1):
+            c = f.result()
+            print(f"[{i}/{len(todo)}] {c['label']}: {100 * c['test_accuracy']:.2f} %, "
+                  f"step x{c['step_ratio']:.2f}", flush=True)
+
+
+# ---------------------------------------------------------------- report (pure helpers)
+
+def add_drops(cells: list[dict], float_acc: float) -> list[dict]:
+    rows = [c | {"drop_points": 100 * (float_acc - c["test_accuracy"])} for c in cells]
+    order = {s: i for i, s in enumerate(SETTINGS)}
+    return sorted(rows, key=lambda r: (r["method"], order[(r["w_bits"], r["a_bits"])]))
+
+
+def _acc(rows: list[dict], method: str, w: int, a: int) -> float | None:
+    hits = [r["test_accuracy"] for r in rows
+            if (r["method"], r["w_bits"], r["a_bits"]) == (method, w, a)]
+    return hits[0] if hits else None
+
+
+def target_qnet_3bit(rows: list[dict], float_acc: float) -> dict:
+    acc = _acc(rows, "qnet", 3, 32)
+    if acc is None:
+        return {"status": "not measured", "detail": "no qnet 3(±4)/32 cell"}
+    gap = 100 * (float_acc - acc)
+    return {"status": "met" if gap <= 1.0 else "MISSED", "gap_points": gap,
+            "detail": f"qnet {100 * acc:.2f} % vs float {100 * float_acc:.2f} %: drop "
+                      f"{gap:.2f} points (target <= 1)"}
+
+
+def target_qnet_vs_ste(rows: list[dict], w: int) -> dict:
+    q = _acc(rows, "qnet", w, 32)
+    others = {m: _acc(rows, m, w, 32) for m in STE_BASED}
+    others = {m: v for m, v in others.items() if v is not None}
+    if q is None or not others:
+        return {"status": "not measured", "detail": f"need qnet and an STE method at {w}/32"}
+    beaten = sorted(m for m, v in others.items() if v >= q)
+    parts = ", ".join(f"{m} {100 * v:.2f}" for m, v in sorted(others.items()))
+    return {"status": "MISSED" if beaten else "met", "qnet": q, "others": others,
+            "not_beaten": beaten,
+            "detail": f"qnet {100 * q:.2f} % vs {parts}"
+                      + (f"; qnet not better than: {', '.join(beaten)}" if beaten else "")}
+
+
+def target_step_cost(rows: list[dict]) -> dict:
+    timed_rows = [r for r in rows if r.get("step_ratio") is not None]
+    if not timed_rows:
+        return {"status": "not measured", "detail": "no timed cells"}
+    slow = [r for r in timed_rows if r["step_ratio"] > MAX_STEP_RATIO]
+    worst = max(timed_rows, key=lambda r: r["step_ratio"])
+    detail = f"worst {worst['label']} x{worst['step_ratio']:.2f}"
+    if slow:
+        detail += "; over 1.5x: " + ", ".join(f"{r['label']} x{r['step_ratio']:.2f}"
+                                              for r in slow)
+    return {"status": "MISSED" if slow else "met", "worst": worst["step_ratio"],
+            "slow": [r["label"] for r in slow], "detail": detail}
+
+
+def check_targets(rows: list[dict], float_acc: float) -> dict[str, dict]:
+    return {"Quantization Networks at 3(±4)/32 within 1 point of float":
+            target_qnet_3bit(rows, float_acc),
+            "QN better than every STE-based method at 1/32": target_qnet_vs_ste(rows, 1),
+            "QN better than every STE-based method at 2/32": target_qnet_vs_ste(rows, 2),
+            "no method's training step slower than 1.5x float": target_step_cost(rows)}
+
+
+def matrix_lines(rows: list[dict]) -> list[str]:
+    """Table 2's shape: methods x settings, 'accuracy (drop)'."""
+    lines = ["| method | " + " | ".join(f"{w}/{a}" for w, a in SETTINGS) + " |",
+             "|---|" + "---:|" * len(SETTINGS)]
+    for method in sorted({r["method"] for r in rows}):
+        by = {(r["w_bits"], r["a_bits"]): r for r in rows if r["method"] == method}
+        cells = [f"{100 * by[s]['test_accuracy']:.2f} ({-by[s]['drop_points']:+.2f})"
+                 if s in by else "-" for s in SETTINGS]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def detail_lines(rows: list[dict]) -> list[str]:
+    lines = ["| cell | W/A | test acc % | drop (points) | step ratio [min, max] | epochs | "
+             "train s |", "|---|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['method']} | {setting_name(r['w_bits'], r['a_bits'], r['method'])} "
+                     f"| {100 * r['test_accuracy']:.2f} | {r['drop_points']:.2f} "
+                     f"| {r['step_ratio']:.2f} [{r['step_ratio_min']:.2f}, "
+                     f"{r['step_ratio_max']:.2f}] | {r['epochs']} | {r['wall_seconds']:.1f} |")
+    return lines
+
+
+def markdown(rows: list[dict], targets: dict, meta: dict) -> str:
+    head = [f"# yang2019 Table 2, in shape: {meta['model']} on {meta['dataset']}\n",
+            f"Command: `{meta['command']}`  ", f"Commit: `{meta['commit']}`  ",
+            f"Task: {meta['task_note']}; torch threads {meta['threads']}, "
+            f"{meta['jobs']} parallel cell(s).  ",
+            f"Float model: {meta['float_epochs']} epochs, test accuracy "
+            f"**{100 * meta['float_accuracy']:.2f} %**. Each cell fine-tunes from it for "
+            f"{meta['epochs']} epochs (qnet, inq: split over their 3 stages), first/last layers "
+            "float. The paper trains ResNet-18 on ImageNet for 55 epochs: numbers here are the "
+            "shape at a small budget, not a reproduction of its values.\n",
+            "## Test accuracy % (change from float, points)\n",
+            "qnet's 3/32 is the paper's 3(±4)/32; `dorefa+pact` = PACT activations with DoReFa "
+            "weights, `xnor+hwgq` = HWGQ activations with XNOR weights.\n"]
+    lines = head + matrix_lines(rows)
+    lines += ["\n## Per cell (step ratio = quantized / float training step, batch 128, median "
+              "of interleaved rounds)\n"] + detail_lines(rows)
+    lines.append("\n## Targets (the paper's claims)\n")
+    for name, t in targets.items():
+        status = t["status"] if t["status"] != "MISSED" else "**MISSED**"
+        lines.append(f"- {name}: {status} — {t['detail']}")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], meta: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = sorted({r["method"] for r in rows})
+    colors = plt.get_cmap("tab20")
+    width = 0.8 / max(1, len(methods))
+    fig, ax = plt.subplots(figsize=(max(8, 1.4 * len(SETTINGS)), 5))
+    for k, m in enumerate(methods):
+        by = {(r["w_bits"], r["a_bits"]): r["drop_points"] for r in rows if r["method"] == m}
+        xs = [i + (k - (len(methods) - 1) / 2) * width for i, s in enumerate(SETTINGS) if s in by]
+        ax.bar(xs, [by[s] for s in SETTINGS if s in by], width, label=m, color=colors(k % 20))
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xticks(range(len(SETTINGS)), [f"{w}/{a}" for w, a in SETTINGS])
+    ax.set(xlabel="W/A bits (qnet 3/32 = 3(±4)/32)", ylabel="accuracy drop from float (points)",
+           title=f"{meta['model']} / {meta['dataset']}: drop from float "
+                 f"{100 * meta['float_accuracy']:.2f} %, {meta['epochs']}-epoch fine-tune")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------- main
+
+def git_commit() -> str:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True, cwd=HERE).stdout.strip()
+
+
+def parse_args() -> argparse.Namespace:
+    from lowbit.quantizers.registry import METHODS
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model")
+    p.add_argument("--dataset")
+    p.add_argument("--float-epochs", type=int, default=30)
+    p.add_argument("--epochs", type=int, default=3, help="fine-tuning budget per cell")
+    p.add_argument("--lr", type=float, help="fine-tuning lr (default: model default / 10)")
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--jobs", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1, help="torch threads per process (1: "
+                   "no oversubscription when the machine is shared; --jobs 2 uses both cores)")
+    p.add_argument("--out", type=Path, default=HERE / "results" / "zoo_table2")
+    p.add_argument("--work", type=Path, default=HERE.parent / "runs" / "zoo_table2")
+    return p.parse_args()
+
+
+def main() -> None:
+    import torch
+
+    a = parse_args()
+    torch.set_num_threads(a.threads)
+    model, dataset, note = pick_task(a.model, a.dataset)
+    print(f"task: {model} on {dataset} ({note})", flush=True)
+    float_summary = train_float(model, dataset, a.float_epochs, a.work)
+    float_acc = float_summary["test_accuracy"]
+    print(f"float: {100 * float_acc:.2f} %", flush=True)
+    cells_dir = a.out / "cells"
+    cells_dir.mkdir(parents=True, exist_ok=True)
+    task = {"model": model, "dataset": dataset, "epochs": a.epochs, "lr": a.lr,
+            "threads": a.threads}
+    specs = cell_specs(a.methods)
+    todo = [s for s in specs if not (cells_dir / f"{s['label']}.json").exists()]
+    print(f"{len(specs)} cells, {len(specs) - len(todo)} done, {len(todo)} to run", flush=True)
+    run_cells(todo, task, a.work, cells_dir, a.jobs)
+    cells = [json.loads(f.read_text()) for f in sorted(cells_dir.glob("*.json"))]
+    rows = add_drops([c for c in cells if (c["model"], c["dataset"]) == (model, dataset)],
+                     float_acc)
+    targets = check_targets(rows, float_acc)
+    meta = {"command": shlex.join(["python", "benchmarks/zoo_table2.py", *sys.argv[1:]]),
+            "commit": git_commit(), "model": model, "dataset": dataset, "task_note": note,
+            "float_epochs": float_summary["epochs"], "float_accuracy": float_acc,
+            "epochs": a.epochs, "lr": finetune_config(model, 1, a.lr, None).lr,
+            "threads": a.threads, "jobs": a.jobs}
+    write_atomic({"meta": meta, "targets": targets, "rows": rows}, a.out / "results.json")
+    (a.out / "results.md").write_text(markdown(rows, targets, meta))
+    plot(rows, meta, a.out / "table2.png")
+    print(markdown(rows, targets, meta))
+
+
+if __name__ == "__main__":
+    main()
