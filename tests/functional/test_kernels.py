@@ -39,3 +39,24 @@ def test_signed_levels_falls_back_for_float64_and_noncontiguous():
     d = wt.abs().max() / 8
     assert torch.equal(kernels.signed_levels(wt, d, 8.0),
                        kernels._signed_levels_torch(wt.clone(), d, 8.0))
+
+
+@pytest.mark.skipif(kernels.numba is None, reason="numba not installed")
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), bits=st.integers(1, 16), n=st.integers(1, 3000))
+def test_ivan_act_kernel_equals_torch(seed, bits, n):
+    g = torch.Generator().manual_seed(seed)
+    levels = float(2**bits - 1)
+    x = torch.randn(n, generator=g) * levels
+    m = torch.clamp(x.max(), 0.0, levels)
+    if m == 0:
+        m = torch.tensor(1.0)
+    step = m / levels
+    specials = torch.tensor([0.0, -0.0, levels, -levels, float("inf"), -float("inf"),
+                             float("nan"), 1e-30])
+    x = torch.cat([x, torch.arange(-2, levels + 2) * step, (torch.arange(levels) + 0.5) * step,
+                   specials])
+    out, inside = kernels.ivan_act(x, levels, step)
+    ref_out, ref_inside = kernels._ivan_act_torch(x, levels, step)
+    assert torch.equal(inside, ref_inside)
+    torch.testing.assert_close(out, ref_out, rtol=0, atol=0, equal_nan=True)

@@ -34,7 +34,7 @@ from __future__ import annotations
 import torch
 
 from lowbit.functional.checks import check_bits, check_finite, check_nonempty
-from lowbit.functional.kernels import signed_levels
+from lowbit.functional.kernels import ivan_act, signed_levels
 
 
 def ivan_weight_codes(x: torch.Tensor, bits: int) -> torch.Tensor:
@@ -100,13 +100,14 @@ def ivan_scaled_weight(w: torch.Tensor, alpha: torch.Tensor, bits: int) -> torch
 class _IvanActivation(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, n, max_value):
-        xc = torch.clamp(x, 0.0, n)
-        m = xc.max() if max_value is None else max_value.to(xc.dtype)
-        ctx.save_for_backward((x > 0) & (x <= n))
+        # max(clip(x, 0, n)) == clip(max(x), 0, n): clip is monotone (NaN propagates)
+        m = torch.clamp(x.max(), 0.0, n) if max_value is None else max_value.to(x.dtype)
         if bool(m == 0):  # no positive input (or a zero running max): A_b is 0 everywhere
+            ctx.save_for_backward((x > 0) & (x <= n))
             return torch.zeros_like(x)
-        step = m / n  # a NaN in x makes M NaN, and NaN spreads to every output
-        return torch.clamp(torch.ceil(xc / step), 0.0, n) * step
+        out, inside = ivan_act(x, n, m / n)  # a NaN in x makes M NaN: NaN everywhere
+        ctx.save_for_backward(inside)
+        return out
 
     @staticmethod
     def backward(ctx, grad):

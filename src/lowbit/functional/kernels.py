@@ -37,6 +37,40 @@ if numba is not None:
             out[i] = -k if t < 0 else k
 
 
+def _ivan_act_torch(x: torch.Tensor, n: float, step: torch.Tensor):
+    out = torch.clamp(torch.ceil(torch.clamp(x, 0.0, n) / step), 0.0, n) * step
+    return out, (x > 0) & (x <= n)
+
+
+if numba is not None:
+
+    @numba.njit(cache=True, nogil=True, fastmath=False)
+    def _ivan_act_nb(x, n, step, out, inside):  # pragma: no cover - compiled
+        zero = np.float32(0.0)
+        for i in range(x.size):
+            v = x[i]
+            inside[i] = v > zero and v <= n
+            if v != v:  # NaN stays NaN, as in torch
+                out[i] = v
+                continue
+            k = np.ceil(min(max(v, zero), n) / step)  # float32 / float32, as torch
+            out[i] = min(max(k, zero), n) * step
+
+
+def ivan_act(x: torch.Tensor, n: float, step: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A_b's output clamp(ceil(clamp(x, 0, n) / step), 0, n) * step and the gradient mask
+    0 < x <= n, in one pass for float32 CPU tensors."""
+    x = x.detach()
+    if numba is None or x.device.type != "cpu" or x.dtype != torch.float32:
+        return _ivan_act_torch(x, n, step)
+    x = x.contiguous()
+    out = torch.empty_like(x)
+    inside = torch.empty(x.shape, dtype=torch.bool)
+    _ivan_act_nb(x.view(-1).numpy(), np.float32(n), np.float32(step), out.view(-1).numpy(),
+                 inside.view(-1).numpy())
+    return out, inside
+
+
 def signed_levels(w: torch.Tensor, d: torch.Tensor, s: float) -> torch.Tensor:
     """k = clamp(ceil(|w / d|), 1, s) with the sign of w / d (sign(0) = sign(-0.0) = +1)."""
     w = w.detach()
