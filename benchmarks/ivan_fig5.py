@@ -101,15 +101,17 @@ def heatmap(rows: list[dict], path: Path) -> None:
     for r in rows:
         grid[BITS.index(r["a_bits"]), BITS.index(r["w_bits"])] = 100 * r["mean"]
     fig, ax = plt.subplots(figsize=(6, 5))
-    im = ax.imshow(grid, origin="lower", cmap="viridis", vmin=np.nanmin(grid), vmax=100)
+    lo = max(float(np.nanmin(grid)), float(np.nanmax(grid)) - 2.0)  # resolve the top 2 points
+    im = ax.imshow(grid, origin="lower", cmap="viridis", vmin=lo, vmax=float(np.nanmax(grid)))
     for i, j in itertools.product(range(len(BITS)), repeat=2):
         if not np.isnan(grid[i, j]):
-            ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=8, color="w")
+            color = "k" if grid[i, j] > lo + 0.6 * (np.nanmax(grid) - lo) else "w"
+            ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=8, color=color)
     ax.set_xticks(range(len(BITS)), BITS)
     ax.set_yticks(range(len(BITS)), BITS)
     ax.set(xlabel="weight bits", ylabel="activation bits",
            title="LeNet300 / MNIST test accuracy (%), Q_b / A_b")
-    fig.colorbar(im, ax=ax)
+    fig.colorbar(im, ax=ax, extend="min", label=f"accuracy (%), colours clipped below {lo:.1f}")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
