@@ -34,7 +34,7 @@ from __future__ import annotations
 import torch
 
 from lowbit.functional.checks import check_bits, check_finite, check_nonempty
-from lowbit.functional.kernels import ivan_act, signed_levels
+from lowbit.functional.kernels import ivan_act, ivan_act_grad, signed_levels
 
 
 def ivan_weight_codes(x: torch.Tensor, bits: int) -> torch.Tensor:
@@ -102,17 +102,16 @@ class _IvanActivation(torch.autograd.Function):
     def forward(ctx, x, n, max_value):
         # max(clip(x, 0, n)) == clip(max(x), 0, n): clip is monotone (NaN propagates)
         m = torch.clamp(x.max(), 0.0, n) if max_value is None else max_value.to(x.dtype)
+        ctx.save_for_backward(x)
+        ctx.n = n
         if bool(m == 0):  # no positive input (or a zero running max): A_b is 0 everywhere
-            ctx.save_for_backward((x > 0) & (x <= n))
             return torch.zeros_like(x)
-        out, inside = ivan_act(x, n, m / n)  # a NaN in x makes M NaN: NaN everywhere
-        ctx.save_for_backward(inside)
-        return out
+        return ivan_act(x, n, m / n)  # a NaN in x makes M NaN: NaN everywhere
 
     @staticmethod
     def backward(ctx, grad):
-        (inside,) = ctx.saved_tensors
-        return grad * inside, None, None
+        (x,) = ctx.saved_tensors
+        return ivan_act_grad(grad, x, ctx.n), None, None
 
 
 def ivan_activation(

@@ -37,38 +37,76 @@ if numba is not None:
             out[i] = -k if t < 0 else k
 
 
-def _ivan_act_torch(x: torch.Tensor, n: float, step: torch.Tensor):
-    out = torch.clamp(torch.ceil(torch.clamp(x, 0.0, n) / step), 0.0, n) * step
-    return out, (x > 0) & (x <= n)
+def _ivan_act_torch(x: torch.Tensor, n: float, step: torch.Tensor) -> torch.Tensor:
+    return torch.clamp(torch.ceil(torch.clamp(x, 0.0, n) / step), 0.0, n) * step
 
+
+def _ivan_act_grad_torch(grad: torch.Tensor, x: torch.Tensor, n: float) -> torch.Tensor:
+    return grad * ((x > 0) & (x <= n)).to(grad.dtype)
+
+
+def _ivan_act_loop(x, n, step, out):  # pragma: no cover - compiled
+    zero = np.float32(0.0)
+    for i in _range(x.size):  # selects only, no branches: LLVM vectorizes the loop
+        v = x[i]
+        k = min(max(np.ceil(min(max(v, zero), n) / step), zero), n)  # float32 ops, as torch
+        out[i] = v if v != v else k * step  # NaN stays NaN, as in torch
+
+
+def _ivan_act_grad_loop(grad, x, n, out):  # pragma: no cover - compiled
+    zero = np.float32(0.0)
+    for i in _range(x.size):
+        v = x[i]
+        out[i] = grad[i] * np.float32((v > zero) & (v <= n))
+
+
+PARALLEL_MIN = 1 << 16  # below this, one thread: starting the pool costs more than it saves
+_KERNELS: dict[str, tuple] = {}
 
 if numba is not None:
-
-    @numba.njit(cache=True, nogil=True, fastmath=False)
-    def _ivan_act_nb(x, n, step, out, inside):  # pragma: no cover - compiled
-        zero = np.float32(0.0)
-        for i in range(x.size):
-            v = x[i]
-            inside[i] = v > zero and v <= n
-            if v != v:  # NaN stays NaN, as in torch
-                out[i] = v
-                continue
-            k = np.ceil(min(max(v, zero), n) / step)  # float32 / float32, as torch
-            out[i] = min(max(k, zero), n) * step
+    _range = numba.prange  # plain range in the serial compile, a parallel loop in the other
+    for _loop in (_ivan_act_loop, _ivan_act_grad_loop):
+        _KERNELS[_loop.__name__] = (numba.njit(cache=True, nogil=True)(_loop),
+                                    numba.njit(cache=True, nogil=True, parallel=True)(_loop))
 
 
-def ivan_act(x: torch.Tensor, n: float, step: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """A_b's output clamp(ceil(clamp(x, 0, n) / step), 0, n) * step and the gradient mask
-    0 < x <= n, in one pass for float32 CPU tensors."""
+def _launch(name: str, n: int, *args) -> None:
+    serial, parallel = _KERNELS[name]
+    if n >= PARALLEL_MIN and torch.get_num_threads() > 1:
+        numba.set_num_threads(min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+        parallel(*args)
+    else:
+        serial(*args)
+
+
+def _fast(*tensors: torch.Tensor) -> bool:
+    return numba is not None and all(t.device.type == "cpu" and t.dtype == torch.float32
+                                     for t in tensors)
+
+
+def _flat(t: torch.Tensor) -> np.ndarray:
+    return t.view(-1).numpy()
+
+
+def ivan_act(x: torch.Tensor, n: float, step: torch.Tensor) -> torch.Tensor:
+    """A_b's output clamp(ceil(clamp(x, 0, n) / step), 0, n) * step, in one pass."""
     x = x.detach()
-    if numba is None or x.device.type != "cpu" or x.dtype != torch.float32:
+    if not _fast(x):
         return _ivan_act_torch(x, n, step)
     x = x.contiguous()
     out = torch.empty_like(x)
-    inside = torch.empty(x.shape, dtype=torch.bool)
-    _ivan_act_nb(x.view(-1).numpy(), np.float32(n), np.float32(step), out.view(-1).numpy(),
-                 inside.view(-1).numpy())
-    return out, inside
+    _launch("_ivan_act_loop", x.numel(), _flat(x), np.float32(n), np.float32(step), _flat(out))
+    return out
+
+
+def ivan_act_grad(grad: torch.Tensor, x: torch.Tensor, n: float) -> torch.Tensor:
+    """A_b's straight-through gradient grad * 1{0 < x <= n}, in one pass."""
+    if not _fast(grad, x):
+        return _ivan_act_grad_torch(grad, x, n)
+    grad, x = grad.contiguous(), x.detach().contiguous()
+    out = torch.empty_like(grad)
+    _launch("_ivan_act_grad_loop", x.numel(), _flat(grad), _flat(x), np.float32(n), _flat(out))
+    return out
 
 
 def signed_levels(w: torch.Tensor, d: torch.Tensor, s: float) -> torch.Tensor:
