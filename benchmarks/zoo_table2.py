@@ -35,6 +35,7 @@ import copy
 import json
 import os
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -118,10 +119,18 @@ def finetune_config(model: str, epochs: int, lr: float | None, threads: int | No
                           lr=lr if lr is not None else default_config(model).lr / 10)
 
 
-def train_float(model: str, dataset: str, epochs: int, work: Path) -> dict:
+def train_float(model: str, dataset: str, epochs: int, work: Path,
+                saved: Path | None = None) -> dict:
+    """Train the float model into WORK/float (resumable), or copy a saved one (``saved``: a
+    directory holding the model.pt and summary.json of an earlier float run) there."""
     from lowbit.experiment import Job, default_config, run
     from lowbit.recipe import Recipe
 
+    if saved is not None:
+        (work / "float").mkdir(parents=True, exist_ok=True)
+        for name in ("model.pt", "summary.json"):
+            shutil.copyfile(saved / name, work / "float" / name)
+        return json.loads((saved / "summary.json").read_text())
     job = Job(model, dataset, Recipe(), default_config(model, epochs=epochs))
     return run(job, work / "float", resume=True, progress=True)
 
@@ -363,6 +372,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--model")
     p.add_argument("--dataset")
     p.add_argument("--float-epochs", type=int, default=30)
+    p.add_argument("--float-model", type=Path, help="directory with model.pt + summary.json of "
+                   "a float run to start from instead of training one (e.g. OUT/float)")
     p.add_argument("--epochs", type=int, default=3, help="fine-tuning budget per cell")
     p.add_argument("--lr", type=float, help="fine-tuning lr (default: model default / 10)")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
@@ -381,7 +392,7 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     model, dataset, note = pick_task(a.model, a.dataset)
     print(f"task: {model} on {dataset} ({note})", flush=True)
-    float_summary = train_float(model, dataset, a.float_epochs, a.work)
+    float_summary = train_float(model, dataset, a.float_epochs, a.work, a.float_model)
     float_acc = float_summary["test_accuracy"]
     print(f"float: {100 * float_acc:.2f} %", flush=True)
     cells_dir = a.out / "cells"
