@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import time
 from pathlib import Path
 
@@ -86,10 +87,13 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     meta = {"command": "python benchmarks/qat_step_cost.py", "threads": torch.get_num_threads(),
             "load_average_1min": os.getloadavg()[0],
+            "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                     text=True, cwd=OUT.parent).stdout.strip(),
             "torch": torch.__version__, "machine": platform.processor() or platform.machine()}
     (OUT / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     lines = ["# Training-step cost of Q_b/A_b at 4 bits vs float (median of interleaved rounds)",
-             "", f"Command: `{meta['command']}`; torch threads {meta['threads']}; load average "
+             "", f"Command: `{meta['command']}` at commit {meta['commit']}; torch threads "
+             f"{meta['threads']}; load average "
              f"{meta['load_average_1min']:.1f} when it finished (2 cores).", "",
              "| model | batch | float ms/step | W4A4 ms/step | ratio [min, max] | target | met |",
              "|---|---:|---:|---:|---:|---:|---|"]
