@@ -54,15 +54,21 @@ def test_idx_layout_dataset_in_a_folder(tmp_path):
     labels = rng.integers(0, 10, 7, dtype=np.uint8)
     write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", images, gz=True)
     write_idx(tmp_path / "t10k-labels-idx1-ubyte", labels)
+    with pytest.raises(DataError, match="train-images-idx3-ubyte"):  # stats need the train set
+        load_dataset("mnist", "test", data_dir=tmp_path)
+    train = rng.integers(0, 64, (5, 28, 28), dtype=np.uint8)  # darker than MNIST
+    write_idx(tmp_path / "train-images-idx3-ubyte", train)
+    write_idx(tmp_path / "train-labels-idx1-ubyte", labels[:5])
     ds = load_dataset("mnist", "test", data_dir=tmp_path)
     assert isinstance(ds, Dataset) and len(ds) == 7 and ds.num_classes == 10
     assert ds.images.shape == (7, 1, 28, 28) and ds.images.dtype == torch.uint8
     assert ds.labels.dtype == torch.int64
     np.testing.assert_array_equal(ds.images[:, 0].numpy(), images)
-    assert ds.mean == (0.1307,) and ds.std == (0.3081,)
+    # normalisation statistics are this dataset's own (train split), not MNIST's
+    assert ds.mean == (round(float(train.mean()) / 255, 4),)
+    assert ds.std == (round(float(train.std()) / 255, 4),)
+    assert ds.mean != (0.1307,)
     assert load_dataset("mnist", "test", data_dir=str(tmp_path)) is ds  # cached
-    with pytest.raises(DataError, match="train-images-idx3-ubyte"):
-        load_dataset("mnist", "train", data_dir=tmp_path)
 
 
 def test_digits():
