@@ -284,3 +284,15 @@ def test_uniform_recipe_builds_uniform_quantizers():
     # UniformAct quantizes the ReLU output: never negative
     y = model.features(x_conv())
     assert bool((y >= 0).all())
+
+
+def test_quant_layers_can_be_built_directly():
+    from lowbit.nn import QuantConv2d, QuantLinear
+    from lowbit.quantizers import IvanWeight
+
+    conv = QuantConv2d(3, 4, 3, padding=1, weight_quant=IvanWeight(2))
+    lin = QuantLinear(3, 4, weight_quant=IvanWeight(2))
+    assert conv(torch.rand(1, 3, 5, 5)).shape == (1, 4, 5, 5) and conv.grad_quant is None
+    assert lin(torch.rand(2, 3)).shape == (2, 4)
+    levels = conv.quantized_weight().unique()
+    assert len(levels) <= 4  # 2-bit weights: at most 4 values

@@ -75,6 +75,10 @@ class QuantLinear(_QuantWeightMixin, nn.Linear):
 
 
 class QuantConv2d(_QuantWeightMixin, nn.Conv2d):
+    def __init__(self, *args, weight_quant: WeightQuantizer | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)  # nn.Conv2d's own arguments
+        self._setup(weight_quant)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._out(self._conv_forward(x, self.quantized_weight(), self.bias))
 
