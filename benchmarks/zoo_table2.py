@@ -74,7 +74,7 @@ def applies(method, w: int, a: int) -> bool:
     return True
 
 
-def cell_specs(names: list[str]) -> list[dict]:
+def cell_specs(names: list[str], settings=SETTINGS) -> list[dict]:
     """One dict per (method, setting) that applies: label, method label, weight/act and bits."""
     from lowbit.quantizers.registry import get_method
 
@@ -83,7 +83,7 @@ def cell_specs(names: list[str]) -> list[dict]:
         m = get_method(name)
         weight = name if m.weight is not None else PAIRED_WEIGHT[name]
         label = name if weight == name else f"{weight}+{name}"
-        for w, a in SETTINGS:
+        for w, a in settings:
             if applies(m, w, a):
                 specs.append({"label": f"{label}_w{w}a{a}", "method": label, "weight": weight,
                               "w_bits": w, "act": name, "a_bits": a})
@@ -377,6 +377,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=3, help="fine-tuning budget per cell")
     p.add_argument("--lr", type=float, help="fine-tuning lr (default: model default / 10)")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--settings", nargs="+", default=[f"{w}/{a}" for w, a in SETTINGS],
+                   help="W/A settings to run, e.g. 2/32 3/32 (default: all eight)")
     p.add_argument("--jobs", type=int, default=1)
     p.add_argument("--threads", type=int, default=1, help="torch threads per process (1: "
                    "no oversubscription when the machine is shared; --jobs 2 uses both cores)")
@@ -399,7 +401,8 @@ def main() -> None:
     cells_dir.mkdir(parents=True, exist_ok=True)
     task = {"model": model, "dataset": dataset, "epochs": a.epochs, "lr": a.lr,
             "threads": a.threads}
-    specs = cell_specs(a.methods)
+    settings = [tuple(int(b) for b in s.split("/")) for s in a.settings]
+    specs = cell_specs(a.methods, [s for s in SETTINGS if s in settings])
     todo = [s for s in specs if not (cells_dir / f"{s['label']}.json").exists()]
     print(f"{len(specs)} cells, {len(specs) - len(todo)} done, {len(todo)} to run", flush=True)
     run_cells(todo, task, a.work, cells_dir, a.jobs)
