@@ -404,7 +404,7 @@ def main() -> None:
     settings = [tuple(int(b) for b in s.split("/")) for s in a.settings]
     specs = cell_specs(a.methods, [s for s in SETTINGS if s in settings])
     todo = [s for s in specs if not (cells_dir / f"{s['label']}.json").exists()]
-    todo.sort(key=lambda s: SETTINGS.index((s["w_bits"], s["a_bits"])))  # fill columns first
+    todo.sort(key=lambda s: settings.index((s["w_bits"], s["a_bits"])))  # in --settings order
     print(f"{len(specs)} cells, {len(specs) - len(todo)} done, {len(todo)} to run", flush=True)
     run_cells(todo, task, a.work, cells_dir, a.jobs)
     cells = [json.loads(f.read_text()) for f in sorted(cells_dir.glob("*.json"))]
