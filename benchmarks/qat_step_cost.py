@@ -13,40 +13,19 @@ import copy
 import json
 import os
 import platform
-import statistics
 import subprocess
-import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 import lowbit
 from lowbit.data import load_dataset
 from lowbit.experiment import model_kwargs
 from lowbit.models import build_model
+from lowbit.report.timing import interleaved, train_step
 
 OUT = Path(__file__).resolve().parent / "results" / "qat_step_cost"
 CASES = {"lenet300": ("mnist", 1.3), "resnet20": ("cifar10", 1.15)}
-
-
-def make_step(model, x, y):
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-
-    def step():
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    return step
-
-
-def timed(step, n: int) -> float:
-    t = time.perf_counter()
-    for _ in range(n):
-        step()
-    return (time.perf_counter() - t) / n
 
 
 def measure(name: str, rounds: int, steps: int, batch: int) -> dict:
@@ -58,19 +37,11 @@ def measure(name: str, rounds: int, steps: int, batch: int) -> dict:
     net = build_model(**model_kwargs(name, data))
     recipe = lowbit.Recipe("ivan", 4, "ivan", 4, keep_first=False, keep_last=False)
     q = lowbit.quantize(copy.deepcopy(net), recipe)
-    f_step, q_step = make_step(net, x, y), make_step(q, x, y)
-    for _ in range(3):
-        f_step(), q_step()
-    fs, qs = [], []
-    for _ in range(rounds):
-        fs.append(timed(f_step, steps))
-        qs.append(timed(q_step, steps))
-    ratios = [b / a for a, b in zip(fs, qs, strict=True)]
-    f_med, q_med = statistics.median(fs), statistics.median(qs)
-    return {"model": name, "batch": batch, "float_ms": 1e3 * f_med, "quant_ms": 1e3 * q_med,
-            "ratio": q_med / f_med, "ratio_min": min(ratios), "ratio_max": max(ratios),
-            "float_samples_per_s": batch / f_med, "target": target,
-            "met": q_med / f_med <= target}
+    r = interleaved(train_step(net, x, y), train_step(q, x, y), rounds, steps)
+    return {"model": name, "batch": batch, "float_ms": 1e3 * r["base_s"],
+            "quant_ms": 1e3 * r["other_s"], "ratio": r["ratio"], "ratio_min": r["ratio_min"],
+            "ratio_max": r["ratio_max"], "float_samples_per_s": batch / r["base_s"],
+            "target": target, "met": r["ratio"] <= target}
 
 
 def main() -> None:

@@ -36,10 +36,8 @@ import json
 import os
 import shlex
 import shutil
-import statistics
 import subprocess
 import sys
-import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
@@ -135,50 +133,22 @@ def train_float(model: str, dataset: str, epochs: int, work: Path,
     return run(job, work / "float", resume=True, progress=True)
 
 
-def make_step(model, x, y):
-    import torch
-    import torch.nn.functional as F
-
-    model.train()
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3,
-                          momentum=0.9)
-
-    def step():
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    return step
-
-
-def timed(step, n: int) -> float:
-    t = time.perf_counter()
-    for _ in range(n):
-        step()
-    return (time.perf_counter() - t) / n
-
-
 def step_ratio(init: Path, dataset: str, recipe, rounds: int = 5, batch: int = 128) -> dict:
     """Median over interleaved rounds of (quantized step time / float step time)."""
     import lowbit
     from lowbit.data import load_dataset
     from lowbit.experiment import load_model
+    from lowbit.report.timing import interleaved, seconds_per_call, train_step
 
     data = load_dataset(dataset, "train")
     x, y = data.images[:batch].float() / 255, data.labels[:batch]
     net, _ = load_model(init)
     q = lowbit.quantize(copy.deepcopy(net), recipe)
-    f_step, q_step = make_step(net, x, y), make_step(q, x, y)
-    for _ in range(2):
-        f_step(), q_step()
-    steps = max(1, int(0.5 / timed(f_step, 1)))  # ~0.5 s of float steps per round
-    ratios, fs = [], []
-    for _ in range(rounds):
-        fs.append(timed(f_step, steps))
-        ratios.append(timed(q_step, steps) / fs[-1])
-    return {"step_ratio": statistics.median(ratios), "step_ratio_min": min(ratios),
-            "step_ratio_max": max(ratios), "float_step_ms": 1e3 * statistics.median(fs),
+    f_step, q_step = train_step(net, x, y), train_step(q, x, y)
+    steps = max(1, int(0.5 / seconds_per_call(f_step, 1)))  # ~0.5 s of float steps per round
+    r = interleaved(f_step, q_step, rounds, steps)
+    return {"step_ratio": r["ratio"], "step_ratio_min": r["ratio_min"],
+            "step_ratio_max": r["ratio_max"], "float_step_ms": 1e3 * r["base_s"],
             "timing_steps": steps, "timing_rounds": rounds}
 
 

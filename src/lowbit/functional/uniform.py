@@ -35,17 +35,20 @@ def uniform_codes(
     axis: int | None = None,
 ) -> torch.Tensor:
     """The integer grid values q in [qmin, qmax] (as float32) that :func:`uniform` decodes."""
-    inv = 1.0 / _broadcast(scale, x, axis)
     zp = _broadcast(zero_point, x, axis).round()
-    return torch.clamp(torch.round(x * inv) + zp, qmin, qmax)
+    return torch.clamp(_grid(x, _broadcast(scale, x, axis), zp), qmin, qmax)
+
+
+def _grid(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor) -> torch.Tensor:
+    """round(x * (1/scale)) + zero_point, unclamped (1/scale in float32, as torch's kernel)."""
+    return torch.round(x * (1.0 / scale)) + zp
 
 
 class _Uniform(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, scale, zero_point, qmin, qmax):
-        inv = 1.0 / scale
         zp = zero_point.round()
-        q = torch.round(x * inv) + zp
+        q = _grid(x, scale, zp)
         ctx.save_for_backward((q >= qmin) & (q <= qmax))
         return (torch.clamp(q, qmin, qmax) - zp) * scale
 

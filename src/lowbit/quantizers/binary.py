@@ -18,7 +18,6 @@ from lowbit.functional.binary import (
     binaryconnect,
     bnn_sign,
     clip_,
-    sign,
     xnor_activation,
     xnor_alpha,
     xnor_weight,
@@ -73,27 +72,16 @@ class BinaryConnectWeight(WeightQuantizer):
         return f"bits={self.bits}, stochastic={self.stochastic}"
 
 
-class BNNWeight(WeightQuantizer):
+class BNNWeight(BinaryConnectWeight):
     """BNN weights: sign(w) with identity STE, real-valued weights clipped to [-1, 1] by
-    ``after_step`` (Hubara et al. 2016, Algorithm 1); codebook (-1, +1) per tensor."""
+    ``after_step`` (Hubara et al. 2016, Algorithm 1); codebook (-1, +1) per tensor. This is
+    deterministic BinaryConnect, which BNN's weights are."""
 
-    BITS = (1,)
+    def __init__(self, bits: int) -> None:
+        super().__init__(bits, stochastic=False)
 
-    def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        check_finite(weight, "weight")
-        return sign(weight)
-
-    def after_step(self, weight: torch.Tensor) -> None:
-        """Clip the real-valued weights to [-1, 1] in place."""
-        clip_(weight)
-
-    @torch.no_grad()
-    def encode(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        check_finite(weight, "weight")
-        return _sign_codes(weight), _pm_one(weight)
-
-    def storage_scalars(self, weight: torch.Tensor) -> int:
-        return 0
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}"
 
 
 class BNNAct(ActQuantizer):

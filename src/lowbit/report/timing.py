@@ -1,0 +1,50 @@
+"""Side-by-side timing of training steps: the one way benchmarks compare a quantized model with
+its float twin on a shared, noisy machine (interleaved rounds, medians, ratios)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
+    """One SGD step (forward, cross-entropy, backward, update) of ``model`` on ``(x, y)``."""
+    model.train()
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3,
+                          momentum=0.9)
+
+    def step() -> None:
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def seconds_per_call(fn: Callable[[], None], n: int) -> float:
+    t = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - t) / n
+
+
+def interleaved(base: Callable[[], None], other: Callable[[], None], rounds: int,
+                calls: int, warmup: int = 2) -> dict:
+    """Alternate ``calls`` of ``base`` and of ``other`` for ``rounds`` rounds; medians (s per
+    call) and the ratio other/base: median of the per-round ratios and their min/max."""
+    for _ in range(warmup):
+        base(), other()
+    bs, os_, ratios = [], [], []
+    for _ in range(rounds):
+        bs.append(seconds_per_call(base, calls))
+        os_.append(seconds_per_call(other, calls))
+        ratios.append(os_[-1] / bs[-1])
+    return {"base_s": statistics.median(bs), "other_s": statistics.median(os_),
+            "ratio": statistics.median(ratios), "ratio_min": min(ratios),
+            "ratio_max": max(ratios)}
