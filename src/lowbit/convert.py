@@ -41,28 +41,29 @@ class LayerPlan:
         return self.bits != FLOAT_BITS
 
 
+def _apply_rules(start: LayerPlan, recipe: Recipe) -> LayerPlan:
+    """``start`` with every matching rule applied in order (the last one wins)."""
+    p, weight = start, start.kind == "weight"
+    for rule in recipe.rules:
+        if rule.matches(p.name):
+            method = (rule.weight if weight else rule.act) or p.method
+            bits = rule.w_bits if weight else rule.a_bits
+            p = LayerPlan(p.name, p.kind, method, p.bits if bits is None else bits,
+                          f"rule {rule.pattern!r}")
+    return p
+
+
 def _weight_plan(name: str, recipe: Recipe, first: bool, last: bool) -> LayerPlan:
-    method, bits, why = recipe.weight, recipe.w_bits, "recipe"
+    bits, why = recipe.w_bits, "recipe"
     if first and recipe.keep_first:
         bits, why = FLOAT_BITS, "keep_first"
     elif last and recipe.keep_last:
         bits, why = FLOAT_BITS, "keep_last"
-    for rule in recipe.rules:
-        if rule.matches(name):
-            method = rule.weight or method
-            bits = rule.w_bits if rule.w_bits is not None else bits
-            why = f"rule {rule.pattern!r}"
-    return LayerPlan(name, "weight", method, bits, why)
+    return _apply_rules(LayerPlan(name, "weight", recipe.weight, bits, why), recipe)
 
 
 def _act_plan(name: str, recipe: Recipe) -> LayerPlan:
-    method, bits, why = recipe.act, recipe.a_bits, "recipe"
-    for rule in recipe.rules:
-        if rule.matches(name):
-            method = rule.act or method
-            bits = rule.a_bits if rule.a_bits is not None else bits
-            why = f"rule {rule.pattern!r}"
-    return LayerPlan(name, "activation", method, bits, why)
+    return _apply_rules(LayerPlan(name, "activation", recipe.act, recipe.a_bits, "recipe"), recipe)
 
 
 def plan(model: nn.Module, recipe: Recipe) -> list[LayerPlan]:
