@@ -58,9 +58,16 @@ class Job:
     temperature_factor: float = 5.0  # qnet: T = epoch x factor (yang2019 sec. 4.1, ResNet)
 
 
-def default_config(model: str, **overrides: Any) -> TrainConfig:
-    """The default TrainConfig of ``model`` with the non-None ``overrides`` applied."""
+# Augmentation per dataset: He et al. 2016's pad-crop-flip for CIFAR; none for digits (a mirrored
+# digit is another class or no digit).
+DEFAULT_AUGMENT: dict[str, str] = {"cifar10": "crop-flip"}
+
+
+def default_config(model: str, dataset: str | None = None, **overrides: Any) -> TrainConfig:
+    """The default TrainConfig of ``model`` (with ``dataset``'s default augmentation) and the
+    non-None ``overrides`` applied."""
     base = DEFAULT_CONFIGS.get(model, TrainConfig())
+    base = replace(base, augment=DEFAULT_AUGMENT.get(dataset or "", "none"))
     return replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
 

@@ -36,6 +36,12 @@ def _train_parser(sub) -> None:
     p.add_argument("--optimizer", choices=("adam", "sgd"))
     p.add_argument("--schedule", choices=("cosine", "step", "none"))
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    p.add_argument("--augment", choices=("none", "crop-flip"),
+                   help="training augmentation (default: crop-flip for cifar10, else none)")
+    p.add_argument("--precision", choices=("fp32", "bf16"),
+                   help="bf16: train under bf16 autocast (fast on AMX CPUs; eval stays fp32)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="train in channels-last (NHWC) memory format")
     p.add_argument("--data-dir")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
@@ -49,9 +55,12 @@ def _cmd_train(a) -> int:
     recipe = Recipe(weight=a.w_method or a.method, w_bits=a.w_bits, act=a.a_method or a.method,
                     a_bits=a.a_bits, keep_first=a.keep_first, keep_last=a.keep_last,
                     grad=a.g_method, g_bits=a.g_bits)
-    config = default_config(a.model, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
+    config = default_config(a.model, dataset=a.dataset, epochs=a.epochs,
+                            batch_size=a.batch_size, lr=a.lr,
                             weight_decay=a.weight_decay, seed=a.seed, optimizer=a.optimizer,
-                            schedule=a.schedule, num_threads=a.threads, grad_clip=a.grad_clip)
+                            schedule=a.schedule, num_threads=a.threads, grad_clip=a.grad_clip,
+                            augment=a.augment, precision=a.precision,
+                            channels_last=a.channels_last)
     job = Job(a.model, a.dataset, recipe, config, a.data_dir, a.init, a.temperature_factor)
     s = run(job, a.out, resume=a.resume, progress=not a.no_progress)
     print(f"test accuracy {s['test_accuracy']:.4f}  loss {s['test_loss']:.4f}  "

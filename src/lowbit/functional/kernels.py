@@ -84,7 +84,18 @@ def _fast(*tensors: torch.Tensor) -> bool:
                                      for t in tensors)
 
 
+def _layout(t: torch.Tensor) -> torch.memory_format:
+    """channels_last for an NHWC-dense 4-d tensor (kept so, no copy), else contiguous."""
+    nhwc = t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last)
+    if nhwc and not t.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 def _flat(t: torch.Tensor) -> np.ndarray:
+    """A 1-d numpy view of a dense tensor's memory, in memory order (elementwise kernels)."""
+    if t.dim() == 4 and not t.is_contiguous():
+        t = t.permute(0, 2, 3, 1)  # channels_last: NHWC is its contiguous order
     return t.view(-1).numpy()
 
 
@@ -93,7 +104,7 @@ def ivan_act(x: torch.Tensor, n: float, step: torch.Tensor) -> torch.Tensor:
     x = x.detach()
     if not _fast(x):
         return _ivan_act_torch(x, n, step)
-    x = x.contiguous()
+    x = x.contiguous(memory_format=_layout(x))
     out = torch.empty_like(x)
     _launch("_ivan_act_loop", x.numel(), _flat(x), np.float32(n), np.float32(step), _flat(out))
     return out
@@ -103,8 +114,9 @@ def ivan_act_grad(grad: torch.Tensor, x: torch.Tensor, n: float) -> torch.Tensor
     """A_b's straight-through gradient grad * 1{0 < x <= n}, in one pass."""
     if not _fast(grad, x):
         return _ivan_act_grad_torch(grad, x, n)
-    grad, x = grad.contiguous(), x.detach().contiguous()
-    out = torch.empty_like(grad)
+    fmt = _layout(x)
+    grad, x = grad.contiguous(memory_format=fmt), x.detach().contiguous(memory_format=fmt)
+    out = torch.empty_like(x)
     _launch("_ivan_act_grad_loop", x.numel(), _flat(grad), _flat(x), np.float32(n), _flat(out))
     return out
 

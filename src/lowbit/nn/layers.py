@@ -103,6 +103,8 @@ class QuantAct(nn.Module):
 
     If the quantizer replaces the activation (ivan's A_b contains the ReLU) it gets the input
     directly; otherwise it quantizes ``float_act(x)``. Disabled, it is ``float_act`` exactly.
+    Under bf16/fp16 autocast the quantizer computes in float32 (its observers, learned ranges and
+    kernels are float32) and its output is cast back to the input's dtype.
     """
 
     def __init__(self, quant: ActQuantizer, float_act: nn.Module) -> None:
@@ -114,9 +116,11 @@ class QuantAct(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.quant_enabled:
             return self.float_act(x)
-        if self.quant.REPLACES_ACTIVATION:
-            return self.quant(x)
-        return self.quant(self.float_act(x))
+        dtype = x.dtype
+        if dtype in (torch.bfloat16, torch.float16):
+            x = x.float()
+        out = self.quant(x) if self.quant.REPLACES_ACTIVATION else self.quant(self.float_act(x))
+        return out.to(dtype)
 
 
 QUANT_LAYERS = (QuantLinear, QuantConv2d, QuantAct)

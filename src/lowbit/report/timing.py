@@ -12,14 +12,21 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
-    """One SGD step (forward, cross-entropy, backward, update) of ``model`` on ``(x, y)``."""
+def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, precision: str = "fp32",
+               channels_last: bool = False) -> Callable[[], None]:
+    """One SGD step (forward, cross-entropy, backward, update) of ``model`` on ``(x, y)``,
+    optionally under bf16 autocast and/or in channels-last format, as ``TrainConfig`` trains."""
     model.train()
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3,
                           momentum=0.9)
+    bf16 = precision == "bf16"
 
     def step() -> None:
-        loss = F.cross_entropy(model(x), y)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = F.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

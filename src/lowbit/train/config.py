@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 OPTIMIZER_NAMES = ("adam", "sgd")
 SCHEDULE_NAMES = ("cosine", "step", "none")
+AUGMENT_NAMES = ("none", "crop-flip")  # lowbit.data.augment.AUGMENTATIONS
+PRECISION_NAMES = ("fp32", "bf16")
 
 
 def _check_int(name: str, value: object, minimum: int) -> None:
@@ -31,6 +33,12 @@ class TrainConfig:
     restarts, to 0 over ``epochs``), "step" (x0.1 at 50% and 75% of the epochs, as He et al.
     2016 for CIFAR) or "none". ``num_threads`` None leaves torch's thread count alone.
     ``grad_clip``: clip the gradients' global L2 norm to this value (None: no clipping).
+    ``augment``: "none" or "crop-flip" (pad 4, random 32x32 crop, random horizontal flip: He et
+    al. 2016's CIFAR augmentation; :mod:`lowbit.data.augment`), drawn from the epoch's seeded
+    generator so resume stays exact. ``precision``: "fp32", or "bf16" to run the training
+    forward/backward under ``torch.autocast(dtype=torch.bfloat16)`` (fp32 master weights and
+    optimizer; evaluation stays fp32) — on CPUs with AMX this is the fast path
+    (benchmarks/fast_path.py measures it). ``channels_last``: train in NHWC memory format.
     """
 
     epochs: int = 10
@@ -44,6 +52,9 @@ class TrainConfig:
     label_smoothing: float = 0.0
     num_threads: int | None = None
     grad_clip: float | None = None
+    augment: str = "none"
+    precision: str = "fp32"
+    channels_last: bool = False
 
     def __post_init__(self) -> None:
         _check_int("epochs", self.epochs, 1)
@@ -62,6 +73,13 @@ class TrainConfig:
         if self.optimizer not in OPTIMIZER_NAMES:
             raise ValueError(f"TrainConfig.optimizer must be one of {OPTIMIZER_NAMES}, "
                              f"got {self.optimizer!r}")
+        for name, allowed in (("augment", AUGMENT_NAMES), ("precision", PRECISION_NAMES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"TrainConfig.{name} must be one of {allowed}, "
+                                 f"got {getattr(self, name)!r}")
+        if not isinstance(self.channels_last, bool):
+            raise ValueError("TrainConfig.channels_last must be a bool, "
+                             f"got {self.channels_last!r}")
         if self.schedule not in SCHEDULE_NAMES:
             raise ValueError(f"TrainConfig.schedule must be one of {SCHEDULE_NAMES}, "
                              f"got {self.schedule!r}")

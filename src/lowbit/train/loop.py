@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from lowbit.data.augment import augment_batch
 from lowbit.data.batches import iterate_batches
 from lowbit.errors import CheckpointError
 from lowbit.train.checkpoint import atomic_save, load_checkpoint, make_checkpoint
@@ -105,6 +106,7 @@ def train_epoch(
     """One pass over ``data`` (0-based ``epoch``); returns mean training loss and accuracy.
 
     Raises ``FloatingPointError`` naming the epoch and batch (1-based) on a NaN/Inf loss.
+    The epoch's generator draws the shuffle, then each batch's augmentation (``config.augment``).
     """
     images, labels = data
     device, num_batches = _device(model), math.ceil(len(labels) / config.batch_size)
@@ -114,13 +116,18 @@ def train_epoch(
                    desc=f"epoch {epoch + 1}/{config.epochs}")
     total_loss, correct = 0.0, 0
     regularized, after_step = quantizer_hooks(model)
+    fmt = torch.channels_last if config.channels_last else torch.contiguous_format
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16,
+                              enabled=config.precision == "bf16")
     model.train()
     for batch, (x, y) in enumerate(batches, start=1):
-        x, y = x.to(device), y.to(device)
-        logits = model(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
-        for module in regularized:
-            loss = loss + module.regularization()
+        x = augment_batch(x, config.augment, generator)
+        x, y = x.to(device, memory_format=fmt), y.to(device)
+        with autocast:
+            logits = model(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
+            for module in regularized:
+                loss = loss + module.regularization()
         if not torch.isfinite(loss):
             batches.close()
             raise FloatingPointError(f"training loss is {loss.item()} at epoch {epoch + 1}, "
@@ -140,7 +147,9 @@ def train_epoch(
 
 
 def _config_diff(stored: dict[str, Any], config: TrainConfig) -> list[str]:
-    current = asdict(config)
+    """Fields that differ; a field the stored config predates counts as its default."""
+    current, defaults = asdict(config), asdict(TrainConfig())
+    stored = {**{k: v for k, v in defaults.items() if k not in stored}, **stored}
     keys = (set(stored) | set(current)) - {"num_threads"}
     return sorted(f"{k}: {stored.get(k)!r} -> {current.get(k)!r}"
                   for k in keys if stored.get(k) != current.get(k))
@@ -218,6 +227,8 @@ def fit(
     if config.num_threads is not None:
         torch.set_num_threads(config.num_threads)
     torch.manual_seed(config.seed)
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, config)
     history = _start(model, optimizer, scheduler, config, out_dir, resume)
