@@ -33,6 +33,24 @@ def test_train_writes_model_summary_and_metrics(tmp_path, capsys):
     assert r["test_accuracy"] == pytest.approx(s["test_accuracy"], abs=0)
 
 
+def test_fast_path_flags_reach_the_config(tmp_path):
+    """--precision/--channels-last/--augment land in the run's config; digits default to no
+    augmentation (cifar10 defaults to crop-flip: lowbit.experiment.DEFAULT_AUGMENT)."""
+    from lowbit.experiment import default_config
+
+    assert main([*TRAIN, "--out", str(tmp_path / "a")]) == 0
+    s = json.loads((tmp_path / "a" / "summary.json").read_text())["config"]
+    assert (s["precision"], s["channels_last"], s["augment"]) == ("fp32", False, "none")
+    assert main([*TRAIN, "--precision", "bf16", "--channels-last", "--augment", "crop-flip",
+                 "--out", str(tmp_path / "b")]) == 0
+    s = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert (s["config"]["precision"], s["config"]["channels_last"],
+            s["config"]["augment"]) == ("bf16", True, "crop-flip")
+    assert s["test_accuracy"] > 0.3  # 2 epochs of 8x8 digits shifted by 1 pixel and mirrored
+    assert default_config("resnet20", "cifar10").augment == "crop-flip"
+    assert default_config("resnet20", "cifar10", augment="none").augment == "none"
+
+
 def _state(path):
     return load_model(path)[0].state_dict()
 

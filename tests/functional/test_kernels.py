@@ -62,3 +62,24 @@ def test_ivan_act_kernel_equals_torch(seed, bits, n):
     grad = torch.randn(x.shape, generator=g)
     assert torch.equal(kernels.ivan_act_grad(grad, x, levels),
                        kernels._ivan_act_grad_torch(grad, x, levels))
+
+
+@pytest.mark.skipif(kernels.numba is None, reason="numba not installed")
+@pytest.mark.parametrize("layout", ["nchw", "nhwc", "strided"])
+def test_ivan_act_kernels_keep_layout_and_values(layout):
+    """Channels-last inputs are computed in place of their memory order (no NCHW round trip):
+    same values as the torch path, same memory format out; other strides still work."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(3, 5, 4, 6, generator=g) * 7
+    grad = torch.randn(3, 5, 4, 6, generator=g)
+    if layout == "nhwc":
+        x, grad = x.contiguous(memory_format=torch.channels_last), grad.contiguous()
+    elif layout == "strided":
+        x, grad = x[:, ::2], grad[:, ::2]
+    step = torch.tensor(0.5)
+    out = kernels.ivan_act(x, 15.0, step)
+    assert torch.equal(out, kernels._ivan_act_torch(x, 15.0, step))
+    back = kernels.ivan_act_grad(grad, x, 15.0)
+    assert torch.equal(back, kernels._ivan_act_grad_torch(grad, x, 15.0))
+    if layout == "nhwc":
+        assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()

@@ -176,3 +176,63 @@ def test_progress_bar_does_not_change_results(tmp_path, train_data, test_data) -
     fit(a, train_data, test_data, CONFIG, tmp_path / "a", progress=True)
     fit(b, train_data, test_data, CONFIG, tmp_path / "b", progress=False)
     _assert_same_weights(a, b)
+
+
+def _conv_model(seed: int = 0) -> nn.Module:
+    import lowbit
+    from lowbit.recipe import Recipe
+
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1),
+                        nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    return lowbit.quantize(net, Recipe(weight="ivan", w_bits=2, act="ivan", a_bits=4))
+
+
+def test_fast_path_with_augmentation_resumes_exactly_and_learns(tmp_path) -> None:
+    """bf16 autocast + channels-last + crop-flip on a quantized conv net: resume is still bit
+    exact (the augmentation draws from the epoch's generator), and the model learns."""
+    def big(data):  # 16x16 images, so a 4-pixel shift keeps most of each one
+        return data[0].repeat_interleave(4, 2).repeat_interleave(4, 3), data[1]
+
+    train, test = big(make_data(128, seed=5)), big(make_data(64, seed=6))
+    config = TrainConfig(epochs=4, batch_size=32, lr=0.05, augment="crop-flip",
+                         precision="bf16", channels_last=True, seed=1)
+    straight = _conv_model()
+    full = fit(straight, train, test, config, tmp_path / "a", progress=False)
+    with pytest.raises(Interrupt):
+        fit(_conv_model(), train, test, config, tmp_path / "b", progress=False,
+            on_epoch_start=_stop_at(2))
+    resumed = _conv_model(seed=7)
+    fit(resumed, train, test, config, tmp_path / "b", resume=True, progress=False)
+    _assert_same_weights(straight, resumed)
+    assert straight[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert full["test_accuracy"] >= 0.9
+    plain = fit(_conv_model(), train, test, replace_config(config, augment="none"),
+                tmp_path / "c", progress=False)
+    assert plain["history"][0]["train_loss"] != full["history"][0]["train_loss"]
+
+
+def replace_config(config: TrainConfig, **changes) -> TrainConfig:
+    import dataclasses
+
+    return dataclasses.replace(config, **changes)
+
+
+def test_checkpoint_from_before_new_fields_resumes(tmp_path, train_data, test_data) -> None:
+    """A checkpoint whose stored config predates a field counts that field as its default."""
+    config = TrainConfig(epochs=2, batch_size=16)
+    with pytest.raises(Interrupt):
+        fit(make_model(), train_data, test_data, config, tmp_path, progress=False,
+            on_epoch_start=_stop_at(1))
+    path = tmp_path / "checkpoint.pt"
+    state = load_checkpoint(path)
+    for key in ("augment", "precision", "channels_last"):
+        del state["config"][key]
+    torch.save(state, path)
+    summary = fit(make_model(), train_data, test_data, config, tmp_path, resume=True,
+                  progress=False)
+    assert summary["epochs"] == 2
+    with pytest.raises(CheckpointError, match="augment"):
+        fit(make_model(), train_data, test_data,
+            replace_config(config, augment="crop-flip"), tmp_path, resume=True,
+            progress=False)

@@ -18,7 +18,7 @@ from lowbit.train.loop import shuffle_seed
     [("epochs", 0), ("epochs", 2.0), ("epochs", True), ("batch_size", -1), ("lr", 0.0),
      ("lr", float("nan")), ("optimizer", "rmsprop"), ("momentum", 1.0), ("weight_decay", -1e-4),
      ("schedule", "linear"), ("seed", -1), ("seed", 2**32), ("label_smoothing", 1.0),
-     ("num_threads", 0)],
+     ("num_threads", 0), ("augment", "mixup"), ("precision", "fp16"), ("channels_last", 1)],
 )
 def test_config_rejects(field: str, value: object) -> None:
     with pytest.raises(ValueError, match=field):

@@ -40,9 +40,12 @@ def crop_flip(
 
 
 def augment_batch(x: torch.Tensor, kind: str, generator: torch.Generator | None) -> torch.Tensor:
-    """Apply the augmentation named ``kind`` (one of :data:`AUGMENTATIONS`) to a float batch."""
+    """Apply the augmentation named ``kind`` (one of :data:`AUGMENTATIONS`) to a float batch.
+
+    ``crop-flip`` pads by H/8 pixels (4 for CIFAR's 32x32, the paper's value; 1 for 8x8 digits).
+    """
     if kind == "none":
         return x
-    if kind == "crop-flip":
-        return crop_flip(x, 4, generator)
+    if kind == "crop-flip":  # pad 4 at 32x32 as He et al.; scaled as H/8 for other sizes
+        return crop_flip(x, max(1, x.shape[-2] // 8), generator)
     raise ValueError(f"unknown augmentation {kind!r}; choose from {AUGMENTATIONS}")
