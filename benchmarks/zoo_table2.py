@@ -5,25 +5,30 @@ method applies), test accuracy, drop from float, and the training-step cost rela
 Model/dataset: ResNet-20 on CIFAR-10 when ``load_dataset("cifar10")`` works, else LeNet-5 on
 MNIST (the fallback is printed and written in the results); ``--model/--dataset`` override.
 
-1. A float model is trained once (``--float-epochs``, default 30 for resnet20: ~150 s/epoch on
-   this 2-core machine, ~75 min; more with ``--threads 1``, the default, which keeps a shared
-   machine from oversubscription) into ``WORK/float``; an interrupted run resumes.
+1. A float model is trained once (``--float-epochs``, default 30 for resnet20) into
+   ``WORK/float`` (an interrupted run resumes), or taken from ``--float-model DIR``.
 2. Every cell fine-tunes from it (``Job.init``) with the same budget of ``--epochs`` epochs
-   (default 3). Procedures with stages split the budget: qnet's three phases (sec. 4.1) and
-   INQ's three retraining steps get ``max(1, epochs // 3)`` epochs each; the table shows the
-   epochs actually run. Fine-tuning lr: the model's default lr / 10 unless ``--lr``.
+   (default 3), the dataset's default augmentation (CIFAR-10: pad-4 crop + flip) and the fast
+   path of ``benchmarks/fast_path.py`` (``--precision bf16 --channels-last`` by default;
+   evaluation is fp32). Procedures with stages split the budget: qnet's three phases (sec. 4.1;
+   one phase when activations stay float) and INQ's three retraining steps get
+   ``max(1, epochs // 3)`` epochs each; the table shows the epochs actually run. qnet's T ramps
+   per step by default (``--temperature-per-step``), so a 1-epoch cell is not trained at one
+   constant T. Fine-tuning lr: the model's default lr / 10 unless ``--lr``.
    First and last layers stay in float (keep_first/keep_last, the papers' practice).
    Activation-only methods are paired with a weight method and only get settings with quantized
    activations: pact with dorefa weights (Choi et al. 2018), hwgq with xnor weights (Cai et al.
    2017). Weight-only methods get the x/32 settings only. qnet at 3 bits is the paper's 3(+-4).
 3. Step ratio: one training step (forward, backward, SGD) of the cell's quantized model over the
-   float model on 128 real training images, interleaved rounds in one process, median ratio.
+   float model on 128 real training images, both in the cells' precision and memory format,
+   interleaved rounds in one process, median ratio.
 
 Resumable: each finished cell is ``OUT/cells/<label>.json`` and is skipped on a rerun; an
 interrupted cell resumes from its epoch checkpoint in ``WORK/cells/<label>``.
-Cost at the defaults (resnet20, 67 cells x 3 epochs): ~9 h on this machine with ``--jobs 1``.
+Cost (resnet20, 67 cells, bf16 + channels-last, 1 thread per job): about 2 min per cell-epoch.
 
-    .venv/bin/python benchmarks/zoo_table2.py --jobs 2
+    .venv/bin/python benchmarks/zoo_table2.py --jobs 2 --epochs 1 \
+        --float-model benchmarks/results/zoo_table2/float_aug
     .venv/bin/python benchmarks/zoo_table2.py --model lenet5 --dataset digits --float-epochs 1 \
         --epochs 1 --methods ivan twn qnet --out /tmp/zt2 --work /tmp/zt2w   # smoke test
 """
@@ -45,6 +50,7 @@ HERE = Path(__file__).resolve().parent
 SETTINGS = ((1, 32), (2, 32), (3, 32), (4, 32), (1, 1), (1, 2), (2, 2), (4, 4))
 PAIRED_WEIGHT = {"pact": "dorefa", "hwgq": "xnor"}  # activation-only method -> weight method
 STAGED = {"qnet": 3, "inq": 3}  # qnet's phases, INQ's retraining steps (portions .5 .75 .875)
+# qnet without quantized activations runs its weight phase only (lowbit.train.qnet.fit_qnet)
 STE_BASED = ("dorefa", "ivan", "xnor", "bnn", "binaryconnect", "twn", "ttq", "abc", "lsq",
              "uniform", "pow2", "stochastic", "wu", "dorefa+pact", "xnor+hwgq")
 MAX_STEP_RATIO = 1.5
@@ -88,9 +94,11 @@ def cell_specs(names: list[str], settings=SETTINGS) -> list[dict]:
     return specs
 
 
-def stage_epochs(weight: str, epochs: int) -> int:
+def stage_epochs(spec: dict, epochs: int) -> int:
     """Epochs per fit() so staged procedures (qnet, INQ) spend about ``epochs`` in total."""
-    return max(1, epochs // STAGED.get(weight, 1))
+    stages = 1 if spec["weight"] == "qnet" and spec["a_bits"] == 32 else STAGED.get(
+        spec["weight"], 1)
+    return max(1, epochs // stages)
 
 
 # ---------------------------------------------------------------- training
@@ -110,11 +118,15 @@ def pick_task(model: str | None, dataset: str | None) -> tuple[str, str, str]:
         return model or "lenet5", dataset or "mnist", note
 
 
-def finetune_config(model: str, epochs: int, lr: float | None, threads: int | None):
+def finetune_config(task: dict, epochs: int):
+    """The model's default config for the dataset (CIFAR: crop-flip augmentation), lr / 10 unless
+    ``task["lr"]``, in the task's precision and memory format (the fast path, fast_path.py)."""
     from lowbit.experiment import default_config
 
-    return default_config(model, epochs=epochs, num_threads=threads,
-                          lr=lr if lr is not None else default_config(model).lr / 10)
+    lr = task["lr"] if task["lr"] is not None else default_config(task["model"]).lr / 10
+    return default_config(task["model"], task["dataset"], epochs=epochs,
+                          num_threads=task["threads"], lr=lr, precision=task["precision"],
+                          channels_last=task["channels_last"])
 
 
 def train_float(model: str, dataset: str, epochs: int, work: Path,
@@ -129,12 +141,14 @@ def train_float(model: str, dataset: str, epochs: int, work: Path,
         for name in ("model.pt", "summary.json"):
             shutil.copyfile(saved / name, work / "float" / name)
         return json.loads((saved / "summary.json").read_text())
-    job = Job(model, dataset, Recipe(), default_config(model, epochs=epochs))
+    job = Job(model, dataset, Recipe(), default_config(model, dataset, epochs=epochs))
     return run(job, work / "float", resume=True, progress=True)
 
 
-def step_ratio(init: Path, dataset: str, recipe, rounds: int = 5, batch: int = 128) -> dict:
-    """Median over interleaved rounds of (quantized step time / float step time)."""
+def step_ratio(init: Path, dataset: str, recipe, config, rounds: int = 5,
+               batch: int = 128) -> dict:
+    """Median over interleaved rounds of (quantized step time / float step time), both in the
+    precision and memory format the cells train with (``config``)."""
     import lowbit
     from lowbit.data import load_dataset
     from lowbit.experiment import load_model
@@ -144,7 +158,8 @@ def step_ratio(init: Path, dataset: str, recipe, rounds: int = 5, batch: int = 1
     x, y = data.images[:batch].float() / 255, data.labels[:batch]
     net, _ = load_model(init)
     q = lowbit.quantize(copy.deepcopy(net), recipe)
-    f_step, q_step = train_step(net, x, y), train_step(q, x, y)
+    fast = config.precision, config.channels_last
+    f_step, q_step = train_step(net, x, y, *fast), train_step(q, x, y, *fast)
     steps = max(1, int(0.5 / seconds_per_call(f_step, 1)))  # ~0.5 s of float steps per round
     r = interleaved(f_step, q_step, rounds, steps)
     return {"step_ratio": r["ratio"], "step_ratio_min": r["ratio_min"],
@@ -168,16 +183,18 @@ def run_cell(spec: dict, task: dict, work: Path, cells: Path) -> dict:
 
     recipe = Recipe(spec["weight"], spec["w_bits"], spec["act"], spec["a_bits"],
                     keep_first=True, keep_last=True)
-    config = finetune_config(task["model"], stage_epochs(spec["weight"], task["epochs"]),
-                             task["lr"], task["threads"])
+    config = finetune_config(task, stage_epochs(spec, task["epochs"]))
     init = work / "float" / "model.pt"
-    job = Job(task["model"], task["dataset"], recipe, config, init=str(init))
+    job = Job(task["model"], task["dataset"], recipe, config, init=str(init),
+              temperature_factor=task["temperature_factor"],
+              temperature_per_step=task["temperature_per_step"])
     s = run(job, work / "cells" / spec["label"], resume=True, progress=False)
     cell = spec | {k: s[k] for k in ("test_accuracy", "test_loss", "epochs", "wall_seconds",
                                      "float_bytes", "packed_bytes") if k in s}
     cell |= {"model": task["model"], "dataset": task["dataset"], "lr": config.lr,
-             "epochs_per_stage": config.epochs}
-    cell |= step_ratio(init, task["dataset"], recipe)
+             "epochs_per_stage": config.epochs, "precision": config.precision,
+             "channels_last": config.channels_last, "augment": config.augment}
+    cell |= step_ratio(init, task["dataset"], recipe, config)
     write_atomic(cell, cells / f"{spec['label']}.json")
     return cell
 
@@ -285,9 +302,14 @@ def markdown(rows: list[dict], targets: dict, meta: dict) -> str:
             f"Command: `{meta['command']}`  ", f"Commit: `{meta['commit']}`  ",
             f"Task: {meta['task_note']}; torch threads {meta['threads']}, "
             f"{meta['jobs']} parallel cell(s).  ",
-            f"Float model: {meta['float_epochs']} epochs, test accuracy "
+            f"Float model: {meta['float_epochs']} epochs{_float_origin(meta)}, test accuracy "
             f"**{100 * meta['float_accuracy']:.2f} %**. Each cell fine-tunes from it for "
-            f"{meta['epochs']} epochs (qnet, inq: split over their 3 stages), first/last layers "
+            f"{meta['epochs']} epoch(s) at lr {meta['lr']:g} (cosine), augmentation "
+            f"{meta.get('augment', 'none')}, {meta.get('precision', 'fp32')} autocast"
+            f"{', channels-last' if meta.get('channels_last') else ''} (evaluation in fp32); "
+            "qnet with quantized activations and inq run 3 stages of that budget each (qnet "
+            f"weights-only: one phase); qnet's T = epoch x {meta.get('temperature_factor', 5):g}"
+            f"{' ramped per step' if meta.get('temperature_per_step') else ''}; first/last layers "
             "float. The paper trains ResNet-18 on ImageNet for 55 epochs: numbers here are the "
             "shape at a small budget, not a reproduction of its values.\n",
             "## Test accuracy % (change from float, points)\n",
@@ -301,6 +323,14 @@ def markdown(rows: list[dict], targets: dict, meta: dict) -> str:
         status = t["status"] if t["status"] != "MISSED" else "**MISSED**"
         lines.append(f"- {name}: {status} — {t['detail']}")
     return "\n".join(lines) + "\n"
+
+
+def _float_origin(meta: dict) -> str:
+    if not meta.get("float_init"):
+        return ""
+    c = meta.get("float_config", {})
+    return (f" (fine-tuned from `{meta['float_init']}`, lr {c.get('lr')}, augmentation "
+            f"{c.get('augment', 'none')}, {c.get('precision', 'fp32')})")
 
 
 def plot(rows: list[dict], meta: dict, path: Path) -> None:
@@ -352,6 +382,14 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--jobs", type=int, default=1)
     p.add_argument("--threads", type=int, default=1, help="torch threads per process (1: "
                    "no oversubscription when the machine is shared; --jobs 2 uses both cores)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="bf16",
+                   help="training precision of every run (bf16 autocast: fast_path.py)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--temperature-factor", type=float, default=5.0,
+                   help="qnet: T = epoch x factor (the paper's 5 for ResNets)")
+    p.add_argument("--temperature-per-step", action=argparse.BooleanOptionalAction,
+                   default=True, help="qnet: ramp T within each epoch (default: yes, since a "
+                   "cell has few epochs)")
     p.add_argument("--out", type=Path, default=HERE / "results" / "zoo_table2")
     p.add_argument("--work", type=Path, default=HERE.parent / "runs" / "zoo_table2")
     return p.parse_args()
@@ -370,7 +408,9 @@ def main() -> None:
     cells_dir = a.out / "cells"
     cells_dir.mkdir(parents=True, exist_ok=True)
     task = {"model": model, "dataset": dataset, "epochs": a.epochs, "lr": a.lr,
-            "threads": a.threads}
+            "threads": a.threads, "precision": a.precision, "channels_last": a.channels_last,
+            "temperature_factor": a.temperature_factor,
+            "temperature_per_step": a.temperature_per_step}
     settings = [tuple(int(b) for b in s.split("/")) for s in a.settings]
     specs = cell_specs(a.methods, [s for s in SETTINGS if s in settings])
     todo = [s for s in specs if not (cells_dir / f"{s['label']}.json").exists()]
@@ -384,8 +424,13 @@ def main() -> None:
     meta = {"command": shlex.join(["python", "benchmarks/zoo_table2.py", *sys.argv[1:]]),
             "commit": git_commit(), "model": model, "dataset": dataset, "task_note": note,
             "float_epochs": float_summary["epochs"], "float_accuracy": float_acc,
-            "epochs": a.epochs, "lr": finetune_config(model, 1, a.lr, None).lr,
-            "threads": a.threads, "jobs": a.jobs}
+            "float_init": float_summary.get("init"),
+            "float_config": float_summary.get("config", {}),
+            "epochs": a.epochs, "lr": finetune_config(task, 1).lr,
+            "threads": a.threads, "jobs": a.jobs, "precision": a.precision,
+            "channels_last": a.channels_last, "augment": finetune_config(task, 1).augment,
+            "temperature_factor": a.temperature_factor,
+            "temperature_per_step": a.temperature_per_step}
     write_atomic({"meta": meta, "targets": targets, "rows": rows}, a.out / "results.json")
     (a.out / "results.md").write_text(markdown(rows, targets, meta))
     plot(rows, meta, a.out / "table2.png")

@@ -56,6 +56,7 @@ class Job:
     data_dir: str | None = None
     init: str | None = None  # a float model.pt to start from (fine-tuning, INQ, qnet)
     temperature_factor: float = 5.0  # qnet: T = epoch x factor (yang2019 sec. 4.1, ResNet)
+    temperature_per_step: bool = False  # qnet: ramp T within each epoch (short budgets)
 
 
 # Augmentation per dataset: He et al. 2016's pad-crop-flip for CIFAR; none for digits (a mirrored
@@ -99,7 +100,7 @@ def _train(job: Job, net: nn.Module, train, test, out_dir: Path, resume: bool, p
     if "qnet" in (job.recipe.weight, job.recipe.act) and not job.recipe.is_float:
         config = job.config if job.config.grad_clip else replace(job.config, grad_clip=5.0)
         r = fit_qnet(net, *data, config, out_dir, job.temperature_factor, resume=resume,
-                     progress=progress)
+                     progress=progress, per_step=job.temperature_per_step)
         return {"test_accuracy": r["hard_test_accuracy"], "test_loss": r["hard_test_loss"],
                 "epochs": sum(s["epochs"] for s in r["phases"]),
                 "wall_seconds": sum(s["wall_seconds"] for s in r["phases"])}

@@ -21,6 +21,7 @@ from lowbit.train.qnet import (
     PAPER_PHASES,
     calibrate_activations,
     fit_qnet,
+    qnet_batch_callback,
     qnet_epoch_callback,
     set_hard,
     set_temperature,
@@ -112,6 +113,13 @@ def test_schedule_callback_and_switches():
     assert ts == {SoftWeight: 50.0, SoftAct: 1.0}
     assert set_hard(model, True) == 3
     assert all(m.hard for m in model.modules() if isinstance(m, (SoftWeight, SoftAct)))
+    # per-step ramp: T reaches the per-epoch value at the epoch's last step
+    assert temperature_schedule(2, 10, 0.5) == 25.0
+    with pytest.raises(ValueError):
+        temperature_schedule(0, 10, 0.0)
+    qnet_batch_callback(10, offset=3, kinds=(SoftAct,))(1, 0, 4, model)
+    ts = {type(m): float(m.temperature) for m in model.modules() if hasattr(m, "temperature")}
+    assert ts == {SoftWeight: 50.0, SoftAct: 42.5}
 
 
 def images(n, seed):
@@ -149,3 +157,34 @@ def test_fit_qnet_three_phases_and_resume(tmp_path):
     assert json.loads(lines[-1])["epoch"] == 1
     again = fit_qnet(model, train, test, cfg, tmp_path, factor=10, resume=True, progress=False)
     assert again["hard_test_accuracy"] == out["hard_test_accuracy"]
+
+
+def test_fit_qnet_weights_only_runs_phase_one_with_a_per_step_ramp(tmp_path):
+    """No quantized activations: only the "weights" phase; per_step ends at T = epochs x factor
+    and differs from the per-epoch schedule's run."""
+    recipe = lowbit.Recipe(weight="qnet", w_bits=2, act="qnet", a_bits=32, keep_first=False,
+                           keep_last=False)
+    cfg = TrainConfig(epochs=2, batch_size=32, lr=1e-2, seed=0)
+    train, test = images(96, 3), images(32, 4)
+    model = lowbit.quantize(mlp(), recipe)
+    seen: list[float] = []
+    orig = SoftWeight.forward
+
+    def spy(self, w):
+        seen.append(float(self.temperature))
+        return orig(self, w)
+
+    SoftWeight.forward = spy
+    try:
+        out = fit_qnet(model, train, test, cfg, tmp_path / "a", factor=10, progress=False,
+                       per_step=True)
+    finally:
+        SoftWeight.forward = orig
+    assert len(out["phases"]) == 1
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["phase1-weights"]
+    train_ts = list(dict.fromkeys(seen))  # two SoftWeight layers per forward; evals repeat T
+    assert train_ts[:3] == pytest.approx([10 / 3, 20 / 3, 10.0])  # 3 batches per epoch
+    assert train_ts[-1] == pytest.approx(20.0)
+    epochwise = fit_qnet(lowbit.quantize(mlp(), recipe), train, test, cfg, tmp_path / "b",
+                         factor=10, progress=False)
+    assert len(epochwise["phases"]) == 1

@@ -26,6 +26,8 @@ def _train_parser(sub) -> None:
     p.add_argument("--grad-clip", type=float, help="clip the gradient L2 norm (qnet: 5)")
     p.add_argument("--temperature-factor", type=float, default=5.0,
                    help="qnet: T = epoch x factor (yang2019 sec. 4.1)")
+    p.add_argument("--temperature-per-step", action="store_true",
+                   help="qnet: ramp T linearly within each epoch (for budgets of few epochs)")
     p.add_argument("--keep-first", action=argparse.BooleanOptionalAction, default=True,
                    help="keep the first weight layer in float (default: yes)")
     p.add_argument("--keep-last", action=argparse.BooleanOptionalAction, default=True,
@@ -61,7 +63,8 @@ def _cmd_train(a) -> int:
                             schedule=a.schedule, num_threads=a.threads, grad_clip=a.grad_clip,
                             augment=a.augment, precision=a.precision,
                             channels_last=a.channels_last)
-    job = Job(a.model, a.dataset, recipe, config, a.data_dir, a.init, a.temperature_factor)
+    job = Job(a.model, a.dataset, recipe, config, a.data_dir, a.init, a.temperature_factor,
+              a.temperature_per_step)
     s = run(job, a.out, resume=a.resume, progress=not a.no_progress)
     print(f"test accuracy {s['test_accuracy']:.4f}  loss {s['test_loss']:.4f}  "
           f"packed {s['packed_bytes']:,} B of {s['float_bytes']:,} B float  "

@@ -102,11 +102,14 @@ def train_epoch(
     config: TrainConfig,
     epoch: int,
     progress: bool = True,
+    on_batch_start: Callable[[int, int, int, nn.Module], None] | None = None,
 ) -> tuple[float, float]:
     """One pass over ``data`` (0-based ``epoch``); returns mean training loss and accuracy.
 
     Raises ``FloatingPointError`` naming the epoch and batch (1-based) on a NaN/Inf loss.
     The epoch's generator draws the shuffle, then each batch's augmentation (``config.augment``).
+    ``on_batch_start(epoch, batch, num_batches, model)`` (0-based epoch and batch) runs before
+    each batch's forward pass (e.g. a per-step temperature schedule).
     """
     images, labels = data
     device, num_batches = _device(model), math.ceil(len(labels) / config.batch_size)
@@ -121,6 +124,8 @@ def train_epoch(
                               enabled=config.precision == "bf16")
     model.train()
     for batch, (x, y) in enumerate(batches, start=1):
+        if on_batch_start is not None:
+            on_batch_start(epoch, batch - 1, num_batches, model)
         x = augment_batch(x, config.augment, generator)
         x, y = x.to(device, memory_format=fmt), y.to(device)
         with autocast:
@@ -210,6 +215,7 @@ def fit(
     resume: bool = False,
     progress: bool = True,
     on_epoch_start: Callable[[int, nn.Module], None] | None = None,
+    on_batch_start: Callable[[int, int, int, nn.Module], None] | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` on uint8 ``train`` images for ``config.epochs`` epochs.
 
@@ -217,7 +223,8 @@ def fit(
     ``out_dir/metrics.jsonl`` (epoch (1-based), train/test loss and accuracy, lr, epoch_seconds).
     ``resume=True`` continues from the checkpoint (from scratch, logged, if there is none);
     the config must match the checkpoint's (``num_threads`` excepted). ``on_epoch_start`` is
-    called with the 0-based epoch index and the model before each epoch. Seeds torch with
+    called with the 0-based epoch index and the model before each epoch, ``on_batch_start``
+    as :func:`train_epoch` says before each batch. Seeds torch with
     ``config.seed`` first; model initialization is the caller's. Returns the summary:
     test_accuracy, test_loss, epochs, wall_seconds (all epochs, resumed ones too), history.
     """
@@ -236,7 +243,8 @@ def fit(
         if on_epoch_start is not None:
             on_epoch_start(epoch, model)
         started = time.perf_counter()
-        train_loss, train_accuracy = train_epoch(model, data, optimizer, config, epoch, progress)
+        train_loss, train_accuracy = train_epoch(model, data, optimizer, config, epoch, progress,
+                                                 on_batch_start)
         test_loss, test_accuracy = evaluate(model, *test_data)
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()

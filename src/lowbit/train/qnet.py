@@ -42,13 +42,17 @@ SOFT_KINDS: tuple[type, ...] = (SoftWeight, SoftAct)
 CALIBRATION_CAP = 1 << 20  # values kept per layer for k-means (q uses every value)
 
 
-def temperature_schedule(epoch: int, factor: float) -> float:
-    """T = (epoch + 1) * factor for fit's 0-based ``epoch`` (the paper's T = epoch x factor)."""
+def temperature_schedule(epoch: int, factor: float, fraction: float = 1.0) -> float:
+    """T = (epoch + fraction) * factor for fit's 0-based ``epoch`` (the paper's T = epoch x
+    factor with ``fraction`` 1). A ``fraction`` in (0, 1] of the epoch done gives the per-step
+    ramp: T rises linearly within the epoch and reaches the paper's value at its last step."""
     if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
         raise ValueError(f"epoch must be an int >= 0, got {epoch!r}")
     if not (isinstance(factor, (int, float)) and math.isfinite(factor) and factor > 0):
         raise ValueError(f"temperature factor must be a finite number > 0, got {factor!r}")
-    return float((epoch + 1) * factor)
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction of the epoch must be in (0, 1], got {fraction!r}")
+    return float((epoch + fraction) * factor)
 
 
 def _soft_modules(model: nn.Module, kinds: tuple[type, ...]) -> list[nn.Module]:
@@ -81,6 +85,20 @@ def qnet_epoch_callback(factor: float, offset: int = 0,
         set_temperature(model, temperature_schedule(offset + epoch, factor), kinds)
 
     return on_epoch_start
+
+
+def qnet_batch_callback(factor: float, offset: int = 0, kinds: tuple[type, ...] = SOFT_KINDS
+                        ) -> Callable[[int, int, int, nn.Module], None]:
+    """``on_batch_start`` for :func:`fit`: the per-step ramp T = (offset + epoch + (batch + 1) /
+    num_batches) * factor, which ends every epoch at the paper's per-epoch value. For budgets of
+    a few epochs, where the per-epoch schedule would hold T constant over the whole run."""
+    temperature_schedule(offset, factor)
+
+    def on_batch_start(epoch: int, batch: int, num_batches: int, model: nn.Module) -> None:
+        t = temperature_schedule(offset + epoch, factor, (batch + 1) / num_batches)
+        set_temperature(model, t, kinds)
+
+    return on_batch_start
 
 
 def _soft_acts(model: nn.Module) -> list[QuantAct]:
@@ -184,17 +202,22 @@ def _phase_dir(out_dir: Path, k: int, phase: QNetPhase) -> Path:
 def fit_qnet(model: nn.Module, train: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor],
              config: TrainConfig, out_dir: str | Path, factor: float,
              phases: tuple[QNetPhase, ...] = PAPER_PHASES, resume: bool = False,
-             progress: bool = True) -> dict[str, Any]:
+             progress: bool = True, per_step: bool = False) -> dict[str, Any]:
     """Train a model holding SoftWeight/SoftAct quantizers in ``phases`` (sec. 4.1).
 
     Each phase is one :func:`fit` of ``config.epochs`` epochs in ``out_dir/phase<k>-<name>``
-    (so ``resume`` works per phase), T = (global epoch + 1) * factor. Activations are calibrated
+    (so ``resume`` works per phase), T = (global epoch + 1) * factor, or with ``per_step`` the
+    ramp of :func:`qnet_batch_callback`. A model without quantized activations (weights only)
+    runs only the phases that leave activations off (the paper's phases stage the activation
+    quantization; without it, phase 3 would repeat phase 1). Activations are calibrated
     on 1000 training samples (generator seeded with ``config.seed``) when first switched on.
     Ends with every quantizer on eq. (11) and all requires_grad flags restored; returns
     {"phases": [fit summaries], "hard_test_loss", "hard_test_accuracy"}.
     """
     temperature_schedule(0, factor)
     out_dir, summaries, calibrated = Path(out_dir), [], False
+    if not _soft_acts(model):
+        phases = tuple(p for p in phases if not p.quantize_acts)
     flags = [(p, p.requires_grad) for p in model.parameters()]
     try:
         for k, phase in enumerate(phases):
@@ -205,9 +228,11 @@ def fit_qnet(model: nn.Module, train: tuple[Tensor, Tensor], test: tuple[Tensor,
                 calibrated = True
             kinds = ((SoftWeight,) if phase.train_weights else ()) + (
                 (SoftAct,) if phase.train_acts else ())
-            callback = qnet_epoch_callback(factor, offset=k * config.epochs, kinds=kinds)
+            hooks = ({"on_batch_start": qnet_batch_callback(factor, k * config.epochs, kinds)}
+                     if per_step else
+                     {"on_epoch_start": qnet_epoch_callback(factor, k * config.epochs, kinds)})
             summaries.append(fit(model, train, test, config, _phase_dir(out_dir, k, phase),
-                                 resume=resume, progress=progress, on_epoch_start=callback))
+                                 resume=resume, progress=progress, **hooks))
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)
