@@ -9,8 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from lowbit.errors import EmptyTensorError, NonFiniteError
+from lowbit.errors import BitsError, EmptyTensorError, NonFiniteError
 from lowbit.functional.binary import (
+    abc_activation,
+    abc_activation_init,
     abc_codes_alphas,
     abc_levels,
     abc_weight,
@@ -220,3 +222,57 @@ def test_xnor_properties(w):
     np.testing.assert_allclose(np.abs(y)[:, :1], alpha, rtol=1e-5)
     assert np.all((y >= 0) == (w >= 0) | (alpha == 0))
     assert all(len(np.unique(r)) <= 2 for r in y)
+
+
+# ---- ABC-Net activations (sec. 3.3): A = sum_n beta_n H_{v_n}(R), H_v = 2 1{clip(R+v,0,1)>=.5}-1
+
+def np_abc_act(x, v, beta):
+    """Reference written from the equations, with numpy and an explicit loop over the bases."""
+    out = np.zeros_like(x)
+    for vn, bn in zip(v, beta, strict=True):
+        h = np.clip(x + vn, 0.0, 1.0)
+        out += bn * np.where(h >= 0.5, 1.0, -1.0)
+    return out
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5])
+def test_abc_activation_reference_and_init(n):
+    v, beta = abc_activation_init(n)
+    np.testing.assert_allclose(v.numpy(), [0.5 - (k - 0.5) / n for k in range(1, n + 1)])
+    np.testing.assert_allclose(beta.numpy(), np.full(n, 1.0 / n))
+    thresholds = 0.5 - v.numpy()  # H_v flips at R = 1/2 - v
+    x = np.concatenate([np.linspace(-1.5, 2.5, 97), thresholds, thresholds - 1e-4,
+                        [0.0, -0.0, 1.0]]).astype(np.float32)
+    got = abc_activation(torch.from_numpy(x), v, beta).numpy()
+    np.testing.assert_allclose(got, np_abc_act(x, v.numpy(), beta.numpy()), atol=1e-6)
+    assert len(np.unique(got.round(5))) == n + 1  # a staircase of N + 1 levels in [-1, 1]
+    assert got.min() == pytest.approx(-1.0) and got.max() == pytest.approx(1.0)
+    assert np.all(np.diff(got[:97]) >= 0)  # monotone in R for ordered shifts
+
+
+def test_abc_activation_gradients_closed_form():
+    x = torch.tensor([-0.6, -0.2, 0.0, 0.3, 0.5, 0.9, 1.2], requires_grad=True)
+    v = torch.tensor([0.25, -0.25], requires_grad=True)
+    beta = torch.tensor([0.7, 0.4], requires_grad=True)
+    y = abc_activation(x, v, beta)
+    g = torch.linspace(0.5, 2.0, len(x))
+    y.backward(g)
+    z = x.detach()[None, :] + v.detach()[:, None]
+    inside = ((z >= 0) & (z <= 1)).float()  # d(2 clip(z, 0, 1) - 1)/dz = 2 1{0 <= z <= 1}
+    h = torch.where(z >= 0.5, 1.0, -1.0)
+    torch.testing.assert_close(x.grad, (2 * beta.detach()[:, None] * inside * g).sum(0))
+    torch.testing.assert_close(v.grad, (2 * beta.detach()[:, None] * inside * g).sum(1))
+    torch.testing.assert_close(beta.grad, (h * g).sum(1))
+
+
+def test_abc_activation_module_learns_and_rejects_bad_shapes():
+    from lowbit.quantizers.binary import ABCAct
+
+    q = ABCAct(3)
+    assert {n for n, _ in q.named_parameters()} == {"shifts", "betas"} and q.REPLACES_ACTIVATION
+    x = torch.randn(4, 3, 5, 5)
+    assert q(x).shape == x.shape
+    with pytest.raises(ValueError, match="1-d"):
+        abc_activation(x, torch.zeros(2), torch.zeros(3))
+    with pytest.raises(BitsError):
+        ABCAct(6)

@@ -127,7 +127,10 @@ def test_registry_entries():
     for name in ("binaryconnect", "bnn", "xnor", "abc", "twn", "ttq"):
         assert name in METHODS and METHODS[name].description
     validate("xnor", "activation", 32)  # BWN: binary weights, float activations
-    for name in ("binaryconnect", "abc", "twn", "ttq"):
+    validate("abc", "activation", 3)
+    with pytest.raises(BitsError):
+        validate("abc", "activation", 6)
+    for name in ("binaryconnect", "twn", "ttq"):
         with pytest.raises(MethodError, match="has no activation quantizer"):
             validate(name, "activation", 1)
     with pytest.raises(BitsError):

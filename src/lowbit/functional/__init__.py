@@ -5,6 +5,7 @@ forward, surrogate gradient, deviations, and the test that checks it.
 """
 
 from lowbit.functional.binary import (
+    abc_activation,
     abc_weight,
     binaryconnect,
     bnn_sign,
@@ -33,6 +34,7 @@ from lowbit.functional.uniform import minmax, minmax_qparams, uniform, uniform_c
 
 __all__ = [
     "HWGQBackward",
+    "abc_activation",
     "abc_weight",
     "binaryconnect",
     "bnn_sign",

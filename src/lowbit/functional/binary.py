@@ -42,6 +42,14 @@ paragraph describes Tang et al. 2017 instead, so this follows the issue's statem
   pseudo-inverse, so rank-deficient B (e.g. constant W) has a defined answer.
   Deviation: M = 1 (where u_i is undefined) uses u_1 = 0. alpha is a statistic recomputed every
   forward pass (no gradient). Backward: identity STE, dW~/dW = 1.
+  Activations (ABC-Net sec. 3.3, as remembered: that paper is not in shared/papers):
+    h_v(x) = clip(x + v, 0, 1),  H_v(R) = 2 1{h_v(R) >= 0.5} - 1,
+    A = sum_{n=1..N} beta_n H_{v_n}(R),
+  with shifts v_n and scales beta_n learned by back-propagation. Backward: H_v is differentiated
+  as its relaxation 2 h_v(R) - 1, i.e. dH_v/dR = dH_v/dv = 2 1{0 <= R + v <= 1};
+  dA/dbeta_n = H_{v_n}(R). Our choices (the paper leaves them to training): thresholds start
+  evenly inside [0, 1], v_n = 1/2 - (n - 1/2)/N, and beta_n = 1/N, so A starts as a symmetric
+  N-step staircase in [-1, 1] over R in [0, 1].
 
 Tests: tests/functional/test_binary.py.
 """
@@ -242,3 +250,36 @@ def abc_weight(w: torch.Tensor, bases: int) -> torch.Tensor:
     """ABC-Net: sum_i alpha_i B_i with M = ``bases`` shifted-sign bases (module doc); STE."""
     codes, alphas = abc_codes_alphas(w, bases)
     return _Lookup.apply(w, codes, abc_levels(alphas))
+
+
+class _ShiftedSign(torch.autograd.Function):
+    """H(z) = 2 1{z >= 1/2} - 1 for z = R + v (clip(z, 0, 1) >= 1/2 iff z >= 1/2); backward
+    2 1{0 <= z <= 1}, the derivative of 2 clip(z, 0, 1) - 1."""
+
+    @staticmethod
+    def forward(ctx, z):
+        ctx.save_for_backward(z)
+        return torch.where(z >= 0.5, 1.0, -1.0).to(z.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (z,) = ctx.saved_tensors
+        return grad * 2 * ((z >= 0) & (z <= 1)).to(grad.dtype)
+
+
+def abc_activation(x: torch.Tensor, shifts: torch.Tensor, betas: torch.Tensor) -> torch.Tensor:
+    """ABC-Net activations: sum_n betas[n] H_{shifts[n]}(x) (module doc), differentiable in x,
+    the shifts and the betas (1-d tensors of the same length N >= 1)."""
+    if shifts.dim() != 1 or shifts.shape != betas.shape or len(shifts) == 0:
+        raise ValueError(f"shifts and betas must be 1-d of one length N >= 1, got "
+                         f"{tuple(shifts.shape)} and {tuple(betas.shape)}")
+    view = (-1,) + (1,) * x.dim()
+    h = _ShiftedSign.apply(x.unsqueeze(0) + shifts.view(view))
+    return (betas.view(view) * h).sum(dim=0)
+
+
+def abc_activation_init(bases: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Initial (shifts, betas): v_n = 1/2 - (n - 1/2)/N, beta_n = 1/N (module doc)."""
+    check_bits(bases, 1, 8, what="ABC-Net activation bases")
+    n = torch.arange(1, bases + 1, dtype=torch.float32)
+    return 0.5 - (n - 0.5) / bases, torch.full((bases,), 1.0 / bases)

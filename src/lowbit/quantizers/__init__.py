@@ -2,6 +2,7 @@
 
 from lowbit.quantizers.base import ActQuantizer, WeightQuantizer
 from lowbit.quantizers.binary import (
+    ABCAct,
     ABCWeight,
     BinaryConnectWeight,
     BNNAct,
@@ -28,6 +29,7 @@ from lowbit.quantizers.ternary import TTQWeight, TWNWeight
 from lowbit.quantizers.uniform import UniformAct, UniformWeight
 
 __all__ = [
+    "ABCAct",
     "ABCWeight",
     "ActQuantizer",
     "BNNAct",

@@ -10,8 +10,11 @@ quantizer that has it, right after each ``optimizer.step()``; custom loops must 
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from lowbit.functional.binary import (
+    abc_activation,
+    abc_activation_init,
     abc_codes_alphas,
     abc_levels,
     abc_weight,
@@ -159,7 +162,26 @@ class ABCWeight(WeightQuantizer):
         return self.bits  # the alphas
 
 
+class ABCAct(ActQuantizer):
+    """ABC-Net activations: N = ``bits`` binary bases beta_n H_{v_n}(x) with learned shifts v
+    and scales beta (``lowbit.functional.binary`` module doc, ABC-Net sec. 3.3); replaces the
+    ReLU. N + 1 output levels (the thresholds are ordered while the v_n stay ordered)."""
+
+    BITS = (1, 2, 3, 4, 5)
+    REPLACES_ACTIVATION = True
+
+    def __init__(self, bits: int) -> None:
+        super().__init__(bits)
+        shifts, betas = abc_activation_init(bits)
+        self.shifts = nn.Parameter(shifts)
+        self.betas = nn.Parameter(betas)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return abc_activation(x, self.shifts, self.betas)
+
+
 __all__ = [
+    "ABCAct",
     "ABCWeight",
     "BNNAct",
     "BNNWeight",

@@ -9,6 +9,7 @@ from lowbit.errors import BitsError, MethodError
 from lowbit.functional.checks import FLOAT_BITS, check_bits
 from lowbit.quantizers.base import ActQuantizer, WeightQuantizer
 from lowbit.quantizers.binary import (
+    ABCAct,
     ABCWeight,
     BinaryConnectWeight,
     BNNAct,
@@ -90,9 +91,9 @@ METHODS: dict[str, Method] = {
     "abc": Method(
         "abc",
         "ABC-Net (Lin et al. 2017): weights as M = bits shifted-sign bases with least-squares "
-        "scales; 1..5 bits, weights only",
+        "scales; activations as N = bits binary bases with learned shifts and scales; 1..5 bits",
         ABCWeight,
-        None,
+        ABCAct,
     ),
     "twn": Method(
         "twn",
