@@ -199,6 +199,23 @@ def run_cell(spec: dict, task: dict, work: Path, cells: Path) -> dict:
     return cell
 
 
+def remeasure_steps(cells_dir: Path, init: Path, dataset: str) -> None:
+    """Re-time every finished cell's step ratio with the code as it is now."""
+    from types import SimpleNamespace
+
+    from lowbit.recipe import Recipe
+
+    for path in sorted(cells_dir.glob("*.json")):
+        cell = json.loads(path.read_text())
+        recipe = Recipe(cell["weight"], cell["w_bits"], cell["act"], cell["a_bits"],
+                        keep_first=True, keep_last=True)
+        config = SimpleNamespace(precision=cell.get("precision", "fp32"),
+                                 channels_last=cell.get("channels_last", False))
+        cell |= step_ratio(init, dataset, recipe, config) | {"step_commit": git_commit()}
+        write_atomic(cell, path)
+        print(f"{cell['label']}: step x{cell['step_ratio']:.2f}", flush=True)
+
+
 def run_cells(todo: list[dict], task: dict, work: Path, cells: Path, jobs: int) -> None:
     if jobs <= 1:
         for i, spec in enumerate(todo, 1):
@@ -390,6 +407,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--temperature-per-step", action=argparse.BooleanOptionalAction,
                    default=True, help="qnet: ramp T within each epoch (default: yes, since a "
                    "cell has few epochs)")
+    p.add_argument("--remeasure-steps", action="store_true",
+                   help="train nothing: re-time the step ratio of every finished cell with the "
+                   "current code (after a speed-up), then rewrite the report")
     p.add_argument("--out", type=Path, default=HERE / "results" / "zoo_table2")
     p.add_argument("--work", type=Path, default=HERE.parent / "runs" / "zoo_table2")
     return p.parse_args()
@@ -413,6 +433,9 @@ def main() -> None:
             "temperature_per_step": a.temperature_per_step}
     settings = [tuple(int(b) for b in s.split("/")) for s in a.settings]
     specs = cell_specs(a.methods, [s for s in SETTINGS if s in settings])
+    if a.remeasure_steps:
+        remeasure_steps(cells_dir, a.work / "float" / "model.pt", dataset)
+        specs = []
     todo = [s for s in specs if not (cells_dir / f"{s['label']}.json").exists()]
     todo.sort(key=lambda s: settings.index((s["w_bits"], s["a_bits"])))  # in --settings order
     print(f"{len(specs)} cells, {len(specs) - len(todo)} done, {len(todo)} to run", flush=True)
