@@ -410,6 +410,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--remeasure-steps", action="store_true",
                    help="train nothing: re-time the step ratio of every finished cell with the "
                    "current code (after a speed-up), then rewrite the report")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: rewrite the report from the finished cells")
     p.add_argument("--out", type=Path, default=HERE / "results" / "zoo_table2")
     p.add_argument("--work", type=Path, default=HERE.parent / "runs" / "zoo_table2")
     return p.parse_args()
@@ -435,6 +437,8 @@ def main() -> None:
     specs = cell_specs(a.methods, [s for s in SETTINGS if s in settings])
     if a.remeasure_steps:
         remeasure_steps(cells_dir, a.work / "float" / "model.pt", dataset)
+        specs = []
+    if a.report_only:
         specs = []
     todo = [s for s in specs if not (cells_dir / f"{s['label']}.json").exists()]
     todo.sort(key=lambda s: settings.index((s["w_bits"], s["a_bits"])))  # in --settings order
