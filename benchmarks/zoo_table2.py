@@ -195,6 +195,7 @@ def run_cell(spec: dict, task: dict, work: Path, cells: Path) -> dict:
              "epochs_per_stage": config.epochs, "precision": config.precision,
              "channels_last": config.channels_last, "augment": config.augment}
     cell |= step_ratio(init, task["dataset"], recipe, config)
+    cell |= {"trained_by": task["command"], "trained_at_commit": task["commit"]}
     write_atomic(cell, cells / f"{spec['label']}.json")
     return cell
 
@@ -316,7 +317,8 @@ def detail_lines(rows: list[dict]) -> list[str]:
 
 def markdown(rows: list[dict], targets: dict, meta: dict) -> str:
     head = [f"# yang2019 Table 2, in shape: {meta['model']} on {meta['dataset']}\n",
-            f"Command: `{meta['command']}`  ", f"Commit: `{meta['commit']}`  ",
+            f"Report written by: `{meta['command']}` at commit `{meta['commit']}`  ",
+            *[f"Cells trained by: `{c}` at commit `{k}`  " for c, k in _trainers(rows)],
             f"Task: {meta['task_note']}; torch threads {meta['threads']}, "
             f"{meta['jobs']} parallel cell(s).  ",
             f"Float model: {meta['float_epochs']} epochs{_float_origin(meta)}, test accuracy "
@@ -340,6 +342,12 @@ def markdown(rows: list[dict], targets: dict, meta: dict) -> str:
         status = t["status"] if t["status"] != "MISSED" else "**MISSED**"
         lines.append(f"- {name}: {status} — {t['detail']}")
     return "\n".join(lines) + "\n"
+
+
+def _trainers(rows: list[dict]) -> list[tuple[str, str]]:
+    """The distinct (command, commit) pairs that trained the rows' cells, in first-seen order."""
+    seen = {(r.get("trained_by", "?"), r.get("trained_at_commit", "?")): None for r in rows}
+    return list(seen)
 
 
 def _float_origin(meta: dict) -> str:
@@ -432,7 +440,9 @@ def main() -> None:
     task = {"model": model, "dataset": dataset, "epochs": a.epochs, "lr": a.lr,
             "threads": a.threads, "precision": a.precision, "channels_last": a.channels_last,
             "temperature_factor": a.temperature_factor,
-            "temperature_per_step": a.temperature_per_step}
+            "temperature_per_step": a.temperature_per_step,
+            "command": shlex.join(["python", "benchmarks/zoo_table2.py", *sys.argv[1:]]),
+            "commit": git_commit()}
     settings = [tuple(int(b) for b in s.split("/")) for s in a.settings]
     specs = cell_specs(a.methods, [s for s in SETTINGS if s in settings])
     if a.remeasure_steps:
