@@ -39,6 +39,18 @@ def test_atomic_save_replaces_and_leaves_no_temp(tmp_path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
 
 
+def test_atomic_save_gives_the_umask_mode_not_0600(tmp_path) -> None:
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        atomic_save({"a": 1}, tmp_path / "m.pt")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "m.pt").stat().st_mode) == 0o644
+
+
 def test_atomic_save_failure_keeps_old_file(tmp_path) -> None:
     path = tmp_path / "model.pt"
     atomic_save({"a": torch.arange(3)}, path)
