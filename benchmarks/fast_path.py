@@ -129,6 +129,32 @@ def markdown(rows: list[dict], acc: list[dict], meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot(rows: list[dict], path: Path) -> None:
+    """Grouped bars: speed-up over fp32 per recipe and variant."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recipes = list(dict.fromkeys(r["recipe"] for r in rows))
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    width = 0.8 / len(variants)
+    fig, ax = plt.subplots(figsize=(9, 4))
+    for k, v in enumerate(variants):
+        xs = [i + (k - (len(variants) - 1) / 2) * width for i, name in enumerate(recipes)
+              if any(r["recipe"] == name and r["variant"] == v for r in rows)]
+        ys = [r["speedup"] for name in recipes for r in rows
+              if r["recipe"] == name and r["variant"] == v]
+        ax.bar(xs, ys, width, label=v)
+    ax.axhline(1, color="k", lw=0.8)
+    ax.set_xticks(range(len(recipes)), recipes)
+    ax.set(ylabel="training-step speed-up over fp32", title="ResNet-20, batch 128, CIFAR-10")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--init", help="float ResNet-20 model.pt (default: a fresh random one)")
@@ -140,7 +166,12 @@ def main() -> None:
     p.add_argument("--accuracy-recipe", default="dorefa W2/A32", choices=list(RECIPES))
     p.add_argument("--work", type=Path, default=Path("runs") / "fast_path")
     p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--plot-only", action="store_true", help="redraw OUT/speedups.png from "
+                   "OUT/results.json")
     a = p.parse_args()
+    if a.plot_only:
+        plot(json.loads((a.out / "results.json").read_text())["speedups"], a.out / "speedups.png")
+        return
     torch.set_num_threads(a.threads)
     data = load_dataset("cifar10", "train")
     meta = {"command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
@@ -161,6 +192,7 @@ def main() -> None:
     (a.out / "results.json").write_text(json.dumps({"meta": meta, "speedups": rows,
                                                     "accuracy": acc}, indent=1) + "\n")
     (a.out / "results.md").write_text(markdown(rows, acc, meta))
+    plot(rows, a.out / "speedups.png")
     print((a.out / "results.md").read_text())
 
 
