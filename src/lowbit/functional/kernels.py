@@ -130,3 +130,253 @@ def signed_levels(w: torch.Tensor, d: torch.Tensor, s: float) -> torch.Tensor:
     out = torch.empty_like(w)
     _signed_levels_nb(w.view(-1).numpy(), np.float32(d), np.float32(s), out.view(-1).numpy())
     return out
+
+
+# --- Fused training kernels of LSQ (S. K. Esser et al., "Learned Step Size Quantization", ICLR
+# 2020, eq. 1-3; lowbit.functional.learned) and of the soft quantizer of Quantization Networks
+# (J. Yang et al., CVPR 2019, eq. 6-10; lowbit.functional.soft). Forwards are elementwise; each
+# backward is one pass giving the input gradient and the scalar reductions as float64 partial
+# sums per chunk of CHUNK elements (fixed, so the sums do not depend on the thread count).
+# LSQ is bit-equal to its torch path (its step sum up to summation order). The soft quantizer is
+# equal to float32 rounding, not bit for bit: numba has no SIMD exp (no SVML), so
+#   sigmoid(u - b) = 1 / (1 + e),  e = exp(b - u) = (e_b P) 2^(n_b - n_u),
+# with exp(b) = e_b 2^n_b per bias (float64, once per call) and exp(-u) = P 2^-n_u per element
+# (Cody-Waite reduction, Cephes expf polynomial): one exp per element for all n sigmoids, each
+# within ~2 ulp of sigmoid of the exact u - b (torch's rounds u - b first); 1 - sigmoid = e
+# sigmoid, no cancellation. n_b - n_u is clamped to [-100, 100]: the sigmoid is then exactly 1
+# or below 1e-30 instead of smaller (no denormals). u and b are clamped to [-2^20, 2^20].
+# Test: tests/functional/test_fused_kernels.py (fused == torch paths, layouts, fallbacks).
+
+CHUNK = 1 << 12  # elements per partial sum and per block of scratch
+_U_MAX = float(2**20)
+
+if numba is not None:
+    from llvmlite import ir
+    from numba.core import types
+    from numba.extending import intrinsic
+
+    @intrinsic
+    def _pow2i(typingctx, k):  # pragma: no cover - compiled
+        """2^k as float32 for int32 k in [-126, 127]: the exponent field, no libm call."""
+        def codegen(context, builder, signature, args):
+            i32 = ir.IntType(32)
+            bits = builder.shl(builder.add(args[0], ir.Constant(i32, 127)), ir.Constant(i32, 23))
+            return builder.bitcast(bits, ir.FloatType())
+        return types.float32(types.int32), codegen
+
+    @numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
+    def _exp_neg(u):  # pragma: no cover - compiled
+        """exp(-u) = p 2^-n for float32 u: (n integral, p in [0.7, 1.42]); NaN u gives p NaN."""
+        f = np.float32
+        uc = min(max(u, f(-_U_MAX)), f(_U_MAX)) if u == u else f(0.0)
+        n = np.rint(uc * f(1.44269504088896341))
+        r = n * f(0.693359375) - uc + n * f(-2.12194440e-4)  # -(u - n ln 2), |r| <= ln2 / 2
+        p = f(1.9875691500e-4) * r + f(1.3981999507e-3)
+        p = p * r + f(8.3334519073e-3)
+        p = p * r + f(4.1665795894e-2)
+        p = p * r + f(1.6666665459e-1)
+        p = p * r + f(5.0000001201e-1)
+        p = p * (r * r) + r + f(1.0)
+        return n, (p if u == u else u)
+
+    @numba.njit(cache=True, nogil=True, error_model="numpy",
+                fastmath={"arcp", "ninf", "contract"})  # 1 + e is finite: a reciprocal estimate
+    def _sigmoid_split(n, p, nb, eb):  # pragma: no cover - compiled
+        """(sigmoid(u - b), 1 - sigmoid(u - b)) from exp(-u) = p 2^-n and exp(b) = eb 2^nb;
+        1 - sigma = e sigma with e = exp(b - u): no cancellation as sigma -> 1."""
+        k = min(max(nb - n, np.float32(-100.0)), np.float32(100.0))
+        e = (eb * p) * _pow2i(np.int32(k))
+        h = np.float32(1.0) / (np.float32(1.0) + e)
+        return h, e * h
+
+    @numba.njit(cache=True, nogil=True, error_model="numpy")
+    def _split_into(x, ux, nn, pp):  # pragma: no cover - compiled
+        for i in range(x.size):
+            nn[i], pp[i] = _exp_neg(x[i] * ux)
+
+    @numba.njit(cache=True, nogil=True)
+    def _scratch():  # pragma: no cover - compiled
+        return np.empty(CHUNK, np.float32)
+
+    @numba.njit(cache=True, nogil=True, fastmath={"reassoc"})
+    def _add64(acc, v):  # pragma: no cover - compiled
+        """acc + v, reassociable: lets LLVM vectorize a float64 sum (its order is unspecified)."""
+        return acc + v
+
+
+def _lsq_fwd_loop(x, inv, s, lo, hi, out):  # pragma: no cover - compiled
+    for i in _range(x.size):
+        r = np.rint(x[i] * inv)  # round half to even, as torch.round
+        r = lo if r < lo else r  # compares, not min/max: NaN stays NaN
+        r = hi if r > hi else r
+        out[i] = r * s
+
+
+def _lsq_bwd_loop(g, x, inv, lo, hi, gx, parts):  # pragma: no cover - compiled
+    for c in _range(parts.size):
+        a, b = c * CHUNK, min((c + 1) * CHUNK, x.size)
+        gc, xc, gxc = g[a:b], x[a:b], gx[a:b]  # slices: indices from 0, no wraparound checks
+        acc = 0.0
+        for i in range(xc.size):
+            q = xc[i] * inv
+            r = np.rint(q)
+            r = lo if r < lo else r
+            r = hi if r > hi else r
+            m = np.float32((q > lo) & (q < hi))
+            gxc[i] = gc[i] * m
+            acc = _add64(acc, np.float64(gc[i] * (r - q * m)))
+        parts[c] = acc
+
+
+def _soft_fwd_loop(nw, x, ux, nb, eb, steps, offset, alpha, out):  # pragma: no cover - compiled
+    nch = (x.size + CHUNK - 1) // CHUNK
+    for w in _range(nw):  # one worker per thread, each with its own scratch
+        nn, pp = _scratch(), _scratch()
+        for c in range(w, nch, nw):
+            xc, oc = x[c * CHUNK:(c + 1) * CHUNK], out[c * CHUNK:(c + 1) * CHUNK]
+            _split_into(xc, ux, nn, pp)
+            oc[:] = 0.0
+            for k in range(nb.size):  # the n sigmoids: one vectorized pass over the chunk each
+                nk, ek, sk = nb[k], eb[k], steps[k]
+                for i in range(xc.size):
+                    oc[i] += sk * _sigmoid_split(nn[i], pp[i], nk, ek)[0]
+            for i in range(xc.size):
+                oc[i] = (oc[i] - offset) * alpha
+
+
+def _soft_bwd_loop(nw, g, x, ux, nb, eb, same, uxg, nbg, ebg, steps, offset, cx, need_b, gx,
+                   parts):  # pragma: no cover - compiled
+    for w in _range(nw):
+        nn, pp, nng, ppg = _scratch(), _scratch(), _scratch(), _scratch()  # separate arrays:
+        acc, dsum, d = _scratch(), _scratch(), _scratch()  # LLVM sees that they do not alias
+        for c in range(w, parts.shape[0], nw):
+            a, b = c * CHUNK, min((c + 1) * CHUNK, x.size)
+            gc, xc, gxc = g[a:b], x[a:b], gx[a:b]
+            _split_into(xc, ux, nn, pp)
+            if not same:
+                _split_into(xc, uxg, nng, ppg)
+            acc[:] = 0.0
+            dsum[:] = 0.0
+            for k in range(nb.size):
+                nk, ek, sk = nb[k], eb[k], steps[k]
+                if same and not need_b:  # backward temperature = forward: h_i = sigma_i
+                    for i in range(xc.size):
+                        h, h1 = _sigmoid_split(nn[i], pp[i], nk, ek)
+                        acc[i] += sk * h
+                        dsum[i] += sk * (h * h1)
+                    continue
+                if same:
+                    for i in range(xc.size):
+                        h, h1 = _sigmoid_split(nn[i], pp[i], nk, ek)
+                        acc[i] += sk * h
+                        d[i] = h * h1
+                        dsum[i] += sk * d[i]
+                else:
+                    nkg, ekg = nbg[k], ebg[k]
+                    for i in range(xc.size):
+                        acc[i] += sk * _sigmoid_split(nn[i], pp[i], nk, ek)[0]
+                        h, h1 = _sigmoid_split(nng[i], ppg[i], nkg, ekg)
+                        d[i] = h * h1
+                        dsum[i] += sk * d[i]
+                if need_b:
+                    sb = 0.0
+                    for i in range(xc.size):
+                        sb = _add64(sb, np.float64(gc[i] * d[i]))
+                    parts[c, 2 + k] = sb
+            s_alpha, s_beta = 0.0, 0.0
+            for i in range(xc.size):
+                gd = gc[i] * dsum[i]
+                gxc[i] = gd * cx
+                s_alpha = _add64(s_alpha, np.float64(gc[i] * (acc[i] - offset)))
+                s_beta = _add64(s_beta, np.float64(gd * xc[i]))
+            parts[c, 0] = s_alpha
+            parts[c, 1] = s_beta
+
+
+if numba is not None:
+    for _loop in (_lsq_fwd_loop, _lsq_bwd_loop, _soft_fwd_loop, _soft_bwd_loop):
+        _KERNELS[_loop.__name__] = (
+            numba.njit(cache=True, nogil=True, error_model="numpy")(_loop),
+            numba.njit(cache=True, nogil=True, error_model="numpy", parallel=True)(_loop))
+
+
+def _launch_workers(name: str, n: int, *args) -> None:
+    """As _launch, for kernels whose first argument is the number of workers (threads)."""
+    serial, parallel = _KERNELS[name]
+    if n >= PARALLEL_MIN and torch.get_num_threads() > 1:
+        numba.set_num_threads(min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+        parallel(numba.get_num_threads(), *args)
+    else:
+        serial(1, *args)
+
+
+def _dense(*tensors: torch.Tensor) -> list[torch.Tensor]:
+    """The tensors detached and dense in the first one's layout (NHWC kept)."""
+    fmt = _layout(tensors[0])
+    return [t.detach().contiguous(memory_format=fmt) for t in tensors]
+
+
+def _bias_split(bt: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """exp(b) = e_b 2^n_b for each b of ``bt`` (float64 arithmetic): (n_b, e_b) as float32."""
+    b = np.clip(bt.detach().double().reshape(-1).numpy(), -_U_MAX, _U_MAX)
+    n = np.rint(b / np.log(2.0))
+    return n.astype(np.float32), np.exp(b - n * np.log(2.0)).astype(np.float32)
+
+
+def lsq_forward(x: torch.Tensor, s: torch.Tensor, inv: torch.Tensor, qn: int, qp: int
+                ) -> torch.Tensor:
+    """LSQ eq. (1)-(2), round(clamp(x * inv, -qn, qp)) * s with inv = 1/s, in one pass.
+    ``x`` float32 CPU (:func:`fusable`), ``s`` and ``inv`` one-element; x's layout is kept."""
+    (x,) = _dense(x)
+    out = torch.empty_like(x)
+    _launch("_lsq_fwd_loop", x.numel(), _flat(x), np.float32(inv), np.float32(s),
+            np.float32(-qn), np.float32(qp), _flat(out))
+    return out
+
+
+def lsq_backward(g: torch.Tensor, x: torch.Tensor, inv: torch.Tensor, qn: int, qp: int
+                 ) -> tuple[torch.Tensor, float]:
+    """LSQ's backward in one pass: g * 1{-qn < x inv < qp} and the float64 sum of g times
+    eq. (3), round(q) - q inside, -qn or qp outside (q = x inv)."""
+    x, g = _dense(x, g)
+    gx = torch.empty_like(x)
+    parts = np.empty((x.numel() + CHUNK - 1) // CHUNK, np.float64)
+    _launch("_lsq_bwd_loop", x.numel(), _flat(g), _flat(x), np.float32(inv), np.float32(-qn),
+            np.float32(qp), _flat(gx), parts)
+    return gx, float(parts.sum())
+
+
+def soft_forward(x: torch.Tensor, ux: torch.Tensor, bt: torch.Tensor, steps: list[float],
+                 offset: float, alpha: torch.Tensor) -> torch.Tensor:
+    """Quantization Networks eq. (6), alpha (sum_i s_i sigmoid(x ux - bt_i) - o), in one pass;
+    ``ux`` = T beta and ``bt`` = T b as the caller computes them (float32)."""
+    (x,) = _dense(x)
+    out = torch.empty_like(x)
+    _launch_workers("_soft_fwd_loop", x.numel(), _flat(x), np.float32(ux), *_bias_split(bt),
+                    np.asarray(steps, np.float32), np.float32(offset), np.float32(alpha),
+                    _flat(out))
+    return out
+
+
+def soft_backward(g: torch.Tensor, x: torch.Tensor, ux: torch.Tensor, bt: torch.Tensor,
+                  grad_t: tuple[torch.Tensor, torch.Tensor] | None, steps: list[float],
+                  offset: float, cx: torch.Tensor, need_b: bool = True
+                  ) -> tuple[torch.Tensor, np.ndarray]:
+    """Eq. (7)-(10) in one pass. sigma_i = sigmoid(x ux - bt_i) (forward temperature), h_i the
+    same with ``grad_t`` = (ux, bt) at the backward temperature (None: h_i = sigma_i), d_i =
+    h_i (1 - h_i). Returns gx = g cx sum_i s_i d_i and the float64 sums [sum g (sum_i s_i sigma_i
+    - o), sum g x sum_i s_i d_i, sum g d_1, ..., sum g d_n] (the last n: 0 unless ``need_b``)."""
+    x, g = _dense(x, g)
+    gx = torch.empty_like(x)
+    parts = np.zeros(((x.numel() + CHUNK - 1) // CHUNK, 2 + len(steps)), np.float64)
+    uxg, btg = (ux, bt) if grad_t is None else grad_t
+    _launch_workers("_soft_bwd_loop", x.numel(), _flat(g), _flat(x), np.float32(ux),
+                    *_bias_split(bt), grad_t is None, np.float32(uxg), *_bias_split(btg),
+                    np.asarray(steps, np.float32), np.float32(offset), np.float32(cx),
+                    bool(need_b), _flat(gx), parts)
+    return gx, parts.sum(axis=0)
+
+
+def fusable(x: torch.Tensor, *others: torch.Tensor) -> bool:
+    """Whether the fused kernels apply: numba present, float32 CPU tensors, non-empty ``x``."""
+    return x.numel() > 0 and _fast(x, *others)

@@ -33,7 +33,8 @@ PACT: J. Choi, Z. Wang, S. Venkataramani, P. I-J. Chuang, V. Srinivasan, K. Gopa
   Deviation: alpha <= 0 is used as float32 eps in the forward (eq. 3 gradient unchanged).
 
 Tests: tests/functional/test_learned.py (numpy references of LSQ eq. 1-3 and PACT eq. 1-3,
-torch peers for LSQ forward and gradients, closed-form gradients, properties).
+torch peers for LSQ forward and gradients, closed-form gradients, properties);
+tests/functional/test_fused_kernels.py (LSQ's fused float32 CPU path == its torch path).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ import math
 
 import torch
 
+from lowbit.functional import kernels
 from lowbit.functional.checks import check_bits
 
 _EPS = torch.finfo(torch.float32).eps
@@ -63,22 +65,39 @@ def lsq_codes(x: torch.Tensor, step: torch.Tensor, qn: int, qp: int,
 
 
 class _LSQ(torch.autograd.Function):
+    """Eq. (1)-(3). One step, float32 CPU: fused numba kernels (:func:`lowbit.functional.
+    kernels.lsq_forward`, ``lsq_backward``), bit-equal to the torch path below (the step's sum
+    in float64, so equal to summation order): the forward keeps only x, the backward recomputes
+    v/s and gives the x and step gradients in one pass. Otherwise (per channel, float64, GPU):
+    the torch path, which keeps the range mask and eq. (3) per element."""
+
     @staticmethod
     def forward(ctx, x, step, qn, qp, grad_scale, axis):
         s = torch.clamp(_broadcast(step, x, axis), min=_EPS)
+        ctx.meta = (grad_scale, axis, step.shape)
+        ctx.fused = s.numel() == 1 and kernels.fusable(x, s)
+        if ctx.fused:
+            inv = 1.0 / s
+            ctx.range = (qn, qp)
+            ctx.save_for_backward(x, inv)
+            return kernels.lsq_forward(x, s, inv, qn, qp)
         q = x * (1.0 / s)
         v_bar = torch.round(q).clamp_(-qn, qp)
         out = v_bar * s
         inside = (q > -qn).logical_and_(q < qp)
         ds = v_bar.sub_(q.mul_(inside))  # eq. (3): round(q) - q inside, -Q_N or Q_P outside
         ctx.save_for_backward(inside, ds)
-        ctx.meta = (grad_scale, axis, step.shape)
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        inside, ds = ctx.saved_tensors
         grad_scale, axis, shape = ctx.meta
+        if ctx.fused:
+            x, inv = ctx.saved_tensors
+            gx, gs = kernels.lsq_backward(grad, x, inv, *ctx.range)
+            grad_s = torch.tensor(gs * grad_scale, dtype=x.dtype).reshape(shape)
+            return gx, grad_s, None, None, None, None
+        inside, ds = ctx.saved_tensors
         if axis is None or len(shape) == 0:
             grad_s = torch.dot(grad.reshape(-1), ds.reshape(-1))
         else:

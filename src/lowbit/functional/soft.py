@@ -39,7 +39,8 @@ Initialisation (sec. 4.1), :func:`init_soft_params`: beta = 5p / (4q), p = max |
 Level sets (table 2 notation), :func:`levels_for`: see WEIGHT_LEVELS and ACT_LEVELS below.
 
 Tests: tests/functional/test_soft.py (numpy reference of eq. 6/11, eq. 7-10 vs x.grad,
-gradcheck, soft -> hard as T grows, k-means and init).
+gradcheck, soft -> hard as T grows, k-means and init); tests/functional/test_fused_kernels.py
+(the fused float32 CPU path of eq. 6-10 == the torch path == float64).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from __future__ import annotations
 import torch
 
 from lowbit.errors import BitsError
+from lowbit.functional import kernels
 
 # Weight level sets, by the paper's table 2 column names (sec. 4.1). "4" is ours: the paper has no
 # 4-bit column; {-7..7} is the symmetric integer set that fits 4 bits, as "5" = {-15..15} fits 5.
@@ -91,10 +93,25 @@ def _as_scalar(v: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
 
 
 class _SoftQuantize(torch.autograd.Function):
-    """Eq. (6) forward and the exact eq. (7)-(10) backward, looping over the n sigmoids."""
+    """Eq. (6) forward and the exact eq. (7)-(10) backward.
+
+    float32 CPU tensors, with or without ``grad_temperature``: fused numba kernels
+    (:func:`lowbit.functional.kernels.soft_forward`, ``soft_backward``). The forward computes eq.
+    (6) in one pass and keeps only x; the backward recomputes the sigmoids (at T, and at the
+    backward temperature if it differs) in one pass over (g, x) giving gx and the float64 sums
+    of eq. (8)-(10). Same formulas; they differ from this torch path by float32 rounding only
+    (our exp, see kernels; 1 - sigma_i taken as exp(b - u) sigma_i, without the cancellation of
+    acc - sum_i s_i sigma_i^2 below). Otherwise (float64, GPU, no numba): this torch loop.
+    """
 
     @staticmethod
     def forward(ctx, x, biases, alpha, beta, steps, offset, t, t_grad):
+        ctx.steps, ctx.offset, ctx.same_t = steps, offset, t_grad is None
+        tg = t if t_grad is None else t_grad
+        ctx.fused = kernels.fusable(x, biases, alpha, beta, t, tg)
+        if ctx.fused:  # one pass; only x is kept, the backward recomputes the sigmoids
+            ctx.save_for_backward(x, biases, alpha, beta, t, tg)
+            return kernels.soft_forward(x, beta * t, biases * t, steps, offset, alpha)
         # sigma_i = sigmoid(T beta x - T b_i);
         # sum_i s_i sigma_i (1 - sigma_i) = acc - sum_i s_i sigma_i^2
         ut, bt = x * (beta * t), biases * t
@@ -109,13 +126,15 @@ class _SoftQuantize(torch.autograd.Function):
                 sq.addcmul_(sig, sig, value=s).sub_(sig, alpha=s)
         dsum = acc - sq if t_grad is None else sq.neg_()
         inner = acc.sub_(offset)
-        ctx.steps, ctx.tg = steps, (t if t_grad is None else t_grad)
+        ctx.tg = tg
         ctx.save_for_backward(x, biases, alpha, beta, dsum,
                               inner if ctx.needs_input_grad[2] else None)
         return inner * alpha
 
     @staticmethod
     def backward(ctx, g):
+        if ctx.fused:
+            return _fused_backward(ctx, g)
         x, biases, alpha, beta, dsum, inner = ctx.saved_tensors
         tg = ctx.tg
         need = ctx.needs_input_grad
@@ -132,6 +151,24 @@ class _SoftQuantize(torch.autograd.Function):
                 parts.append((g * sig * (1.0 - sig)).sum() * (-alpha * tg * s))
             gb = torch.stack(parts).reshape(biases.shape)
         return gx, gb, galpha, gbeta, None, None, None, None
+
+
+def _fused_backward(ctx, g):
+    """Eq. (7)-(10) from one numba pass over (g, x): gx and the float64 sums of eq. (8)-(10)."""
+    x, biases, alpha, beta, t, tg = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    grad_t = None if ctx.same_t else (beta * tg, biases * tg)
+    gx, sums = kernels.soft_backward(g, x, beta * t, biases * t, grad_t, ctx.steps, ctx.offset,
+                                     alpha * tg * beta, need_b=need[1])
+    at = float(alpha * tg)
+
+    def grad(v, like):
+        return torch.as_tensor(v, dtype=like.dtype).reshape(like.shape)
+
+    gb = grad([-at * s * v for s, v in zip(ctx.steps, sums[2:], strict=True)], biases)
+    return (gx if need[0] else None, gb if need[1] else None,
+            grad(sums[0], alpha) if need[2] else None,
+            grad(sums[1] * at, beta) if need[3] else None, None, None, None, None)
 
 
 def _steps_offset(levels: torch.Tensor) -> tuple[list[float], float]:
