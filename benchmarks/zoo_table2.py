@@ -200,14 +200,18 @@ def run_cell(spec: dict, task: dict, work: Path, cells: Path) -> dict:
     return cell
 
 
-def remeasure_steps(cells_dir: Path, init: Path, dataset: str) -> None:
-    """Re-time every finished cell's step ratio with the code as it is now."""
+def remeasure_steps(cells_dir: Path, init: Path, dataset: str, methods: list[str]) -> None:
+    """Re-time the step ratio of every finished cell of ``methods`` (names as in --methods;
+    a paired cell such as dorefa+pact counts under its activation method) with the code as it
+    is now."""
     from types import SimpleNamespace
 
     from lowbit.recipe import Recipe
 
     for path in sorted(cells_dir.glob("*.json")):
         cell = json.loads(path.read_text())
+        if cell["act"] not in methods:
+            continue
         recipe = Recipe(cell["weight"], cell["w_bits"], cell["act"], cell["a_bits"],
                         keep_first=True, keep_last=True)
         config = SimpleNamespace(precision=cell.get("precision", "fp32"),
@@ -416,8 +420,8 @@ def parse_args() -> argparse.Namespace:
                    default=True, help="qnet: ramp T within each epoch (default: yes, since a "
                    "cell has few epochs)")
     p.add_argument("--remeasure-steps", action="store_true",
-                   help="train nothing: re-time the step ratio of every finished cell with the "
-                   "current code (after a speed-up), then rewrite the report")
+                   help="train nothing: re-time the step ratio of the finished cells of "
+                   "--methods with the current code (after a speed-up), rewrite the report")
     p.add_argument("--report-only", action="store_true",
                    help="train nothing: rewrite the report from the finished cells")
     p.add_argument("--out", type=Path, default=HERE / "results" / "zoo_table2")
@@ -446,7 +450,7 @@ def main() -> None:
     settings = [tuple(int(b) for b in s.split("/")) for s in a.settings]
     specs = cell_specs(a.methods, [s for s in SETTINGS if s in settings])
     if a.remeasure_steps:
-        remeasure_steps(cells_dir, a.work / "float" / "model.pt", dataset)
+        remeasure_steps(cells_dir, a.work / "float" / "model.pt", dataset, a.methods)
         specs = []
     if a.report_only:
         specs = []

@@ -115,6 +115,27 @@ def test_lsq_act_forward_and_gradient_scale():
     assert q(torch.empty(0, 3)).shape == (0, 3)
 
 
+def test_lsq_act_in_place_of_relu_equals_lsq_after_relu():
+    """The unsigned clip contains the ReLU: init, output and both gradients equal LSQ applied to
+    relu(x) (values below 0, at 0, inside the grid, at and above the top)."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.cat([torch.randn(6, 2, 3, 3, generator=g).reshape(-1) * 2,
+                   torch.tensor([0.0, -0.0, -1e-6, 1e-6, 30.0, -30.0])]).reshape(-1, 2, 3, 1)
+    x = x[: (len(x) // 2) * 2]
+    a, b = LSQAct(2), LSQAct(2)
+    xa = x.clone().requires_grad_(True)
+    xb = x.clone().requires_grad_(True)
+    ya = a(xa)                      # in place of the ReLU
+    yb = b(torch.relu(xb))          # after an explicit ReLU (the old wiring)
+    assert torch.equal(a.step.detach(), b.step.detach())
+    assert torch.equal(ya, yb)
+    w = torch.randn(ya.shape, generator=g)
+    (ya * w).sum().backward()
+    (yb * w).sum().backward()
+    assert torch.equal(xa.grad, xb.grad)
+    torch.testing.assert_close(a.step.grad, b.step.grad)
+
+
 def test_pact_act_regularization_and_flags():
     q = PACTAct(4, lambda_alpha=0.01)
     assert float(q.alpha.detach()) == 10.0
@@ -122,7 +143,7 @@ def test_pact_act_regularization_and_flags():
     assert float(r.detach()) == pytest.approx(0.01 * 100.0)
     r.backward()
     assert float(q.alpha.grad) == pytest.approx(2 * 0.01 * 10.0)
-    assert PACTAct.REPLACES_ACTIVATION and not LSQAct.REPLACES_ACTIVATION
+    assert PACTAct.REPLACES_ACTIVATION and LSQAct.REPLACES_ACTIVATION
     x = torch.tensor([-1.0, 0.0, 3.3, 12.0])
     torch.testing.assert_close(q(x), torch.tensor([0.0, 0.0, 5 * 10 / 15, 10.0]))
     with pytest.raises(ValueError):

@@ -75,16 +75,20 @@ class LSQWeight(WeightQuantizer):
 
 
 class LSQAct(ActQuantizer):
-    """LSQ activations: unsigned grid [0, 2^b - 1] times a learned step, after the ReLU.
+    """LSQ activations: unsigned grid [0, 2^b - 1] times a learned step, in place of the ReLU.
 
-    The step is initialised from the first training batch, s = 2 mean|x| / sqrt(Q_P) (sec. 2.1;
-    an all-zero batch is skipped). Evaluated before any training batch, the step is derived
-    from the batch at hand without being stored. Gradient scale g = 1/sqrt(N_F Q_P) with
-    N_F = features per example (numel / batch size; our reading of "features in the layer").
+    The unsigned clip to [0, Q_P] contains the ReLU: output, input gradient and step gradient
+    are those of LSQ applied after a ReLU (for x < 0 both give 0 and a zero step gradient), so
+    the ReLU is dropped, saving two passes over the activation (tested equal).
+    The step is initialised from the first training batch's ReLU outputs,
+    s = 2 mean|relu(x)| / sqrt(Q_P) (sec. 2.1; an all-zero batch is skipped). Evaluated before
+    any training batch, the step is derived from the batch at hand without being stored.
+    Gradient scale g = 1/sqrt(N_F Q_P) with N_F = features per example (numel / batch size;
+    our reading of "features in the layer").
     """
 
     BITS = tuple(range(1, 9))
-    REPLACES_ACTIVATION = False
+    REPLACES_ACTIVATION = True
 
     def __init__(self, bits: int) -> None:
         super().__init__(bits)
@@ -97,8 +101,9 @@ class LSQAct(ActQuantizer):
             return x.clone()
         step = self.step
         if not bool(self.initialized):
-            init = lsq_init_step(x, self.qp)
-            if self.training and bool(x.detach().abs().sum() > 0):
+            relu = x.detach().clamp(min=0)
+            init = lsq_init_step(relu, self.qp)
+            if self.training and bool(relu.sum() > 0):
                 with torch.no_grad():
                     self.step.copy_(init)
                     self.initialized.fill_(True)
