@@ -105,6 +105,18 @@ def test_ttq_scale_gradients_match_autograd_of_definition():
     wp.grad = wn.grad = None
     ttq(w, wp, wn).backward(g)
     assert torch.allclose(wp.grad, want[0]) and torch.allclose(wn.grad, want[1])
+    # "mean": the same sums divided by the region sizes; the latent-weight gradient unchanged
+    wt = w.clone().requires_grad_(True)
+    wp.grad = wn.grad = None
+    ttq(wt, wp, wn, scale_grad="mean").backward(g)
+    n_pos, n_neg = int((w > delta).sum()), int((w < -delta).sum())
+    torch.testing.assert_close(wp.grad, want[0] / max(n_pos, 1))
+    torch.testing.assert_close(wn.grad, want[1] / max(n_neg, 1))
+    w_sum = w.clone().requires_grad_(True)
+    ttq(w_sum, wp.detach(), wn.detach()).backward(g)
+    assert torch.equal(wt.grad, w_sum.grad)
+    with pytest.raises(ValueError, match="scale_grad"):
+        ttq(w, wp, wn, scale_grad="max")
 
 
 @SETTINGS

@@ -106,8 +106,14 @@ def test_ttq_init_and_parameters_learn():
     assert float(q.wn.detach()) == pytest.approx(3.0)
     assert q(w).tolist() == pytest.approx([-3.0, -3.0, 0, 0, 0, 2.0, 2.0])
     q(w).sum().backward()
-    assert float(q.wp.grad) == 2.0 and float(q.wn.grad) == -2.0
+    assert float(q.wp.grad) == 1.0 and float(q.wn.grad) == -1.0  # "mean": 2 / 2 per region
     assert {n for n, _ in q.named_parameters()} == {"wp", "wn"}
+    paper = TTQWeight(2, scale_grad="sum")
+    paper.init_from(w)
+    paper(w).sum().backward()
+    assert float(paper.wp.grad) == 2.0 and float(paper.wn.grad) == -2.0  # eq. (7) as printed
+    with pytest.raises(ValueError, match="scale_grad"):
+        TTQWeight(2, scale_grad="max")
 
 
 def test_act_modules():

@@ -21,6 +21,11 @@ eq. 6-9 as we read the paper, which is not in shared/papers), per tensor:
   -W_n, so the chain rule gives the minus sign, which we keep (descent then shrinks the loss).
   Deviation: the paper first divides the latent weights by their max (to [-1, 1]); thresholding
   at t * max|w| is the same forward, and we leave the 1/max factor out of dL/dw.
+  ``scale_grad``: "sum" is eq. (7) as printed; "mean" divides dL/dW_p (dL/dW_n) by |I_p|
+  (|I_n|), an LSQ-style gradient scale (Esser et al. 2020 sec. 2.2) that keeps the scales'
+  updates on the weights' scale. With "sum", SGD at lr 0.01 on ResNet-20 sends W_p/W_n far
+  off and below zero within one epoch (benchmarks/results/zoo_table2: 23.65 %), so the module
+  (:class:`lowbit.quantizers.ternary.TTQWeight`) defaults to "mean"; the forward is the same.
 
 Tests: tests/functional/test_ternary.py.
 """
@@ -79,8 +84,9 @@ def ttq_delta(w: torch.Tensor, t: float = TTQ_THRESHOLD) -> torch.Tensor:
 
 class _TTQ(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, w, wp, wn, delta):
+    def forward(ctx, w, wp, wn, delta, mean):
         pos, neg = w > delta, w < -delta
+        ctx.mean = mean
         ctx.save_for_backward(pos, neg, wp, wn)
         zero = torch.zeros_like(w)
         return torch.where(pos, wp, torch.where(neg, -wn, zero))
@@ -94,11 +100,18 @@ class _TTQ(torch.autograd.Function):
         grad_w = grad + g_pos * (wp - 1) + g_neg * (wn - 1)
         grad_wp = g_pos.sum().reshape(wp.shape)
         grad_wn = -g_neg.sum().reshape(wn.shape)
-        return grad_w, grad_wp, grad_wn, None
+        if ctx.mean:
+            grad_wp = grad_wp / pos.sum().clamp(min=1)
+            grad_wn = grad_wn / neg.sum().clamp(min=1)
+        return grad_w, grad_wp, grad_wn, None, None
 
 
 def ttq(
-    w: torch.Tensor, wp: torch.Tensor, wn: torch.Tensor, t: float = TTQ_THRESHOLD
+    w: torch.Tensor, wp: torch.Tensor, wn: torch.Tensor, t: float = TTQ_THRESHOLD,
+    scale_grad: str = "sum",
 ) -> torch.Tensor:
-    """TTQ eq. (6): W_p above t max|w|, -W_n below -t max|w|, 0 between; gradients eq. (7)-(8)."""
-    return _TTQ.apply(w, wp, wn, ttq_delta(w, t))
+    """TTQ eq. (6): W_p above t max|w|, -W_n below -t max|w|, 0 between; gradients eq. (7)-(8)
+    (``scale_grad`` "sum", as printed) or their per-region means ("mean"; module doc)."""
+    if scale_grad not in ("sum", "mean"):
+        raise ValueError(f"scale_grad must be 'sum' or 'mean', got {scale_grad!r}")
+    return _TTQ.apply(w, wp, wn, ttq_delta(w, t), scale_grad == "mean")

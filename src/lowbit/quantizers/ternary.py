@@ -43,15 +43,20 @@ class TTQWeight(WeightQuantizer):
     ``init_from`` sets W_p (W_n) to the mean |w| of the float weights above delta (below
     -delta); an empty region falls back to mean|w| over the tensor. Before ``init_from`` both
     are 1. Deviation: the paper does not fix this initial value.
+    ``scale_grad`` "mean" (default) divides the scales' gradients by their region sizes; "sum"
+    is the paper's eq. (7) as printed (see ``lowbit.functional.ternary``: with "sum" and SGD
+    the scales diverge on ResNet-20).
     """
 
     BITS = (2,)
 
-    def __init__(self, bits: int, t: float = TTQ_THRESHOLD) -> None:
+    def __init__(self, bits: int, t: float = TTQ_THRESHOLD, scale_grad: str = "mean") -> None:
         super().__init__(bits)
         if not 0.0 <= t < 1.0:
             raise ValueError(f"TTQ threshold factor t must be in [0, 1), got {t}")
-        self.t = t
+        if scale_grad not in ("sum", "mean"):
+            raise ValueError(f"scale_grad must be 'sum' or 'mean', got {scale_grad!r}")
+        self.t, self.scale_grad = t, scale_grad
         self.wp = nn.Parameter(torch.ones(()))
         self.wn = nn.Parameter(torch.ones(()))
 
@@ -64,7 +69,7 @@ class TTQWeight(WeightQuantizer):
             param.copy_(region.mean() if region.numel() else fallback)
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        return ttq(weight, self.wp, self.wn, self.t)
+        return ttq(weight, self.wp, self.wn, self.t, self.scale_grad)
 
     @torch.no_grad()
     def encode(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,4 +81,4 @@ class TTQWeight(WeightQuantizer):
         return 2
 
     def extra_repr(self) -> str:
-        return f"bits={self.bits}, t={self.t}"
+        return f"bits={self.bits}, t={self.t}, scale_grad={self.scale_grad}"
