@@ -315,8 +315,14 @@ def detail_lines(rows: list[dict]) -> list[str]:
         lines.append(f"| {r['method']} | {setting_name(r['w_bits'], r['a_bits'], r['method'])} "
                      f"| {100 * r['test_accuracy']:.2f} | {r['drop_points']:.2f} "
                      f"| {r['step_ratio']:.2f} [{r['step_ratio_min']:.2f}, "
-                     f"{r['step_ratio_max']:.2f}] | {r['epochs']} | {r['wall_seconds']:.1f} |")
+                     f"{r['step_ratio_max']:.2f}]{_retimed(r)} | {r['epochs']} "
+                     f"| {r['wall_seconds']:.1f} |")
     return lines
+
+
+def _retimed(row: dict) -> str:
+    """Marks a step ratio re-timed by --remeasure-steps (and at which commit)."""
+    return f" (re-timed at {row['step_commit']})" if row.get("step_commit") else ""
 
 
 def markdown(rows: list[dict], targets: dict, meta: dict) -> str:
