@@ -229,9 +229,14 @@ def run_cells(todo: list[dict], task: dict, work: Path, cells: Path, jobs: int) 
                   f"step x{c['step_ratio']:.2f}", flush=True)
         return
     with ProcessPoolExecutor(jobs) as pool:
-        futures = [pool.submit(run_cell, s, task, work, cells) for s in todo]
+        futures = {pool.submit(run_cell, s, task, work, cells): s for s in todo}
         for i, f in enumerate(as_completed(futures), 1):
-            c = f.result()
+            try:
+                c = f.result()
+            except Exception as exc:  # one failed cell must not hide the others' progress
+                print(f"[{i}/{len(todo)}] {futures[f]['label']}: FAILED "
+                      f"({type(exc).__name__}: {exc}); rerun to retry", flush=True)
+                continue
             print(f"[{i}/{len(todo)}] {c['label']}: {100 * c['test_accuracy']:.2f} %, "
                   f"step x{c['step_ratio']:.2f}", flush=True)
 

@@ -99,3 +99,23 @@ def test_fit_inq_epochs_per_step_and_bad_portions(tmp_path):
     for bad in [(0.5, 0.75), (0.75, 0.5, 1.0), (), (0.0, 1.0)]:
         with pytest.raises(ValueError):
             fit_inq(inq_model(), train, test, config, tmp_path, portions=bad)
+
+
+def test_partition_with_channels_last_buffers_matches_contiguous():
+    """model.to(channels_last) also converts INQ's 4-d mask/value buffers; partitioning must
+    freeze the same weights to the same levels as in the contiguous layout."""
+    from lowbit.quantizers.log2 import INQWeight
+
+    torch.manual_seed(0)
+    w = torch.randn(4, 3, 3, 3) * 0.2
+    a, b = INQWeight(5), INQWeight(5)
+    a.init_from(w)
+    b.init_from(w)
+    wa, wb = w.clone(), w.clone().contiguous(memory_format=torch.channels_last)
+    b.frozen_mask = b.frozen_mask.contiguous(memory_format=torch.channels_last)
+    b.frozen_values = b.frozen_values.contiguous(memory_format=torch.channels_last)
+    for portion in (0.5, 0.75, 1.0):
+        assert a.partition_(wa, portion) == b.partition_(wb, portion)
+        assert torch.equal(a.frozen_mask, b.frozen_mask)
+        assert torch.equal(a.frozen_values, b.frozen_values) and torch.equal(wa, wb)
+    assert torch.equal(a(wa), b(wb))

@@ -138,7 +138,8 @@ class INQWeight(WeightQuantizer):
         self._check_shape(weight)
         if not 0.0 <= portion <= 1.0 or math.isnan(portion):
             raise ValueError(f"INQ portion must be in [0, 1], got {portion!r}")
-        mask, values = self.frozen_mask.view(-1), self.frozen_values.view(-1)
+        # logical-order flat copies (the buffers may be channels-last), written back below
+        mask, values = self.frozen_mask.reshape(-1).clone(), self.frozen_values.reshape(-1).clone()
         flat = weight.detach().reshape(-1)
         target = min(flat.numel(), math.floor(portion * flat.numel() + 0.5))
         k = target - int(mask.sum())
@@ -147,6 +148,8 @@ class INQWeight(WeightQuantizer):
             idx = torch.topk(score, k).indices
             values[idx] = inq_quantize(flat[idx], int(self.n1), self.n2)
             mask[idx] = True
+            self.frozen_mask.copy_(mask.view(self.frozen_mask.shape))
+            self.frozen_values.copy_(values.view(self.frozen_values.shape))
         weight.data.copy_(torch.where(self.frozen_mask, self.frozen_values, weight.data))
         return max(k, 0)
 
