@@ -29,7 +29,7 @@ from lowbit.data import load_dataset
 from lowbit.experiment import model_kwargs
 from lowbit.models import build_model
 from lowbit.report.table import markdown_table
-from lowbit.report.timing import seconds_per_call, train_step
+from lowbit.report.timing import interleaved_many, train_step
 
 OUT = Path(__file__).resolve().parent / "results" / "fast_path"
 VARIANTS = {"fp32": ("fp32", False), "channels_last": ("fp32", True), "bf16": ("bf16", False),
@@ -61,31 +61,22 @@ def speedups(data, init, rounds: int, batch: int, compile_float: bool) -> list[d
             model = copy.deepcopy(net) if recipe is None else lowbit.quantize(copy.deepcopy(net),
                                                                               recipe)
             steps[variant] = train_step(model, x, y, precision, cl)
-        compile_s = None
+        compile_s: dict[str, float] = {}
         if compile_float and recipe is None:
-            model = torch.compile(copy.deepcopy(net))
-            steps["compile"] = train_step(model, x, y)
-            started = time.perf_counter()
-            steps["compile"]()  # the first call compiles
-            compile_s = time.perf_counter() - started
-            steps["compile+bf16+channels_last"] = train_step(
-                torch.compile(copy.deepcopy(net)), x, y, "bf16", True)
-            started = time.perf_counter()
-            steps["compile+bf16+channels_last"]()
-            compile_s += time.perf_counter() - started
-        for step in steps.values():  # warm up
-            step()
-        times: dict[str, list[float]] = {k: [] for k in steps}
-        for _ in range(rounds):
-            for k, step in steps.items():
-                times[k].append(seconds_per_call(step, 2))
+            for variant, fast in (("compile", ("fp32", False)),
+                                  ("compile+bf16+channels_last", ("bf16", True))):
+                steps[variant] = train_step(torch.compile(copy.deepcopy(net)), x, y, *fast)
+                started = time.perf_counter()
+                steps[variant]()  # the first call compiles
+                compile_s[variant] = time.perf_counter() - started
+        times = interleaved_many(steps, rounds, 2)
         for k in steps:
             ratios = [b / t for b, t in zip(times["fp32"], times[k], strict=True)]
             rows.append({"recipe": name, "variant": k,
                          "step_ms": 1e3 * statistics.median(times[k]),
                          "speedup": statistics.median(ratios), "speedup_min": min(ratios),
                          "speedup_max": max(ratios),
-                         "compile_seconds": compile_s if k.startswith("compile") else None})
+                         "compile_seconds": compile_s.get(k)})
             print(rows[-1], flush=True)
     return rows
 

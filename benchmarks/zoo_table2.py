@@ -462,8 +462,7 @@ def main() -> None:
     specs = cell_specs(a.methods, [s for s in SETTINGS if s in settings])
     if a.remeasure_steps:
         remeasure_steps(cells_dir, a.work / "float" / "model.pt", dataset, a.methods)
-        specs = []
-    if a.report_only:
+    if a.remeasure_steps or a.report_only:
         specs = []
     todo = [s for s in specs if not (cells_dir / f"{s['label']}.json").exists()]
     todo.sort(key=lambda s: settings.index((s["w_bits"], s["a_bits"])))  # in --settings order

@@ -70,13 +70,16 @@ if numba is not None:
                                     numba.njit(cache=True, nogil=True, parallel=True)(_loop))
 
 
-def _launch(name: str, n: int, *args) -> None:
+def _launch(name: str, n: int, *args, workers: bool = False) -> None:
+    """Run kernel ``name`` on ``n`` elements: the parallel compile when it pays, else the serial
+    one. ``workers``: the kernel's first argument is the number of threads it may use."""
     serial, parallel = _KERNELS[name]
     if n >= PARALLEL_MIN and torch.get_num_threads() > 1:
         numba.set_num_threads(min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
-        parallel(*args)
+        kernel, lead = parallel, (numba.get_num_threads(),)
     else:
-        serial(*args)
+        kernel, lead = serial, (1,)
+    kernel(*(lead if workers else ()), *args)
 
 
 def _fast(*tensors: torch.Tensor) -> bool:
@@ -92,6 +95,12 @@ def _layout(t: torch.Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
+def _dense(*tensors: torch.Tensor) -> list[torch.Tensor]:
+    """The tensors detached and dense in the first one's layout (NHWC kept)."""
+    fmt = _layout(tensors[0])
+    return [t.detach().contiguous(memory_format=fmt) for t in tensors]
+
+
 def _flat(t: torch.Tensor) -> np.ndarray:
     """A 1-d numpy view of a dense tensor's memory, in memory order (elementwise kernels)."""
     if t.dim() == 4 and not t.is_contiguous():
@@ -101,10 +110,9 @@ def _flat(t: torch.Tensor) -> np.ndarray:
 
 def ivan_act(x: torch.Tensor, n: float, step: torch.Tensor) -> torch.Tensor:
     """A_b's output clamp(ceil(clamp(x, 0, n) / step), 0, n) * step, in one pass."""
-    x = x.detach()
     if not _fast(x):
-        return _ivan_act_torch(x, n, step)
-    x = x.contiguous(memory_format=_layout(x))
+        return _ivan_act_torch(x.detach(), n, step)
+    (x,) = _dense(x)
     out = torch.empty_like(x)
     _launch("_ivan_act_loop", x.numel(), _flat(x), np.float32(n), np.float32(step), _flat(out))
     return out
@@ -114,8 +122,7 @@ def ivan_act_grad(grad: torch.Tensor, x: torch.Tensor, n: float) -> torch.Tensor
     """A_b's straight-through gradient grad * 1{0 < x <= n}, in one pass."""
     if not _fast(grad, x):
         return _ivan_act_grad_torch(grad, x, n)
-    fmt = _layout(x)
-    grad, x = grad.contiguous(memory_format=fmt), x.detach().contiguous(memory_format=fmt)
+    x, grad = _dense(x, grad)
     out = torch.empty_like(x)
     _launch("_ivan_act_grad_loop", x.numel(), _flat(grad), _flat(x), np.float32(n), _flat(out))
     return out
@@ -300,22 +307,6 @@ if numba is not None:
             numba.njit(cache=True, nogil=True, error_model="numpy", parallel=True)(_loop))
 
 
-def _launch_workers(name: str, n: int, *args) -> None:
-    """As _launch, for kernels whose first argument is the number of workers (threads)."""
-    serial, parallel = _KERNELS[name]
-    if n >= PARALLEL_MIN and torch.get_num_threads() > 1:
-        numba.set_num_threads(min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
-        parallel(numba.get_num_threads(), *args)
-    else:
-        serial(1, *args)
-
-
-def _dense(*tensors: torch.Tensor) -> list[torch.Tensor]:
-    """The tensors detached and dense in the first one's layout (NHWC kept)."""
-    fmt = _layout(tensors[0])
-    return [t.detach().contiguous(memory_format=fmt) for t in tensors]
-
-
 def _bias_split(bt: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """exp(b) = e_b 2^n_b for each b of ``bt`` (float64 arithmetic): (n_b, e_b) as float32."""
     b = np.clip(bt.detach().double().reshape(-1).numpy(), -_U_MAX, _U_MAX)
@@ -352,9 +343,9 @@ def soft_forward(x: torch.Tensor, ux: torch.Tensor, bt: torch.Tensor, steps: lis
     ``ux`` = T beta and ``bt`` = T b as the caller computes them (float32)."""
     (x,) = _dense(x)
     out = torch.empty_like(x)
-    _launch_workers("_soft_fwd_loop", x.numel(), _flat(x), np.float32(ux), *_bias_split(bt),
-                    np.asarray(steps, np.float32), np.float32(offset), np.float32(alpha),
-                    _flat(out))
+    _launch("_soft_fwd_loop", x.numel(), _flat(x), np.float32(ux), *_bias_split(bt),
+            np.asarray(steps, np.float32), np.float32(offset), np.float32(alpha), _flat(out),
+            workers=True)
     return out
 
 
@@ -370,10 +361,9 @@ def soft_backward(g: torch.Tensor, x: torch.Tensor, ux: torch.Tensor, bt: torch.
     gx = torch.empty_like(x)
     parts = np.zeros(((x.numel() + CHUNK - 1) // CHUNK, 2 + len(steps)), np.float64)
     uxg, btg = (ux, bt) if grad_t is None else grad_t
-    _launch_workers("_soft_bwd_loop", x.numel(), _flat(g), _flat(x), np.float32(ux),
-                    *_bias_split(bt), grad_t is None, np.float32(uxg), *_bias_split(btg),
-                    np.asarray(steps, np.float32), np.float32(offset), np.float32(cx),
-                    bool(need_b), _flat(gx), parts)
+    _launch("_soft_bwd_loop", x.numel(), _flat(g), _flat(x), np.float32(ux), *_bias_split(bt),
+            grad_t is None, np.float32(uxg), *_bias_split(btg), np.asarray(steps, np.float32),
+            np.float32(offset), np.float32(cx), bool(need_b), _flat(gx), parts, workers=True)
     return gx, parts.sum(axis=0)
 
 

@@ -37,6 +37,7 @@ import torch
 from lowbit.functional.checks import check_finite, check_nonempty
 
 TWN_RATIO = 0.7
+TTQ_SCALE_GRADS = ("sum", "mean")  # eq. (7) as printed, or per-region means (module doc)
 TTQ_THRESHOLD = 0.05
 
 
@@ -106,12 +107,16 @@ class _TTQ(torch.autograd.Function):
         return grad_w, grad_wp, grad_wn, None, None
 
 
+def check_ttq_scale_grad(scale_grad: str) -> None:
+    if scale_grad not in TTQ_SCALE_GRADS:
+        raise ValueError(f"scale_grad must be one of {TTQ_SCALE_GRADS}, got {scale_grad!r}")
+
+
 def ttq(
     w: torch.Tensor, wp: torch.Tensor, wn: torch.Tensor, t: float = TTQ_THRESHOLD,
     scale_grad: str = "sum",
 ) -> torch.Tensor:
     """TTQ eq. (6): W_p above t max|w|, -W_n below -t max|w|, 0 between; gradients eq. (7)-(8)
     (``scale_grad`` "sum", as printed) or their per-region means ("mean"; module doc)."""
-    if scale_grad not in ("sum", "mean"):
-        raise ValueError(f"scale_grad must be 'sum' or 'mean', got {scale_grad!r}")
+    check_ttq_scale_grad(scale_grad)
     return _TTQ.apply(w, wp, wn, ttq_delta(w, t), scale_grad == "mean")

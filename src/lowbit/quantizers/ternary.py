@@ -11,6 +11,7 @@ from torch import nn
 
 from lowbit.functional.ternary import (
     TTQ_THRESHOLD,
+    check_ttq_scale_grad,
     ternary_codes,
     ttq,
     ttq_delta,
@@ -54,8 +55,7 @@ class TTQWeight(WeightQuantizer):
         super().__init__(bits)
         if not 0.0 <= t < 1.0:
             raise ValueError(f"TTQ threshold factor t must be in [0, 1), got {t}")
-        if scale_grad not in ("sum", "mean"):
-            raise ValueError(f"scale_grad must be 'sum' or 'mean', got {scale_grad!r}")
+        check_ttq_scale_grad(scale_grad)
         self.t, self.scale_grad = t, scale_grad
         self.wp = nn.Parameter(torch.ones(()))
         self.wn = nn.Parameter(torch.ones(()))

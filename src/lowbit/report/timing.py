@@ -41,17 +41,26 @@ def seconds_per_call(fn: Callable[[], None], n: int) -> float:
     return (time.perf_counter() - t) / n
 
 
+def interleaved_many(fns: dict[str, Callable[[], None]], rounds: int, calls: int,
+                     warmup: int = 1) -> dict[str, list[float]]:
+    """Seconds per call of every function, ``rounds`` times: each round runs ``calls`` of each
+    in turn (the first key first), after ``warmup`` calls of each."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            times[k].append(seconds_per_call(fn, calls))
+    return times
+
+
 def interleaved(base: Callable[[], None], other: Callable[[], None], rounds: int,
                 calls: int, warmup: int = 2) -> dict:
     """Alternate ``calls`` of ``base`` and of ``other`` for ``rounds`` rounds; medians (s per
     call) and the ratio other/base: median of the per-round ratios and their min/max."""
-    for _ in range(warmup):
-        base(), other()
-    bs, os_, ratios = [], [], []
-    for _ in range(rounds):
-        bs.append(seconds_per_call(base, calls))
-        os_.append(seconds_per_call(other, calls))
-        ratios.append(os_[-1] / bs[-1])
-    return {"base_s": statistics.median(bs), "other_s": statistics.median(os_),
+    t = interleaved_many({"base": base, "other": other}, rounds, calls, warmup)
+    ratios = [o / b for b, o in zip(t["base"], t["other"], strict=True)]
+    return {"base_s": statistics.median(t["base"]), "other_s": statistics.median(t["other"]),
             "ratio": statistics.median(ratios), "ratio_min": min(ratios),
             "ratio_max": max(ratios)}

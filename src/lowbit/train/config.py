@@ -5,9 +5,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from lowbit.data.augment import AUGMENTATIONS
+
 OPTIMIZER_NAMES = ("adam", "sgd")
 SCHEDULE_NAMES = ("cosine", "step", "none")
-AUGMENT_NAMES = ("none", "crop-flip")  # lowbit.data.augment.AUGMENTATIONS
+AUGMENT_NAMES = AUGMENTATIONS
 PRECISION_NAMES = ("fp32", "bf16")
 
 
