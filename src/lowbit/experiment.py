@@ -9,20 +9,23 @@ call :func:`run` and :func:`evaluate_file`; benchmarks call them too.
 from __future__ import annotations
 
 import json
+import logging
+import shutil
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from lowbit.convert import quantize
+from lowbit.convert import LayerPlan, plan, quantize
 from lowbit.data import load_dataset
-from lowbit.errors import CheckpointError
+from lowbit.errors import CheckpointError, LowbitError
 from lowbit.models import build_model
 from lowbit.nn.layers import QUANT_LAYERS
 from lowbit.recipe import Recipe
+from lowbit.report.console import plan_lines, size_line
 from lowbit.size import model_bytes
 from lowbit.train import TrainConfig, atomic_save, evaluate, fit
 from lowbit.train.checkpoint import atomic_write_text
@@ -30,6 +33,8 @@ from lowbit.train.inq import fit_inq
 from lowbit.train.qnet import fit_qnet
 
 MODEL_FORMAT, MODEL_VERSION = "lowbit-model", 1
+JOB_NAME = "job.json"  # what a run directory was started for; --resume checks it
+log = logging.getLogger(__name__)
 
 # Defaults per (model, dataset): chosen to reach the paper's float accuracy on this machine
 # (benchmarks/ivan_fig5.py measures it); any field can be overridden from the CLI.
@@ -72,8 +77,9 @@ def default_config(model: str, dataset: str | None = None, **overrides: Any) -> 
     return replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
 
-def build(job: Job):
-    """Job's model sized for its dataset, started from ``job.init`` if given, quantized."""
+def build(job: Job) -> tuple[nn.Module, dict[str, Any], list[LayerPlan]]:
+    """Job's model sized for its dataset, started from ``job.init`` if given, quantized; with
+    the model's constructor arguments and the plan quantize() followed."""
     train = load_dataset(job.dataset, "train", job.data_dir)
     kwargs = model_kwargs(job.model, train)
     net = build_model(**kwargs)
@@ -85,7 +91,8 @@ def build(job: Job):
             raise CheckpointError(f"--init {job.init} is a {blob['model_kwargs']['name']} for "
                                   "other inputs/classes than this job's")
         net.load_state_dict(start.state_dict())
-    return quantize(net, job.recipe), kwargs
+    layers = plan(net, job.recipe)
+    return quantize(net, job.recipe), kwargs, layers
 
 
 def _train(job: Job, net: nn.Module, train, test, out_dir: Path, resume: bool, progress: bool):
@@ -98,7 +105,7 @@ def _train(job: Job, net: nn.Module, train, test, out_dir: Path, resume: bool, p
                 "epochs": sum(s["epochs"] for s in steps),
                 "wall_seconds": sum(s["wall_seconds"] for s in steps)}
     if "qnet" in (job.recipe.weight, job.recipe.act) and not job.recipe.is_float:
-        config = job.config if job.config.grad_clip else replace(job.config, grad_clip=5.0)
+        config = effective_config(job)
         r = fit_qnet(net, *data, config, out_dir, job.temperature_factor, resume=resume,
                      progress=progress, per_step=job.temperature_per_step)
         return {"test_accuracy": r["hard_test_accuracy"], "test_loss": r["hard_test_loss"],
@@ -113,26 +120,126 @@ def model_kwargs(model: str, data) -> dict[str, Any]:
             "num_classes": data.num_classes, "mean": list(data.mean), "std": list(data.std)}
 
 
-def run(job: Job, out_dir: str | Path, resume: bool = False, progress: bool = True) -> dict:
-    """Train ``job``; write ``out_dir/model.pt`` and ``out_dir/summary.json``; return summary."""
+def effective_config(job: Job) -> TrainConfig:
+    """The TrainConfig the job really trains with (qnet clips gradients at 5 unless told)."""
+    if "qnet" in (job.recipe.weight, job.recipe.act) and not job.recipe.is_float:
+        return job.config if job.config.grad_clip else replace(job.config, grad_clip=5.0)
+    return job.config
+
+
+def job_record(job: Job, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """What identifies a run: model (with its input statistics), dataset, recipe, training
+    config (thread count excepted), init model and qnet schedule. Written to ``job.json``."""
+    config = {k: v for k, v in asdict(effective_config(job)).items() if k != "num_threads"}
+    return {"model": job.model, "model_kwargs": kwargs, "dataset": job.dataset,
+            "recipe": job.recipe.to_dict(), "config": config, "init": job.init,
+            "temperature_factor": job.temperature_factor,
+            "temperature_per_step": job.temperature_per_step}
+
+
+def _record_diff(stored: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(stored) | set(current)):
+        a, b = stored.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _record_diff(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return out
+
+
+# Files and sub-run directories a run writes (INQ: step<i>/, qnet: phase<k>-<name>/).
+RUN_FILES = ("checkpoint.pt", "metrics.jsonl", "model.pt", "summary.json", JOB_NAME)
+
+
+def _lowbit_entries(out_dir: Path) -> list[Path]:
+    return [p for p in sorted(out_dir.iterdir())
+            if p.name in RUN_FILES or (p.is_dir() and any((p / f).exists() for f in RUN_FILES))]
+
+
+def prepare_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to train into a file, or into a non-empty directory unless resuming; with
+    ``overwrite``, remove the files an earlier run left there (others are kept)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise LowbitError(f"output {out_dir} is a file, not a directory; give a directory")
+    if not out_dir.exists() or resume:
+        return
+    entries = sorted(out_dir.iterdir())
+    if entries and not overwrite:
+        names = ", ".join(p.name for p in entries[:5]) + (" ..." if len(entries) > 5 else "")
+        raise LowbitError(f"output directory {out_dir} is not empty ({names}); use --resume to "
+                          "continue its run or --overwrite to start it again")
+    for p in _lowbit_entries(out_dir):
+        log.info("--overwrite: removing %s", p)
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+
+def _check_resume(out_dir: Path, record: dict[str, Any]) -> None:
+    path = out_dir / JOB_NAME
+    if not path.exists():
+        if (out_dir / "checkpoint.pt").exists():
+            log.warning("%s predates job.json: its recipe/model/dataset cannot be checked", out_dir)
+        return
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read {path}: {exc}") from exc
+    diff = _record_diff(stored, json.loads(json.dumps(record, default=str)))
+    if diff:
+        raise CheckpointError(f"{out_dir} holds a run of another job ({'; '.join(diff)}); "
+                              "resume it with the same settings, or use another --out")
+
+
+def run(job: Job, out_dir: str | Path, resume: bool = False, progress: bool = True,
+        overwrite: bool = False) -> dict:
+    """Train ``job``; write ``out_dir/model.pt`` and ``out_dir/summary.json``; return summary.
+
+    A non-empty ``out_dir`` is refused unless ``resume`` (which continues the run there, and
+    refuses one of another job: ``job.json``) or ``overwrite`` (which starts it again)."""
     out_dir = Path(out_dir)
+    prepare_out_dir(out_dir, resume, overwrite)
     train = load_dataset(job.dataset, "train", job.data_dir)
     test = load_dataset(job.dataset, "test", job.data_dir)
     torch.manual_seed(job.config.seed)  # model initialisation is part of the seeded run
-    net, kwargs = build(job)
+    net, kwargs, layers = build(job)
+    record = job_record(job, kwargs)
+    if resume:
+        _check_resume(out_dir, record)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(record, out_dir / JOB_NAME)
+    sizes = model_bytes(net)
+    log.info("%s %s on %s, plan:\n%s", job.model, describe(job.recipe), job.dataset,
+             "\n".join(plan_lines(layers)))
+    log.info("%s", size_line(sizes))
     result = _train(job, net, train, test, out_dir, resume, progress)
     save_model(net, kwargs, job, out_dir / "model.pt")
     summary = {
         "test_accuracy": result["test_accuracy"], "test_loss": result["test_loss"],
         "epochs": result["epochs"], "wall_seconds": result["wall_seconds"],
-        "w_bits": job.recipe.w_bits, "a_bits": job.recipe.a_bits, "g_bits": job.recipe.g_bits,
-        "method": job.recipe.weight if job.recipe.weight == job.recipe.act
-        else f"{job.recipe.weight}+{job.recipe.act}",
+        "w_bits": job.recipe.w_bits, "a_bits": job.recipe.a_bits,
+        "g_bits": job.recipe.g_bits if any(getattr(m, "grad_quant", None) is not None
+                                           for m in net.modules()) else 32,
+        "method": describe(job.recipe, bits=False),
         "model": job.model, "dataset": job.dataset, **model_bytes(net),
-        "recipe": job.recipe.to_dict(), "config": job.config.__dict__, "init": job.init,
+        "size_ratio": sizes["packed_bytes"] / sizes["float_bytes"],
+        "layers": [asdict(p) for p in layers],
+        "recipe": job.recipe.to_dict(), "config": asdict(effective_config(job)),
+        "init": job.init,
     }
     write_json_atomic(summary, out_dir / "summary.json")
+    log.info("test accuracy %.2f %%, %s", 100 * summary["test_accuracy"], size_line(summary))
     return summary
+
+
+def describe(recipe: Recipe, bits: bool = True) -> str:
+    """``ivan W4A4`` / ``dorefa+pact W2A4`` / ``float``: the method(s), and the bits."""
+    method = recipe.weight if recipe.weight == recipe.act else f"{recipe.weight}+{recipe.act}"
+    if not bits:
+        return method
+    if recipe.is_float:
+        return "float"
+    grad = f"G{recipe.g_bits}" if recipe.g_bits != 32 else ""
+    return f"{method} W{recipe.w_bits}A{recipe.a_bits}{grad}"
 
 
 def save_model(net: nn.Module, kwargs: dict, job: Job, path: Path) -> None:
@@ -163,14 +270,33 @@ def load_model(path: str | Path) -> tuple[nn.Module, dict]:
     return net.eval(), blob
 
 
-def evaluate_file(path: str | Path, dataset: str, data_dir: str | None = None) -> dict:
-    """Test loss and accuracy of the saved model at ``path`` on ``dataset``'s test split."""
+def evaluate_file(path: str | Path, dataset: str | None = None,
+                  data_dir: str | None = None) -> dict:
+    """Test loss and accuracy of the saved model at ``path`` on ``dataset``'s test split
+    (default: the dataset the model was trained on, which model.pt records)."""
     net, blob = load_model(path)
+    dataset = dataset or blob.get("dataset")
+    if not dataset:
+        raise CheckpointError(f"{path} does not record its dataset; give --dataset")
     test = load_dataset(dataset, "test", data_dir)
+    _check_fits(blob["model_kwargs"], test, path, blob.get("dataset"))
     started = time.perf_counter()
     loss, acc = evaluate(net, test.images, test.labels)
     return {"test_accuracy": acc, "test_loss": loss, "dataset": dataset, "model_file": str(path),
             "recipe": blob["recipe"], "seconds": time.perf_counter() - started}
+
+
+def _check_fits(kwargs: dict[str, Any], data, path, trained_on: str | None) -> None:
+    """A clear error when ``data``'s images or classes are not what the model takes."""
+    _, c, h, w = data.images.shape
+    size = kwargs["image_size"]
+    size = list(size) if isinstance(size, (list, tuple)) else [size, size]
+    want, got = (kwargs["in_channels"], *size, kwargs["num_classes"]), (c, h, w, data.num_classes)
+    if tuple(want) != got:
+        raise LowbitError(
+            f"{path} takes {want[0]}x{want[1]}x{want[2]} images in {want[3]} classes"
+            f"{f' (trained on {trained_on})' if trained_on else ''}; {data.name} has "
+            f"{c}x{h}x{w} images in {data.num_classes} classes")
 
 
 def write_json_atomic(obj: Any, path: Path) -> None:

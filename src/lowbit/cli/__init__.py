@@ -11,52 +11,104 @@ from lowbit.errors import LowbitError
 _EPILOG = "Data directory: --data-dir, else $LOWBIT_DATA/<dataset>, else ../shared/data/<dataset>."
 
 
+def _per_model(field: str) -> str:
+    from lowbit.experiment import DEFAULT_CONFIGS
+
+    return "default per model: " + ", ".join(f"{m} {getattr(c, field)}"
+                                             for m, c in DEFAULT_CONFIGS.items())
+
+
+def _recipe_flags(p) -> None:
+    """The flags that build a Recipe, shared by train and demo (the same flags mean the same)."""
+    p.add_argument("--keep-first", action=argparse.BooleanOptionalAction, default=True,
+                   help="keep the first weight layer at --keep-bits (default: yes); "
+                        "--no-keep-first quantizes it like the others")
+    p.add_argument("--keep-last", action=argparse.BooleanOptionalAction, default=True,
+                   help="keep the last weight layer at --keep-bits (default: yes); "
+                        "--no-keep-last quantizes it like the others")
+    p.add_argument("--keep-bits", type=int,
+                   help="bits of the kept first/last layers (default: 8; 32 keeps them in "
+                        "float, XNOR-Net's practice)")
+
+
+def _recipe(a, **fields):
+    from lowbit.recipe import Recipe
+
+    keep = {} if a.keep_bits is None else {"keep_bits": a.keep_bits}
+    return Recipe(keep_first=a.keep_first, keep_last=a.keep_last, **keep, **fields)
+
+
 def _train_parser(sub) -> None:
-    p = sub.add_parser("train", help="train a (quantized) model; writes model.pt, summary.json")
-    p.add_argument("--model", required=True, help="lenet300, lenet5, resnet20, resnet18")
-    p.add_argument("--dataset", required=True, help="mnist, cifar10, digits")
-    p.add_argument("--method", default="ivan", help="quantization method for weights and acts")
+    from lowbit.data.registry import DATASETS
+    from lowbit.models import MODELS
+
+    p = sub.add_parser("train", help="train a (quantized) model; writes model.pt, summary.json",
+                       description="Train a model, float or quantized, and write DIR/model.pt, "
+                       "DIR/summary.json, DIR/metrics.jsonl and DIR/checkpoint.pt (every "
+                       "epoch). The plan (which layer at which bits, and why) and the size "
+                       "are printed at the start and the end.", epilog=_EPILOG)
+    p.add_argument("--model", required=True, choices=sorted(MODELS), help="the architecture")
+    p.add_argument("--dataset", required=True, choices=DATASETS,
+                   help="the dataset (digits: bundled 8x8 digits, no download)")
+    p.add_argument("--method", default="ivan",
+                   help="quantization method of weights and activations (default: ivan; "
+                        "'lowbit methods' lists them)")
     p.add_argument("--w-method", help="weight method (default: --method)")
     p.add_argument("--a-method", help="activation method (default: --method)")
     p.add_argument("--w-bits", type=int, default=32, help="weight bits, 1..32 (32 = float)")
     p.add_argument("--a-bits", type=int, default=32, help="activation bits, 1..32 (32 = float)")
-    p.add_argument("--g-bits", type=int, default=32, help="gradient bits (DoReFa), 32 = float")
-    p.add_argument("--g-method", default="dorefa", help="gradient quantization method")
+    p.add_argument("--g-bits", type=int, default=32,
+                   help="bits of the gradients flowing into the quantized weight layers "
+                        "(DoReFa-Net), 32 = float")
+    p.add_argument("--g-method", default="dorefa", help="gradient quantization method "
+                   "(default: dorefa)")
+    _recipe_flags(p)
     p.add_argument("--init", help="start from this float model.pt (fine-tuning, INQ, qnet)")
-    p.add_argument("--grad-clip", type=float, help="clip the gradient L2 norm (qnet: 5)")
+    p.add_argument("--grad-clip", type=float,
+                   help="clip the gradients' global L2 norm to this value (default: none; "
+                        "qnet: 5)")
     p.add_argument("--temperature-factor", type=float, default=5.0,
-                   help="qnet: T = epoch x factor (yang2019 sec. 4.1)")
+                   help="qnet: temperature T = epoch x factor (yang2019 sec. 4.1; default 5)")
     p.add_argument("--temperature-per-step", action="store_true",
                    help="qnet: ramp T linearly within each epoch (for budgets of few epochs)")
-    p.add_argument("--keep-first", action=argparse.BooleanOptionalAction, default=True,
-                   help="keep the first weight layer in float (default: yes)")
-    p.add_argument("--keep-last", action=argparse.BooleanOptionalAction, default=True,
-                   help="keep the last weight layer in float (default: yes)")
-    for flag, typ in (("--epochs", int), ("--batch-size", int), ("--lr", float),
-                      ("--weight-decay", float), ("--seed", int)):
-        p.add_argument(flag, type=typ, help="default: the model's (lowbit.experiment)")
-    p.add_argument("--optimizer", choices=("adam", "sgd"))
-    p.add_argument("--schedule", choices=("cosine", "step", "none"))
-    p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    for flag, typ, field, what in (("--epochs", int, "epochs", "epochs"),
+                                   ("--batch-size", int, "batch_size", "batch size"),
+                                   ("--lr", float, "lr", "learning rate"),
+                                   ("--weight-decay", float, "weight_decay", "weight decay"),
+                                   ("--seed", int, "seed", "random seed")):
+        p.add_argument(flag, type=typ, help=f"{what} ({_per_model(field)})")
+    p.add_argument("--optimizer", choices=("adam", "sgd"), help=_per_model("optimizer"))
+    p.add_argument("--schedule", choices=("cosine", "step", "none"),
+                   help="learning-rate schedule, stepped per epoch (" + _per_model("schedule")
+                   + ")")
+    p.add_argument("--threads", type=int,
+                   help="CPU threads (default: chosen for the model and the machine's free "
+                        "cores)")
     p.add_argument("--augment", choices=("none", "crop-flip"),
                    help="training augmentation (default: crop-flip for cifar10, else none)")
     p.add_argument("--precision", choices=("fp32", "bf16"),
                    help="bf16: train under bf16 autocast (fast on AMX CPUs; eval stays fp32)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="train in channels-last (NHWC) memory format")
-    p.add_argument("--data-dir")
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--data-dir", help="directory of the dataset's files (see below)")
+    p.add_argument("--out", required=True, help="output directory (must be new or empty, "
+                   "unless --resume or --overwrite)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last epoch checkpoint (the same "
+                        "job only)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start the run in --out again, removing what an earlier run left")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (there is none when stderr is not a terminal)")
 
 
 def _cmd_train(a) -> int:
     from lowbit.experiment import Job, default_config, run
-    from lowbit.recipe import Recipe
+    from lowbit.report.console import progress_wanted
 
-    recipe = Recipe(weight=a.w_method or a.method, w_bits=a.w_bits, act=a.a_method or a.method,
-                    a_bits=a.a_bits, keep_first=a.keep_first, keep_last=a.keep_last,
-                    grad=a.g_method, g_bits=a.g_bits)
+    recipe = _recipe(a, weight=a.w_method or a.method, w_bits=a.w_bits,
+                     act=a.a_method or a.method, a_bits=a.a_bits, grad=a.g_method,
+                     g_bits=a.g_bits)
     config = default_config(a.model, dataset=a.dataset, epochs=a.epochs,
                             batch_size=a.batch_size, lr=a.lr,
                             weight_decay=a.weight_decay, seed=a.seed, optimizer=a.optimizer,
@@ -65,10 +117,11 @@ def _cmd_train(a) -> int:
                             channels_last=a.channels_last)
     job = Job(a.model, a.dataset, recipe, config, a.data_dir, a.init, a.temperature_factor,
               a.temperature_per_step)
-    s = run(job, a.out, resume=a.resume, progress=not a.no_progress)
-    print(f"test accuracy {s['test_accuracy']:.4f}  loss {s['test_loss']:.4f}  "
-          f"packed {s['packed_bytes']:,} B of {s['float_bytes']:,} B float  "
-          f"{s['wall_seconds']:.1f} s  -> {a.out}/model.pt")
+    s = run(job, a.out, resume=a.resume, progress=progress_wanted(not a.no_progress),
+            overwrite=a.overwrite)
+    print(f"test accuracy {100 * s['test_accuracy']:.2f} %  loss {s['test_loss']:.4f}  "
+          f"packed {s['packed_bytes']:,} B of {s['float_bytes']:,} B float "
+          f"({s['size_ratio']:.3f} x)  {s['wall_seconds']:.1f} s  -> {a.out}/model.pt")
     return 0
 
 
@@ -79,13 +132,17 @@ def _cmd_eval(a) -> int:
     if a.json:
         print(json.dumps(r))
     else:
-        print(f"test accuracy {r['test_accuracy']:.4f}  loss {r['test_loss']:.4f}")
+        print(f"{r['dataset']} test accuracy {100 * r['test_accuracy']:.2f} %  "
+              f"loss {r['test_loss']:.4f}")
     return 0
 
 
 def _cmd_methods(a) -> int:
     from lowbit.quantizers import METHODS
 
+    if a.json:
+        print(json.dumps([_method_record(m) for _, m in sorted(METHODS.items())], indent=2))
+        return 0
     width = max(map(len, METHODS))
     for name, m in sorted(METHODS.items()):
         roles = "/".join(r for r, c in (("weights", m.weight), ("activations", m.act)) if c)
@@ -93,11 +150,19 @@ def _cmd_methods(a) -> int:
     return 0
 
 
+def _method_record(m) -> dict:
+    """A registered method as JSON: name, description, roles and accepted bit widths."""
+    return {"name": m.name, "description": m.description,
+            "weight_bits": list(m.weight.BITS) if m.weight else None,
+            "activation_bits": list(m.act.BITS) if m.act else None,
+            "gradient": m.grad is not None}
+
+
 def _cmd_demo(a) -> int:
     from lowbit.demo import COLUMNS, run_demo
     from lowbit.report.table import markdown_table
 
-    rows = run_demo(a.out, epochs=a.epochs)
+    rows = run_demo(a.out, epochs=a.epochs, recipe=_recipe(a), overwrite=a.overwrite)
     print(markdown_table(rows, COLUMNS))
     print(f"plot: {a.out}/demo.png  results: {a.out}/results.json")
     return 0
@@ -112,22 +177,34 @@ def _cmd_data(a) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from lowbit import __version__
+
     parser = argparse.ArgumentParser(prog="lowbit", description=__doc__, epilog=_EPILOG)
+    parser.add_argument("--version", action="version", version=f"lowbit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub)
-    p = sub.add_parser("eval", help="test accuracy of a saved model.pt")
-    p.add_argument("model_file")
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--data-dir")
+    p = sub.add_parser("eval", help="test accuracy of a saved model.pt", epilog=_EPILOG)
+    p.add_argument("model_file", help="a model.pt written by 'lowbit train'")
+    p.add_argument("--dataset", help="test split to evaluate on (default: the dataset the "
+                   "model was trained on, as model.pt records)")
+    p.add_argument("--data-dir", help="directory of the dataset's files (see below)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    sub.add_parser("methods", help="list the registered quantization methods")
-    p = sub.add_parser("demo", help="float vs Q_b/A_b at 8/4/2/1 bits on the bundled digits")
-    p.add_argument("--out", default="runs/demo")
-    p.add_argument("--epochs", type=int, default=40)
+    p = sub.add_parser("methods", help="list the registered quantization methods")
+    p.add_argument("--json", action="store_true",
+                   help="print a JSON list (name, description, accepted bit widths)")
+    p = sub.add_parser("demo", help="float vs Q_b/A_b at 8/4/2/1 bits on the bundled digits",
+                       description="LeNet300 on the bundled 8x8 digits in float and with "
+                       "Ivan's Q_b/A_b at 8, 4, 2 and 1 bits, with the same recipe flags as "
+                       "'lowbit train'; writes a table and a plot.")
+    p.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
+    p.add_argument("--epochs", type=int, default=40, help="epochs per setting (default: 40)")
+    _recipe_flags(p)
+    p.add_argument("--overwrite", action="store_true",
+                   help="train every setting again (default: finished settings are reused)")
     p = sub.add_parser("data", help="dataset utilities")
     dsub = p.add_subparsers(dest="data_command", required=True)
     p = dsub.add_parser("download", help="download and verify a dataset into the cache")
-    p.add_argument("name", choices=("mnist", "cifar10"))
+    p.add_argument("name", choices=("mnist", "cifar10"), help="the dataset")
     p.add_argument("--cache-dir", help="default: $LOWBIT_DATA or ~/.cache/lowbit/data")
     p.add_argument("--base-url", help="mirror to fetch from instead of the canonical URL")
     return parser
@@ -139,6 +216,9 @@ COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "methods": _cmd_methods,
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from lowbit.report.console import configure_logging
+
+    configure_logging()
     try:
         return COMMANDS[args.command](args)
     except (LowbitError, ValueError, OSError) as exc:

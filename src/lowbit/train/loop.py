@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from lowbit.data.augment import augment_batch
 from lowbit.data.batches import iterate_batches
 from lowbit.errors import CheckpointError
+from lowbit.report.console import epoch_line
 from lowbit.train.checkpoint import atomic_save, load_checkpoint, make_checkpoint
 from lowbit.train.config import TrainConfig
 from lowbit.train.metrics import append_jsonl, rewrite_jsonl
@@ -189,6 +190,8 @@ def _start(model, optimizer, scheduler, config: TrainConfig, out_dir: Path, resu
     if resume and path.exists():
         history = _restore(path, model, optimizer, scheduler, config)
         log.info("resuming from %s after epoch %d of %d", path, len(history), config.epochs)
+        if len(history) >= config.epochs:
+            log.info("all %d epochs were already trained; nothing left to train", config.epochs)
     elif resume:
         log.info("resume requested but %s does not exist; starting from scratch", path)
     rewrite_jsonl(history, out_dir / METRICS_NAME)
@@ -257,5 +260,5 @@ def fit(
             scheduler=scheduler.state_dict(), torch_rng_state=torch.get_rng_state(),
             history=history, config=asdict(config)), out_dir / CHECKPOINT_NAME)
         append_jsonl(record, out_dir / METRICS_NAME)
-        log.info("epoch %d/%d: %s", epoch + 1, config.epochs, record)
+        log.info("%s", epoch_line(record, config.epochs, history))
     return _summary(history)
