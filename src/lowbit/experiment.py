@@ -251,12 +251,9 @@ def save_model(net: nn.Module, kwargs: dict, job: Job, path: Path) -> None:
 def load_model(path: str | Path) -> tuple[nn.Module, dict]:
     """Rebuild the model saved by :func:`run` (architecture, recipe, weights) in eval mode."""
     path = Path(path)
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"model file {path} does not exist") from None
-    except Exception as exc:  # torch raises many types for truncated/corrupt files
-        raise CheckpointError(f"model file {path} is corrupt or truncated: {exc}") from exc
+    from lowbit.train.files import load_verified  # checks zip CRCs and the content digest
+
+    blob = load_verified(path, what="model file")
     if not isinstance(blob, dict) or blob.get("format") != MODEL_FORMAT:
         raise CheckpointError(f"{path} is not a lowbit model file")
     if blob.get("version") != MODEL_VERSION:
