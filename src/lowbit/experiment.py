@@ -28,7 +28,7 @@ from lowbit.recipe import Recipe
 from lowbit.report.console import plan_lines, size_line
 from lowbit.size import model_bytes
 from lowbit.train import TrainConfig, atomic_save, evaluate, fit
-from lowbit.train.checkpoint import atomic_write_text
+from lowbit.train.files import atomic_write_text, load_verified
 from lowbit.train.inq import fit_inq
 from lowbit.train.qnet import fit_qnet
 
@@ -251,7 +251,6 @@ def save_model(net: nn.Module, kwargs: dict, job: Job, path: Path) -> None:
 def load_model(path: str | Path) -> tuple[nn.Module, dict]:
     """Rebuild the model saved by :func:`run` (architecture, recipe, weights) in eval mode."""
     path = Path(path)
-    from lowbit.train.files import load_verified  # checks zip CRCs and the content digest
 
     blob = load_verified(path, what="model file")
     if not isinstance(blob, dict) or blob.get("format") != MODEL_FORMAT:
