@@ -251,7 +251,6 @@ def save_model(net: nn.Module, kwargs: dict, job: Job, path: Path) -> None:
 def load_model(path: str | Path) -> tuple[nn.Module, dict]:
     """Rebuild the model saved by :func:`run` (architecture, recipe, weights) in eval mode."""
     path = Path(path)
-
     blob = load_verified(path, what="model file")
     if not isinstance(blob, dict) or blob.get("format") != MODEL_FORMAT:
         raise CheckpointError(f"{path} is not a lowbit model file")
