@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lowbit.data.labels import check_labels
 from lowbit.errors import DataError
 
 RECORD_BYTES = 1 + 3 * 32 * 32
@@ -36,18 +37,16 @@ def read_cifar_batch(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"missing dataset file {path}; {HOW_TO_GET}") from None
     except OSError as exc:
         raise DataError(f"cannot read CIFAR-10 file {path}: {exc}") from exc
-    if raw.size == 0 or raw.size % RECORD_BYTES:
+    if raw.size == 0:
+        raise DataError(f"{path}: the file is empty (0 bytes, no CIFAR-10 records)")
+    if raw.size % RECORD_BYTES:
         raise DataError(
-            f"{path}: length {raw.size} bytes is not a positive multiple of the "
+            f"{path}: length {raw.size} bytes is not a multiple of the "
             f"{RECORD_BYTES}-byte CIFAR-10 record (truncated or not a CIFAR-10 batch)"
         )
     records = raw.reshape(-1, RECORD_BYTES)
     labels = records[:, 0].astype(np.int64)
-    bad = np.flatnonzero(labels >= NUM_CLASSES)
-    if bad.size:
-        raise DataError(
-            f"{path}: label {labels[bad[0]]} of record {bad[0]} is outside 0..{NUM_CLASSES - 1}"
-        )
+    check_labels(labels, NUM_CLASSES, path)
     images = np.ascontiguousarray(records[:, 1:]).reshape(-1, 3, 32, 32)
     return images, labels
 

@@ -9,8 +9,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lowbit.data.cifar import NUM_CLASSES as CIFAR_CLASSES
 from lowbit.data.cifar import load_cifar10
+from lowbit.data.digits import NUM_CLASSES as DIGITS_CLASSES
 from lowbit.data.digits import load_digits
+from lowbit.data.mnist import NUM_CLASSES as MNIST_CLASSES
 from lowbit.data.mnist import load_mnist
 from lowbit.data.paths import require_dir, resolve_data_dir
 
@@ -22,7 +25,7 @@ SPLITS = ("train", "test")
 _KNOWN_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "cifar10": ((0.49139968, 0.48215841, 0.44653091), (0.24703223, 0.24348513, 0.26158784)),
 }
-_NUM_CLASSES = {"mnist": 10, "cifar10": 10, "digits": 10}
+_NUM_CLASSES = {"mnist": MNIST_CLASSES, "cifar10": CIFAR_CLASSES, "digits": DIGITS_CLASSES}
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from lowbit.functional.binary import (
     xnor_activation,
     xnor_weight,
 )
-from lowbit.functional.checks import check_bits, check_finite, check_nonempty
+from lowbit.functional.checks import check_bits, check_finite, check_nonempty, tensor_arg
 from lowbit.functional.codebook import decode
 from lowbit.functional.dorefa import dorefa_activation, dorefa_gradient, dorefa_weight
 from lowbit.functional.hwgq import HWGQBackward, hwgq, hwgq_levels, lloyd_half_normal
@@ -70,6 +70,7 @@ __all__ = [
     "soft_quantize",
     "stochastic_round",
     "stochastic_uniform",
+    "tensor_arg",
     "ttq",
     "twn",
     "uniform",

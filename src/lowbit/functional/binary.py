@@ -59,7 +59,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as TF
 
-from lowbit.functional.checks import check_bits, check_finite, check_nonempty
+from lowbit.functional.checks import check_bits, check_finite, check_nonempty, tensor_arg
 
 
 def _sign(x: torch.Tensor, finite: bool = False) -> torch.Tensor:
@@ -96,12 +96,12 @@ class _SignBNN(torch.autograd.Function):
 
 def sign(x: torch.Tensor) -> torch.Tensor:
     """Survey eq. (3) forward (sign(0) = +1), identity straight-through gradient."""
-    return _SignSTE.apply(x)
+    return _SignSTE.apply(tensor_arg(x, "x"))
 
 
 def bnn_sign(x: torch.Tensor) -> torch.Tensor:
     """Survey eq. (3) forward, BNN's gradient eq. (4)-(5): grad * 1_{|x| <= 1}."""
-    return _SignBNN.apply(x)
+    return _SignBNN.apply(tensor_arg(x, "x"))
 
 
 class _Stochastic(torch.autograd.Function):
@@ -123,6 +123,7 @@ def binaryconnect(
 
     Gradient straight-through. ``generator`` drives the stochastic draw (None: torch's default).
     """
+    x = tensor_arg(x, "x")
     if stochastic:
         return _Stochastic.apply(x, generator)
     return _SignSTE.apply(x)
@@ -131,7 +132,7 @@ def binaryconnect(
 @torch.no_grad()
 def clip_(w: torch.Tensor) -> torch.Tensor:
     """BinaryConnect's update rule: clip the real-valued weights to [-1, 1] in place."""
-    return w.clamp_(-1.0, 1.0)
+    return tensor_arg(w, "w").clamp_(-1.0, 1.0)
 
 
 def _channels(w: torch.Tensor) -> torch.Tensor:
@@ -140,6 +141,7 @@ def _channels(w: torch.Tensor) -> torch.Tensor:
 
 def xnor_alpha(w: torch.Tensor) -> torch.Tensor:
     """alpha_c = mean |W| over output channel c (dim 0), shaped to broadcast against ``w``."""
+    w = tensor_arg(w, "w")
     shape = [-1] + [1] * (w.dim() - 1) if w.dim() else []
     return _channels(w).abs().mean(dim=1).reshape(shape)
 
@@ -163,6 +165,7 @@ class _XNORWeight(torch.autograd.Function):
 
 def xnor_weight(w: torch.Tensor) -> torch.Tensor:
     """XNOR-Net/BWN: alpha_c sign(W), alpha_c = mean |W| of output channel c (see module doc)."""
+    w = tensor_arg(w, "w")
     check_nonempty(w, "weight")
     check_finite(w, "weight")
     return _XNORWeight.apply(w)
@@ -176,6 +179,7 @@ def xnor_scale(
     For a 2-D input (a fully connected layer) the filter spans the whole vector: K = mean |I| per
     sample, shaped (N, 1). Zero padding counts in the average, as a convolution with k does.
     """
+    x = tensor_arg(x, "x")
     if x.dim() == 2:
         return x.abs().mean(dim=1, keepdim=True)
     if x.dim() != 4:
@@ -188,6 +192,7 @@ def xnor_activation(
     x: torch.Tensor, kernel_size: int | None = None, stride: int = 1, padding: int = 0
 ) -> torch.Tensor:
     """sign(I) with BNN's STE; with ``kernel_size``, sign(I) * K (see module doc's Deviation)."""
+    x = tensor_arg(x, "x")
     b = bnn_sign(x)
     if kernel_size is None or x.numel() == 0:
         return b
@@ -209,8 +214,8 @@ def abc_shifts(bases: int) -> list[float]:
 
 def abc_codes_alphas(w: torch.Tensor, bases: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Codes (bit i-1 set where B_i = +1) and the least-squares alphas (M,) of ABC-Net."""
-    check_bits(bases, 1, 8, what="ABC-Net bases")
-    check_nonempty(w, "weight")
+    bases = check_bits(bases, 1, 8, what="ABC-Net bases")
+    check_nonempty(tensor_arg(w, "w"), "weight")
     check_finite(w, "weight")
     w = w.detach()
     flat = w.reshape(-1)
@@ -230,6 +235,7 @@ def abc_codes_alphas(w: torch.Tensor, bases: int) -> tuple[torch.Tensor, torch.T
 
 def abc_levels(alphas: torch.Tensor) -> torch.Tensor:
     """The 2^M level values: level[c] = sum_i alpha_i (+1 if bit i-1 of c is set else -1)."""
+    alphas = tensor_arg(alphas, "alphas", table=True)
     m = alphas.shape[0]
     c = torch.arange(2**m, device=alphas.device)
     signs = ((c[:, None] >> torch.arange(m, device=alphas.device)) & 1).to(alphas.dtype) * 2 - 1
@@ -270,6 +276,9 @@ class _ShiftedSign(torch.autograd.Function):
 def abc_activation(x: torch.Tensor, shifts: torch.Tensor, betas: torch.Tensor) -> torch.Tensor:
     """ABC-Net activations: sum_n betas[n] H_{shifts[n]}(x) (module doc), differentiable in x,
     the shifts and the betas (1-d tensors of the same length N >= 1)."""
+    x = tensor_arg(x, "x")
+    shifts = tensor_arg(shifts, "shifts", like=x, table=True)
+    betas = tensor_arg(betas, "betas", like=x, table=True)
     if shifts.dim() != 1 or shifts.shape != betas.shape or len(shifts) == 0:
         raise ValueError(f"shifts and betas must be 1-d of one length N >= 1, got "
                          f"{tuple(shifts.shape)} and {tuple(betas.shape)}")
@@ -280,6 +289,6 @@ def abc_activation(x: torch.Tensor, shifts: torch.Tensor, betas: torch.Tensor) -
 
 def abc_activation_init(bases: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Initial (shifts, betas): v_n = 1/2 - (n - 1/2)/N, beta_n = 1/N (module doc)."""
-    check_bits(bases, 1, 8, what="ABC-Net activation bases")
+    bases = check_bits(bases, 1, 8, what="ABC-Net activation bases")
     n = torch.arange(1, bases + 1, dtype=torch.float32)
     return 0.5 - (n - 0.5) / bases, torch.full((bases,), 1.0 / bases)

@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import torch
 
+from lowbit.functional.checks import tensor_arg
+
 
 def decode(codes: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     """``codebook[codes]`` per tensor, or ``codebook[c, codes[c]]`` per output channel c."""
+    codes = tensor_arg(codes, "codes")
+    codebook = tensor_arg(codebook, "codebook", table=True)
     if codebook.dim() == 1:
         return codebook[codes]
     if codebook.dim() != 2 or codebook.shape[0] != codes.shape[0]:
@@ -27,5 +31,5 @@ def decode(codes: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
 
 def signed_to_codes(k: torch.Tensor, s: int) -> torch.Tensor:
     """Map signed level indices k in {-s..-1, 1..s} (no zero) to codes 0..2s-1."""
-    k = k.to(torch.int64)
+    k = tensor_arg(k, "k").to(torch.int64)
     return torch.where(k < 0, k + s, k + s - 1)

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import torch
 
-from lowbit.functional.checks import check_bits
+from lowbit.functional.checks import check_bits, tensor_arg
 from lowbit.functional.stochastic import finite_absmax
 
 DOREFA_GRAD_BITS = (2, 16)
@@ -57,7 +57,7 @@ class RoundSTE(torch.autograd.Function):
 def quantize_k(r: torch.Tensor, bits: int) -> torch.Tensor:
     """Survey eq. 32: round((2^k - 1) r) / (2^k - 1) with a straight-through gradient."""
     n = float(2 ** check_bits(bits) - 1)
-    return RoundSTE.apply(r * n) / n
+    return RoundSTE.apply(tensor_arg(r, "r") * n) / n
 
 
 def _weight_unit(w: torch.Tensor) -> torch.Tensor:
@@ -70,7 +70,8 @@ def _weight_unit(w: torch.Tensor) -> torch.Tensor:
 
 def dorefa_weight_codes(w: torch.Tensor, bits: int) -> torch.Tensor:
     """Level index j (int64) of :func:`dorefa_weight`: j in 0..2^k - 1 (k = 1: 1 iff w >= 0)."""
-    if check_bits(bits, 1, 16) == 1:
+    bits, w = check_bits(bits, 1, 16), tensor_arg(w, "w")
+    if bits == 1:
         return (w >= 0).long()
     n = float(2**bits - 1)
     return torch.round(_weight_unit(w.detach()) * n).long()
@@ -78,7 +79,8 @@ def dorefa_weight_codes(w: torch.Tensor, bits: int) -> torch.Tensor:
 
 def dorefa_weight_levels(w: torch.Tensor, bits: int) -> torch.Tensor:
     """The per-tensor codebook of :func:`dorefa_weight`, ordered like its codes."""
-    if check_bits(bits, 1, 16) == 1:
+    bits, w = check_bits(bits, 1, 16), tensor_arg(w, "w")
+    if bits == 1:
         e = w.detach().abs().mean()
         return torch.stack([-e, e])
     n = float(2**bits - 1)
@@ -99,8 +101,8 @@ class _SignMean(torch.autograd.Function):
 
 def dorefa_weight(w: torch.Tensor, bits: int) -> torch.Tensor:
     """DoReFa eq. 9 (k >= 2) or eq. 7 (k = 1), 1..16 bits; see the module docstring."""
-    check_bits(bits, 1, 16)
-    finite_absmax(w, "weight")
+    bits = check_bits(bits, 1, 16)
+    finite_absmax(tensor_arg(w, "w"), "weight")
     if bits == 1:
         return _SignMean.apply(w)
     return 2 * quantize_k(_weight_unit(w), bits) - 1
@@ -121,7 +123,7 @@ class _DoReFaActivation(torch.autograd.Function):
 def dorefa_activation(x: torch.Tensor, bits: int) -> torch.Tensor:
     """quantize_k(clip(x, 0, 1)), 1..16 bits; gradient 1 on [0, 1], 0 outside."""
     n = float(2 ** check_bits(bits, 1, 16) - 1)
-    if x.numel() == 0:
+    if tensor_arg(x, "x").numel() == 0:
         return x.clone()
     return _DoReFaActivation.apply(x, n)
 
@@ -139,7 +141,7 @@ def dorefa_gradient(
     """
     lo, hi = DOREFA_GRAD_BITS
     n = float(2 ** check_bits(bits, lo, hi, what="gradient bits") - 1)
-    if g.numel() == 0:
+    if tensor_arg(g, "g").numel() == 0:
         return g.clone()
     a = g.abs()
     if per_example and g.dim() > 1:
@@ -172,5 +174,5 @@ def quantize_gradient(
 ) -> torch.Tensor:
     """Identity forward; backward replaces the incoming gradient by :func:`dorefa_gradient`."""
     lo, hi = DOREFA_GRAD_BITS
-    check_bits(bits, lo, hi, what="gradient bits")
-    return _GradQuant.apply(x, bits, generator, per_example)
+    bits = check_bits(bits, lo, hi, what="gradient bits")
+    return _GradQuant.apply(tensor_arg(x, "x"), bits, generator, per_example)

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from scipy import optimize, special
 
-from lowbit.functional.checks import check_bits
+from lowbit.functional.checks import check_bits, tensor_arg
 
 HWGQ_MAX_BITS = 8
 
@@ -77,7 +77,7 @@ def _half_normal_mse(q: np.ndarray) -> float:
     return float(np.sum(m2 - 2 * q * m1 + q * q * m0))
 
 
-@functools.cache
+@functools.lru_cache(maxsize=None, typed=True)  # typed: a key np.int64(2) must not answer 2.0
 def uniform_half_normal(bits: int) -> tuple[float, ...]:
     """Levels i * step, i = 1..2^b - 1, with the MSE-optimal step for the half-normal."""
     m = 2 ** check_bits(bits, 1, HWGQ_MAX_BITS) - 1
@@ -87,7 +87,7 @@ def uniform_half_normal(bits: int) -> tuple[float, ...]:
     return tuple(float(v) for v in i * res.x)
 
 
-@functools.cache
+@functools.lru_cache(maxsize=None, typed=True)  # typed: a key np.int64(2) must not answer 2.0
 def lloyd_half_normal(bits: int, iters: int = 10_000, tol: float = 1e-13) -> tuple[float, ...]:
     """Lloyd's algorithm on the half-normal: 2^b - 1 free levels (t_1 = 0, midpoint cells)."""
     q = np.asarray(uniform_half_normal(bits))
@@ -133,7 +133,7 @@ class _HWGQ(torch.autograd.Function):
 
 def hwgq_grad(x: torch.Tensor, qmax: float, backward: HWGQBackward) -> torch.Tensor:
     """dQ/dx of the chosen backward approximation (module doc), elementwise."""
-    pos = x > 0
+    pos = tensor_arg(x, "x") > 0
     if backward is HWGQBackward.RELU:
         return pos.to(x.dtype)
     inside = (pos & (x <= qmax)).to(x.dtype)
@@ -150,10 +150,13 @@ def hwgq(
     backward: HWGQBackward = HWGQBackward.CLIPPED,
 ) -> torch.Tensor:
     """Survey eq. (26): 0 for x <= 0, else the nearest of the positive ``levels`` (ties to the
-    lower level, cells (t_i, t_{i+1}]). An int gives the uniform half-normal fit of that many bits.
+    lower level, cells (t_i, t_{i+1}]). An int gives the uniform half-normal fit of that many bits;
+    a tensor, list, tuple or numpy array gives the levels themselves.
     """
-    if isinstance(levels_or_bits, torch.Tensor):
-        levels = levels_or_bits.detach().to(x.dtype).reshape(-1)
+    x = tensor_arg(x, "x")
+    if isinstance(levels_or_bits, torch.Tensor | list | tuple | np.ndarray):
+        levels = tensor_arg(levels_or_bits, "levels_or_bits", like=x, table=True)
+        levels = levels.detach().to(x.dtype).reshape(-1)
         if levels.numel() == 0 or not bool((levels > 0).all()):
             raise ValueError("HWGQ levels must be positive")
         if levels.numel() > 1 and not bool((levels[1:] > levels[:-1]).all()):

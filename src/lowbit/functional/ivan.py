@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import torch
 
-from lowbit.functional.checks import check_bits, check_finite, check_nonempty
+from lowbit.functional.checks import check_bits, check_finite, check_nonempty, tensor_arg
 from lowbit.functional.kernels import ivan_act, ivan_act_grad, signed_levels
 
 
@@ -44,12 +44,14 @@ def ivan_weight_codes(x: torch.Tensor, bits: int) -> torch.Tensor:
     (x / (1/s) == x * s exactly: 1/s is a power of two).
     """
     s = float(2 ** (check_bits(bits) - 1))
+    x = tensor_arg(x, "x")
     return signed_levels(x, torch.tensor(1.0 / s, dtype=x.dtype), s)
 
 
 def ivan_weight(x: torch.Tensor, bits: int) -> torch.Tensor:
     """Q_b(x), ivan eq. (3), for x in [-1, 1]; straight-through gradient (see module doc)."""
-    s = float(2 ** (check_bits(bits) - 1))
+    bits, x = check_bits(bits), tensor_arg(x, "x")
+    s = float(2 ** (bits - 1))
     q = ivan_weight_codes(x.detach(), bits) / s
     return x + (q - x).detach()
 
@@ -61,7 +63,8 @@ def ivan_scaled_levels(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.
     power-of-two scalings), so this is Q_b of w / max|w| bit for bit. Raises NonFiniteError for
     NaN/Inf in ``w`` (max|w| is NaN or Inf iff ``w`` holds one: no extra pass over ``w``).
     """
-    lo, hi = torch.aminmax(w.detach())
+    bits = check_bits(bits)
+    lo, hi = torch.aminmax(tensor_arg(w, "w").detach())
     m = torch.maximum(-lo, hi)
     if not bool(torch.isfinite(m)):
         check_finite(w, "weight")
@@ -92,8 +95,9 @@ class _IvanScaledWeight(torch.autograd.Function):
 
 def ivan_scaled_weight(w: torch.Tensor, alpha: torch.Tensor, bits: int) -> torch.Tensor:
     """Eq. (4): |alpha| * Q_b(w / max|w|). An all-zero ``w`` maps to +|alpha|/2^(b-1)."""
-    check_bits(bits)
-    check_nonempty(w, "weight")
+    bits = check_bits(bits)
+    check_nonempty(tensor_arg(w, "w"), "weight")
+    alpha = tensor_arg(alpha, "alpha", like=w, table=True)
     return _IvanScaledWeight.apply(w, alpha, bits)
 
 
@@ -123,6 +127,8 @@ def ivan_activation(
     multiplied by, so that outputs are exactly ``k * step`` for integer k in 0..n.
     """
     n = float(2 ** check_bits(bits) - 1)
-    if x.numel() == 0:
+    if tensor_arg(x, "x").numel() == 0:
         return x.clone()
+    if max_value is not None:
+        max_value = tensor_arg(max_value, "max_value", like=x, table=True)
     return _IvanActivation.apply(x, n, max_value)

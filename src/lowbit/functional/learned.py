@@ -44,7 +44,7 @@ import math
 import torch
 
 from lowbit.functional import kernels
-from lowbit.functional.checks import check_bits
+from lowbit.functional.checks import check_bits, tensor_arg
 
 _EPS = torch.finfo(torch.float32).eps
 
@@ -60,6 +60,8 @@ def _broadcast(p: torch.Tensor, x: torch.Tensor, axis: int | None) -> torch.Tens
 def lsq_codes(x: torch.Tensor, step: torch.Tensor, qn: int, qp: int,
               axis: int | None = None) -> torch.Tensor:
     """v_bar of eq. (1) as float: integers in [-qn, qp], with v_hat = v_bar * step."""
+    x = tensor_arg(x, "x")
+    step = tensor_arg(step, "step", like=x, table=True)
     s = torch.clamp(_broadcast(step.detach(), x, axis), min=_EPS)
     return torch.clamp(torch.round(x * (1.0 / s)), -qn, qp)
 
@@ -116,6 +118,8 @@ def lsq(x: torch.Tensor, step: torch.Tensor, qn: int, qp: int, grad_scale: float
     """
     if qn < 0 or qp <= 0:
         raise ValueError(f"need qn >= 0 and qp > 0, got qn={qn}, qp={qp}")
+    x = tensor_arg(x, "x")
+    step = tensor_arg(step, "step", like=x, table=True)
     if x.numel() == 0:
         return x.clone()
     return _LSQ.apply(x, step, qn, qp, float(grad_scale), axis)
@@ -123,7 +127,7 @@ def lsq(x: torch.Tensor, step: torch.Tensor, qn: int, qp: int, grad_scale: float
 
 def lsq_range(bits: int, signed: bool) -> tuple[int, int]:
     """(Q_N, Q_P): signed 2^(b-1), 2^(b-1) - 1; unsigned 0, 2^b - 1 (sec. 2)."""
-    check_bits(bits)
+    bits = check_bits(bits)
     if signed:
         return 2 ** (bits - 1), 2 ** (bits - 1) - 1
     return 0, 2**bits - 1
@@ -139,7 +143,7 @@ def lsq_init_step(x: torch.Tensor, qp: int, axis: int | None = None) -> torch.Te
 
     A zero mean (all-zero tensor or channel) gives step 1 there, so the step stays positive.
     """
-    a = x.detach().abs()
+    a = tensor_arg(x, "x").detach().abs()
     if axis is None:
         m = a.mean()
     else:
@@ -172,6 +176,6 @@ def pact(x: torch.Tensor, alpha: torch.Tensor, bits: int) -> torch.Tensor:
     ``alpha`` is a 0-d tensor (one per layer, as the paper). Gradients: eq. (3), see module doc.
     """
     n = float(2 ** check_bits(bits) - 1)
-    if x.numel() == 0:
+    if tensor_arg(x, "x").numel() == 0:
         return x.clone()
-    return _PACT.apply(x, alpha, n)
+    return _PACT.apply(x, tensor_arg(alpha, "alpha", like=x, table=True), n)

@@ -39,7 +39,7 @@ import math
 
 import torch
 
-from lowbit.functional.checks import check_bits, check_finite, check_nonempty
+from lowbit.functional.checks import check_bits, check_finite, check_nonempty, tensor_arg
 
 SQRT2_MANTISSA = 3474676  # smallest 23-bit m with (1 + m 2^-23)^2 >= 2 (checked in the tests)
 
@@ -50,6 +50,7 @@ def round_log2(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     float32 (the hot path) reads exponent and mantissa bits: a = 1.m 2^(E-127) rounds up iff
     1.m >= sqrt(2); subnormals count as 2^-127. Other dtypes use frexp (slower, also exact).
     """
+    a = tensor_arg(a, "a")
     if a.dtype == torch.float32:
         i = a.view(torch.int32)
         e = (i >> 23) - 127 + ((i & 0x7FFFFF) >= SQRT2_MANTISSA).to(torch.int32)
@@ -88,17 +89,19 @@ class _Pow2(torch.autograd.Function):
 
 def pow2(x: torch.Tensor, bits: int, fsr: torch.Tensor | int) -> torch.Tensor:
     """Signed power-of-two quantization (sign bit + LogQuant), 2..16 bits; see module doc."""
-    check_bits(bits, 2, 16)
-    if x.numel() == 0:
+    bits = check_bits(bits, 2, 16)
+    if tensor_arg(x, "x").numel() == 0:
         return x.clone()
+    fsr = tensor_arg(fsr, "fsr", like=x, table=True)
     return _Pow2.apply(x, _exponent_range(bits, True), fsr, True)
 
 
 def log_quant(x: torch.Tensor, bits: int, fsr: torch.Tensor | int) -> torch.Tensor:
     """Unsigned LogQuant (Miyashita eq. 3) for x >= 0 (negatives -> 0), 1..16 bits."""
-    check_bits(bits, 1, 16)
-    if x.numel() == 0:
+    bits = check_bits(bits, 1, 16)
+    if tensor_arg(x, "x").numel() == 0:
         return x.clone()
+    fsr = tensor_arg(fsr, "fsr", like=x, table=True)
     return _Pow2.apply(x, _exponent_range(bits, False), fsr, False)
 
 
@@ -111,7 +114,7 @@ def pow2_levels(bits: int, fsr: int, signed: bool = True, dtype=torch.float32, d
 
 
 def _codes(q: torch.Tensor, n_exp: int, top: int, signed: bool) -> torch.Tensor:
-    _, p = torch.frexp(q)
+    _, p = torch.frexp(tensor_arg(q, "q"))
     k = (p - 1 - (top - n_exp + 1)).long() + 1  # 1..n_exp for nonzero q
     k = torch.where(q == 0, torch.zeros_like(k), k)
     if not signed:
@@ -126,7 +129,7 @@ def pow2_codes(q: torch.Tensor, bits: int, fsr: int, signed: bool = True) -> tor
 
 def inq_exponents(s: float, bits: int) -> tuple[int, int]:
     """INQ eq. (2)-(3): (n1, n2) from s = max|W|; s <= 0 gives n1 = 0 (every weight is 0)."""
-    check_bits(bits, 2, 16)
+    bits = check_bits(bits, 2, 16)
     n1 = math.floor(math.log2(4.0 * s / 3.0)) if s > 0 else 0
     return n1, n1 + 1 - 2 ** (bits - 2)
 
@@ -134,7 +137,7 @@ def inq_exponents(s: float, bits: int) -> tuple[int, int]:
 @torch.no_grad()
 def inq_quantize(w: torch.Tensor, n1: int, n2: int) -> torch.Tensor:
     """INQ eq. (4): nearest of {0, +-2^n2..2^n1} with INQ's thresholds (no gradient)."""
-    check_finite(check_nonempty(w, "weight"), "weight")
+    check_finite(check_nonempty(tensor_arg(w, "w"), "weight"), "weight")
     f, p = torch.frexp(w.abs())
     e = (p - 1 + (f >= 0.75).to(p.dtype)).clamp(n2, n1).to(w.dtype)
     mag = torch.where((f > 0) & (p >= n2), torch.exp2(e), torch.zeros_like(e))

@@ -49,6 +49,7 @@ import torch
 
 from lowbit.errors import BitsError
 from lowbit.functional import kernels
+from lowbit.functional.checks import tensor_arg
 
 # Weight level sets, by the paper's table 2 column names (sec. 4.1). "4" is ours: the paper has no
 # 4-bit column; {-7..7} is the symmetric integer set that fits 4 bits, as "5" = {-15..15} fits 5.
@@ -88,8 +89,10 @@ def levels_for(name_or_bits: int | str, signed: bool = True) -> tuple[float, ...
     return table[key]
 
 
-def _as_scalar(v: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
-    return v.to(like.dtype) if torch.is_tensor(v) else torch.tensor(float(v), dtype=like.dtype)
+def _as_scalar(v: torch.Tensor | float, like: torch.Tensor, what: str) -> torch.Tensor:
+    if torch.is_tensor(v):
+        return v.to(like.dtype)
+    return tensor_arg(v, what, like=like, table=True).to(like.dtype)
 
 
 class _SoftQuantize(torch.autograd.Function):
@@ -193,23 +196,28 @@ def soft_quantize(
     scalars (floats or 0-d tensors; tensors that require grad get eq. 8/9 gradients, biases
     eq. 10). Backward: exact derivatives, eq. (7)-(10) (see the module doc).
     """
+    x = tensor_arg(x, "x")
+    levels = tensor_arg(levels, "levels", like=x, table=True)
+    biases = tensor_arg(biases, "biases", like=x, table=True)
     steps, offset = _steps_offset(levels)
     if biases.numel() != len(steps):
         raise ValueError(f"{len(steps) + 1} levels need {len(steps)} biases, got {biases.numel()}")
     if x.numel() == 0:
         return x.clone()
-    a, b, t = (_as_scalar(v, x) for v in (alpha, beta, temperature))
-    tg = None if grad_temperature is None else _as_scalar(grad_temperature, x)
+    a, b, t = (_as_scalar(v, x, name) for v, name in
+               ((alpha, "alpha"), (beta, "beta"), (temperature, "temperature")))
+    tg = None if grad_temperature is None else _as_scalar(grad_temperature, x, "grad_temperature")
     return _SoftQuantize.apply(x, biases.to(x.dtype).reshape(-1), a, b, steps, offset, t, tg)
 
 
 def hard_codes(x: torch.Tensor, biases: torch.Tensor, beta: torch.Tensor | float = 1.0):
     """k = #{i : beta x - b_i >= 0} in 0..n (int64): the index of x's level in eq. (11)."""
-    b = biases.detach().to(x.dtype).reshape(-1)
+    x = tensor_arg(x, "x")
+    b = tensor_arg(biases, "biases", like=x, table=True).detach().to(x.dtype).reshape(-1)
     if b.numel() > 1 and not bool((b[1:] >= b[:-1]).all()):
         raise ValueError("hard_quantize needs ascending biases (k-means gives them; the paper "
                          "freezes them after initialisation)")
-    u = _as_scalar(beta, x).detach() * x.detach()
+    u = _as_scalar(beta, x, "beta").detach() * x.detach()
     if b.numel() > 16:
         return torch.bucketize(u, b, right=True)
     k = torch.zeros(u.shape, dtype=torch.uint8, device=u.device)  # faster than bucketize
@@ -220,10 +228,11 @@ def hard_codes(x: torch.Tensor, biases: torch.Tensor, beta: torch.Tensor | float
 
 def hard_table(levels: torch.Tensor, alpha: torch.Tensor | float = 1.0) -> torch.Tensor:
     """alpha * (sum_{i <= k} s_i - o) for k = 0..n: the output values of eq. (11), the codebook."""
+    levels = tensor_arg(levels, "levels", table=True)
     steps, offset = _steps_offset(levels)
     lv = levels.reshape(-1)
     cum = torch.cat([lv.new_zeros(1), torch.cumsum(lv.new_tensor(steps), 0)]) - offset
-    return cum * _as_scalar(alpha, lv)
+    return cum * _as_scalar(alpha, lv, "alpha")
 
 
 def hard_quantize(
@@ -234,6 +243,9 @@ def hard_quantize(
     beta: torch.Tensor | float = 1.0,
 ) -> torch.Tensor:
     """Eq. (11): alpha * (sum_i s_i A(beta x - b_i) - o), A(0) = 1; = hard_table[hard_codes]."""
+    x = tensor_arg(x, "x")
+    levels = tensor_arg(levels, "levels", like=x, table=True)
+    biases = tensor_arg(biases, "biases", like=x, table=True)
     steps, _ = _steps_offset(levels)
     if biases.numel() != len(steps):
         raise ValueError(f"{len(steps) + 1} levels need {len(steps)} biases, got {biases.numel()}")
@@ -247,7 +259,7 @@ def kmeans_1d(x: torch.Tensor, k: int, iters: int = 100) -> torch.Tensor:
     Deterministic: starts from the (j + 0.5) / k quantiles; an empty cluster keeps its centre.
     Runs on sorted values with prefix sums, so each iteration costs O(k log N).
     """
-    v = torch.sort(x.detach().reshape(-1).to(torch.float64)).values
+    v = torch.sort(tensor_arg(x, "x").detach().reshape(-1).to(torch.float64)).values
     if v.numel() == 0:
         raise ValueError("k-means needs at least one value")
     csum = torch.cat([v.new_zeros(1), torch.cumsum(v, 0)])
@@ -274,6 +286,8 @@ def init_soft_params(
     beta = 5p / (4q), p = max |levels|, q = max |x| (or the given ``q``; 1 if 0); alpha = 1/beta.
     Biases: beta * midpoints of k-means centres (n + 1 clusters); 0 for the binary set {-1, 1}.
     """
+    x = tensor_arg(x, "x")
+    levels = tensor_arg(levels, "levels", like=x, table=True)
     lv = levels.detach().reshape(-1).to(torch.float64)
     p = float(lv.abs().max())
     q = float(x.detach().abs().max()) if q is None else float(q)

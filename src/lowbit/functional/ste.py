@@ -10,17 +10,22 @@ from __future__ import annotations
 
 import torch
 
+from lowbit.functional.checks import tensor_arg
+
 
 def round_ste(x: torch.Tensor) -> torch.Tensor:
     """round half to even forward, identity gradient."""
+    x = tensor_arg(x, "x")
     return x + (torch.round(x) - x).detach()
 
 
 def ceil_ste(x: torch.Tensor) -> torch.Tensor:
     """ceil forward, identity gradient."""
+    x = tensor_arg(x, "x")
     return x + (torch.ceil(x) - x).detach()
 
 
 def floor_ste(x: torch.Tensor) -> torch.Tensor:
     """floor forward, identity gradient."""
+    x = tensor_arg(x, "x")
     return x + (torch.floor(x) - x).detach()

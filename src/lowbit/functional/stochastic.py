@@ -38,14 +38,14 @@ from __future__ import annotations
 
 import torch
 
-from lowbit.functional.checks import check_bits, check_finite, check_nonempty
+from lowbit.functional.checks import check_bits, check_finite, check_nonempty, tensor_arg
 
 
 def finite_absmax(w: torch.Tensor, what: str = "weight") -> torch.Tensor:
     """max|w| (detached), raising EmptyTensorError / NonFiniteError like check_finite, but
     with one reduction and a scalar check instead of a full isfinite pass (NaN and Inf both
     make the max non-finite)."""
-    m = check_nonempty(w, what).detach().abs().max()
+    m = check_nonempty(tensor_arg(w, "w"), what).detach().abs().max()
     if not bool(torch.isfinite(m)):
         check_finite(w, what)
     return m
@@ -68,7 +68,9 @@ class _GridRound(torch.autograd.Function):
 
 
 def _check_step(step: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
-    s = torch.as_tensor(step, dtype=x.dtype, device=x.device)
+    """``step`` as a tensor of ``x``'s dtype; ValueError unless every entry is finite and > 0."""
+    x = tensor_arg(x, "x")
+    s = tensor_arg(step, "step", like=x, table=True).to(dtype=x.dtype, device=x.device)
     if not bool((s > 0).all()) or not bool(torch.isfinite(s).all()):
         raise ValueError(f"step must be finite and > 0, got {step!r}")
     return s
@@ -113,6 +115,7 @@ def fixed_point_codes(x: torch.Tensor, step: torch.Tensor | float, qmin: int, qm
 def pow2_step(m: torch.Tensor, bits: int) -> torch.Tensor:
     """Fixed-point step 2^-FL for a <IL, FL> format of ``bits`` bits (sign included) whose
     range 2^(IL-1) is the smallest power of two >= m: FL = bits - 1 - ceil(log2 m)."""
+    m, bits = tensor_arg(m, "m", table=True), check_bits(bits)
     f, p = torch.frexp(m)
     c = torch.where(f > 0.5, p, p - 1)
     c = torch.where(f > 0, c, torch.zeros_like(c))  # m = 0: any step; use 2^-(bits-1)
@@ -136,7 +139,7 @@ class _MinMaxRound(torch.autograd.Function):
 def polino_uniform(x: torch.Tensor, bits: int) -> torch.Tensor:
     """Survey eq. 8-9, deterministic: 2^b levels between min and max of ``x``, ties down."""
     s = float(2 ** check_bits(bits, 1, 16) - 1)
-    if x.numel() == 0:
+    if tensor_arg(x, "x").numel() == 0:
         return x.clone()
     return _MinMaxRound.apply(x, s, None)
 
@@ -146,7 +149,7 @@ def stochastic_uniform(
 ) -> torch.Tensor:
     """Survey eq. 8-9 with xi ~ Bernoulli(frac(x s)): unbiased, 2^b levels in [min, max]."""
     s = float(2 ** check_bits(bits, 1, 16) - 1)
-    if x.numel() == 0:
+    if tensor_arg(x, "x").numel() == 0:
         return x.clone()
     u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
     return _MinMaxRound.apply(x, s, u)
@@ -165,13 +168,13 @@ class _WuRound(torch.autograd.Function):
 def wu_round(x: torch.Tensor, bits: int) -> torch.Tensor:
     """Survey eq. 10 (WAGE): clip(sigma round(x/sigma), -1+sigma, 1-sigma), sigma = 2^(1-k)."""
     sigma = 2.0 ** (1 - check_bits(bits, 2, 16))
-    if x.numel() == 0:
+    if tensor_arg(x, "x").numel() == 0:
         return x.clone()
     return _WuRound.apply(x, sigma)
 
 
 def wu_codes(x: torch.Tensor, bits: int) -> torch.Tensor:
     """Code j + 2^(k-1) - 1 in 0..2^k - 2 of :func:`wu_round` (level j sigma)."""
-    sigma = 2.0 ** (1 - check_bits(bits, 2, 16))
-    top = 2 ** (bits - 1) - 1
+    bits, x = check_bits(bits, 2, 16), tensor_arg(x, "x")
+    sigma, top = 2.0 ** (1 - bits), 2 ** (bits - 1) - 1
     return torch.clamp(torch.round(x / sigma), -top, top).long() + top

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import torch
 
-from lowbit.functional.checks import check_finite, check_nonempty
+from lowbit.functional.checks import check_finite, check_nonempty, tensor_arg
 
 TWN_RATIO = 0.7
 TTQ_SCALE_GRADS = ("sum", "mean")  # eq. (7) as printed, or per-region means (module doc)
@@ -43,7 +43,7 @@ TTQ_THRESHOLD = 0.05
 
 def twn_delta_alpha(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """TWN's threshold delta = 0.7 mean|W| and scale alpha = mean |W| over |W| > delta."""
-    check_nonempty(w, "weight")
+    check_nonempty(tensor_arg(w, "w"), "weight")
     check_finite(w, "weight")
     a = w.detach().abs()
     delta = TWN_RATIO * a.mean()
@@ -56,6 +56,8 @@ def twn_delta_alpha(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def ternary_codes(w: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
     """Codes 0, 1, 2 for w < -delta, |w| <= delta, w > delta."""
+    w = tensor_arg(w, "w")
+    delta = tensor_arg(delta, "delta", like=w, table=True)
     return (w > delta).long() - (w < -delta).long() + 1
 
 
@@ -78,7 +80,7 @@ def twn(w: torch.Tensor) -> torch.Tensor:
 
 def ttq_delta(w: torch.Tensor, t: float = TTQ_THRESHOLD) -> torch.Tensor:
     """TTQ's threshold delta = t * max|w| (eq. 9)."""
-    check_nonempty(w, "weight")
+    check_nonempty(tensor_arg(w, "w"), "weight")
     check_finite(w, "weight")
     return t * w.detach().abs().max()
 
@@ -119,4 +121,6 @@ def ttq(
     """TTQ eq. (6): W_p above t max|w|, -W_n below -t max|w|, 0 between; gradients eq. (7)-(8)
     (``scale_grad`` "sum", as printed) or their per-region means ("mean"; module doc)."""
     check_ttq_scale_grad(scale_grad)
-    return _TTQ.apply(w, wp, wn, ttq_delta(w, t), scale_grad == "mean")
+    delta = ttq_delta(w, t)
+    wp, wn = (tensor_arg(v, name, like=w, table=True) for v, name in ((wp, "wp"), (wn, "wn")))
+    return _TTQ.apply(w, wp, wn, delta, scale_grad == "mean")

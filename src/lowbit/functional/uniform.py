@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import torch
 
-from lowbit.functional.checks import check_nonempty
+from lowbit.functional.checks import check_nonempty, tensor_arg
 
 
-def _broadcast(p: torch.Tensor | float, x: torch.Tensor, axis: int | None) -> torch.Tensor:
-    p = torch.as_tensor(p, dtype=torch.float32, device=x.device)
+def _broadcast(
+    p: torch.Tensor | float, x: torch.Tensor, axis: int | None, what: str
+) -> torch.Tensor:
+    p = torch.as_tensor(tensor_arg(p, what, table=True), dtype=torch.float32, device=x.device)
     if axis is None or p.dim() == 0:
         return p
     shape = [1] * x.dim()
@@ -35,8 +37,9 @@ def uniform_codes(
     axis: int | None = None,
 ) -> torch.Tensor:
     """The integer grid values q in [qmin, qmax] (as float32) that :func:`uniform` decodes."""
-    zp = _broadcast(zero_point, x, axis).round()
-    return torch.clamp(_grid(x, _broadcast(scale, x, axis), zp), qmin, qmax)
+    x = tensor_arg(x, "x")
+    zp = _broadcast(zero_point, x, axis, "zero_point").round()
+    return torch.clamp(_grid(x, _broadcast(scale, x, axis, "scale"), zp), qmin, qmax)
 
 
 def _grid(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor) -> torch.Tensor:
@@ -75,12 +78,12 @@ def uniform(
     """
     if qmin >= qmax:
         raise ValueError(f"qmin ({qmin}) must be < qmax ({qmax})")
-    if x.numel() == 0:
+    if tensor_arg(x, "x").numel() == 0:
         return x.clone()
-    s = _broadcast(scale, x, axis)
+    s = _broadcast(scale, x, axis, "scale")
     if bool((s <= 0).any()):  # a NaN scale (from NaN activations) propagates NaN instead
         raise ValueError("scale must be > 0")
-    return _Uniform.apply(x, s, _broadcast(zero_point, x, axis), qmin, qmax)
+    return _Uniform.apply(x, s, _broadcast(zero_point, x, axis, "zero_point"), qmin, qmax)
 
 
 def minmax_qparams(
@@ -93,8 +96,8 @@ def minmax_qparams(
     grid midpoint. Affine: scale = (hi - lo) / (qmax - qmin), zero_point = qmin - round(lo/scale).
     A zero range (all values 0) gives scale = float32 eps: every value quantizes to exactly 0.
     """
-    lo = torch.clamp(lo.float(), max=0.0)
-    hi = torch.clamp(hi.float(), min=0.0)
+    lo = torch.clamp(tensor_arg(lo, "lo", table=True).float(), max=0.0)
+    hi = torch.clamp(tensor_arg(hi, "hi", table=True).float(), min=0.0)
     eps = torch.finfo(torch.float32).eps
     if symmetric:
         scale = torch.maximum(-lo, hi) / ((qmax - qmin) / 2)
@@ -109,7 +112,7 @@ def minmax_qparams(
 
 def minmax(x: torch.Tensor, axis: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-tensor or per-channel (along ``axis``) min and max of ``x``."""
-    check_nonempty(x, "observed tensor")
+    check_nonempty(tensor_arg(x, "x"), "observed tensor")
     if axis is None:
         return x.detach().min(), x.detach().max()
     flat = x.detach().transpose(0, axis).reshape(x.shape[axis], -1)
