@@ -1,5 +1,12 @@
 """lowbit: train, compress and deploy quantized neural networks at any bit width."""
 
+import os
+
+# Before torch loads its OpenMP runtime (it reads the environment once, at load): a thread that
+# waits at a barrier sleeps instead of spinning, so it yields its core to the thread it waits
+# for when the machine is busy. The user's own setting wins. Why and how much: lowbit/threads.py.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from lowbit import data, functional, models, train
 from lowbit.convert import LayerPlan, plan, quantize
 from lowbit.errors import (

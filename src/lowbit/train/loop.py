@@ -26,6 +26,7 @@ from lowbit.data.augment import augment_batch
 from lowbit.data.batches import iterate_batches
 from lowbit.errors import CheckpointError
 from lowbit.report.console import epoch_line
+from lowbit.threads import configure_threads
 from lowbit.train.checkpoint import atomic_save, load_checkpoint, make_checkpoint
 from lowbit.train.config import TrainConfig
 from lowbit.train.metrics import append_jsonl, rewrite_jsonl
@@ -234,8 +235,7 @@ def fit(
     data, test_data = as_dataset(train, "train"), as_dataset(test, "test")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if config.num_threads is not None:
-        torch.set_num_threads(config.num_threads)
+    configure_threads(config.num_threads, model, data[0][:1], config.batch_size)
     torch.manual_seed(config.seed)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
