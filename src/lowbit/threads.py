@@ -112,8 +112,14 @@ def busy_cores(samples: int = 5, interval: float = 0.01) -> float:
 
 def step_macs(model: nn.Module, example: torch.Tensor, batch_size: int) -> float:
     """Forward multiply-accumulates of one training step: Linear/Conv MACs of ``example`` (one
-    sample) x ``batch_size``, counted on a copy so that no quantizer state is touched."""
+    sample) x ``batch_size``, counted on a float copy (quantization off) without its hooks, so
+    that no quantizer state is touched and no caller's hook or quantizer sees this forward."""
     twin, total = copy.deepcopy(model), [0]
+    for m in twin.modules():
+        m._forward_hooks.clear()
+        m._forward_pre_hooks.clear()
+        if hasattr(m, "quant_enabled"):  # the float computation: the same shapes, no
+            m.quant_enabled = False       # quantizer runs (nor its first-call init)
 
     def count(module: nn.Module, _inputs: tuple, out: torch.Tensor) -> None:
         total[0] += out.numel() * module.weight[0].numel()
