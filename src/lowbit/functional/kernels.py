@@ -1,12 +1,32 @@
 """Fused CPU kernels (numba) for the hot elementwise paths of training, with the torch
-expressions they replace as the reference. Each kernel computes exactly (bit for bit) what its
-torch fallback computes — IEEE float32 division, ceil and clamp, no fast-math — and is used only
-for contiguous float32 CPU tensors; anything else (GPU, float64, no numba) takes the fallback.
-Test: tests/functional/test_kernels.py (kernel == fallback on random and edge inputs).
+expressions they replace as the reference. Used only for contiguous float32 CPU tensors; anything
+else (GPU, float64, no numba) takes the torch fallback.
+
+Exactness, as declared and tested (tests/functional/test_kernel_exactness.py):
+- Bit-exact vs the torch fallback (``torch.equal``): signed_levels, ivan_act, ivan_act_grad,
+  lsq_forward and lsq_backward's input gradient. IEEE float32 division, rint, ceil and clamp.
+- Within a stated bound of torch: the soft quantizer (own exp, see below): each sigmoid within
+  SIGMOID_ULPS ulp of torch.sigmoid at the same argument; the reductions (LSQ's step sum, the
+  soft sums) are float64 pairwise sums, torch's float32 sums: equal to rounding (rtol 1e-5).
+- Every kernel, sums included, is bit-identical across thread counts and CPUs (the vector width
+  LLVM picks), and every elementwise output across memory layouts (NCHW vs NHWC; a sum over
+  another memory order differs in float64 rounding only).
+So no kernel has fast-math: no arcp (1 / x by vrcp14ps/vrcpps + Newton in the vector loops
+only, exact vdivss in the scalar remainder: results that depended on where an element fell),
+no contract (FMA or not per loop and per CPU), no reassoc (a float64 sum whose order follows the
+vector width), no ninf. Sums are pairwise trees of fixed shape (:func:`_tree_sum`). Seen in
+``inspect_asm`` (emeraldrapids, LLVM 22): the hot loops still vectorize (ymm on Sapphire /
+Emerald Rapids, which LLVM tunes for 256-bit vectors; zmm with NUMBA_CPU_NAME=znver4) with
+vdivps for 1 / (1 + e) and vaddpd trees, and no vrcp14ps, vrcpps, vrsqrt14ps or vfmadd remain.
+The cost against the fast-math kernels, one thread, (128, 16, 32, 32): soft forward 1.08-1.09x
+(the division), soft backward 1.17-1.20x, LSQ backward 1.02-1.11x (the sums' trees), LSQ
+forward unchanged (benchmarks/results/kernel_exactness_cost).
+Test: tests/functional/test_kernels.py, test_fused_kernels.py, test_kernel_exactness.py.
 """
 
 from __future__ import annotations
 
+import math
 import os
 
 import numpy as np
@@ -142,19 +162,22 @@ def signed_levels(w: torch.Tensor, d: torch.Tensor, s: float) -> torch.Tensor:
 # --- Fused training kernels of LSQ (S. K. Esser et al., "Learned Step Size Quantization", ICLR
 # 2020, eq. 1-3; lowbit.functional.learned) and of the soft quantizer of Quantization Networks
 # (J. Yang et al., CVPR 2019, eq. 6-10; lowbit.functional.soft). Forwards are elementwise; each
-# backward is one pass giving the input gradient and the scalar reductions as float64 partial
-# sums per chunk of CHUNK elements (fixed, so the sums do not depend on the thread count).
+# backward is one pass giving the input gradient and the scalar reductions as float64 pairwise
+# sums per chunk of CHUNK elements (fixed, so the sums depend on neither the thread count nor
+# the vector width), added with math.fsum (exactly rounded, so in no particular order).
 # LSQ is bit-equal to its torch path (its step sum up to summation order). The soft quantizer is
 # equal to float32 rounding, not bit for bit: numba has no SIMD exp (no SVML), so
 #   sigmoid(u - b) = 1 / (1 + e),  e = exp(b - u) = (e_b P) 2^(n_b - n_u),
 # with exp(b) = e_b 2^n_b per bias (float64, once per call) and exp(-u) = P 2^-n_u per element
-# (Cody-Waite reduction, Cephes expf polynomial): one exp per element for all n sigmoids, each
-# within ~2 ulp of sigmoid of the exact u - b (torch's rounds u - b first); 1 - sigmoid = e
-# sigmoid, no cancellation. n_b - n_u is clamped to [-100, 100]: the sigmoid is then exactly 1
-# or below 1e-30 instead of smaller (no denormals). u and b are clamped to [-2^20, 2^20].
-# Test: tests/functional/test_fused_kernels.py (fused == torch paths, layouts, fallbacks).
+# (Cody-Waite reduction, Cephes expf polynomial, plain mul and add): one exp per element for all
+# n sigmoids, within SIGMOID_ULPS ulp of torch.sigmoid at the same float32 argument (measured: 4
+# ulp, see test_kernel_exactness.py; torch's rounds u - b first, ours takes the exact u - b);
+# 1 - sigmoid = e sigmoid, no cancellation. n_b - n_u is clamped to [-100, 100]: the sigmoid is
+# then exactly 1 or below 1e-30 instead of smaller (no denormals). u and b are clamped to
+# [-2^20, 2^20].
 
-CHUNK = 1 << 12  # elements per partial sum and per block of scratch
+CHUNK = 1 << 12  # elements per partial sum and per block of scratch (a power of two)
+SIGMOID_ULPS = 4  # the soft kernel's sigmoid vs torch.sigmoid at the same argument (measured)
 _U_MAX = float(2**20)
 
 if numba is not None:
@@ -171,7 +194,7 @@ if numba is not None:
             return builder.bitcast(bits, ir.FloatType())
         return types.float32(types.int32), codegen
 
-    @numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
+    @numba.njit(cache=True, nogil=True, error_model="numpy")  # no contract: no FMA
     def _exp_neg(u):  # pragma: no cover - compiled
         """exp(-u) = p 2^-n for float32 u: (n integral, p in [0.7, 1.42]); NaN u gives p NaN."""
         f = np.float32
@@ -186,8 +209,7 @@ if numba is not None:
         p = p * (r * r) + r + f(1.0)
         return n, (p if u == u else u)
 
-    @numba.njit(cache=True, nogil=True, error_model="numpy",
-                fastmath={"arcp", "ninf", "contract"})  # 1 + e is finite: a reciprocal estimate
+    @numba.njit(cache=True, nogil=True, error_model="numpy")  # IEEE division: vdivps / vdivss
     def _sigmoid_split(n, p, nb, eb):  # pragma: no cover - compiled
         """(sigmoid(u - b), 1 - sigmoid(u - b)) from exp(-u) = p 2^-n and exp(b) = eb 2^nb;
         1 - sigma = e sigma with e = exp(b - u): no cancellation as sigma -> 1."""
@@ -205,10 +227,34 @@ if numba is not None:
     def _scratch():  # pragma: no cover - compiled
         return np.empty(CHUNK, np.float32)
 
-    @numba.njit(cache=True, nogil=True, fastmath={"reassoc"})
-    def _add64(acc, v):  # pragma: no cover - compiled
-        """acc + v, reassociable: lets LLVM vectorize a float64 sum (its order is unspecified)."""
-        return acc + v
+    @numba.njit(cache=True, nogil=True)
+    def _scratch64():  # pragma: no cover - compiled
+        return np.empty(CHUNK // 2, np.float64)
+
+    @numba.njit(cache=True, nogil=True)
+    def _tree_sum(t, n, buf):  # pragma: no cover - compiled
+        """Sum of the float32 terms t[:n] (n <= CHUNK) in float64, as a pairwise tree of fixed
+        shape: t[n:p] = 0 for p the power of two >= n, buf[i] = t[i] + t[i + p/2] (in float64,
+        exact), then buf[i] += buf[i + h] for h = p/4, ..., 1 (destroys t and buf). Each level is
+        an elementwise loop (vectorized: vcvtps2pd, vaddpd) and no step is reassociated, so the
+        result is the same for every vector width, CPU and thread count."""
+        if n <= 1:
+            return np.float64(t[0]) if n == 1 else 0.0
+        p = 2
+        while p < n:
+            p *= 2
+        t[n:p] = 0.0
+        h = p // 2
+        hi = t[h:p]
+        for i in range(h):
+            buf[i] = np.float64(t[i]) + np.float64(hi[i])
+        h //= 2
+        while h >= 1:
+            lo, hi2 = buf[:h], buf[h:2 * h]
+            for i in range(h):
+                lo[i] += hi2[i]
+            h //= 2
+        return buf[0]
 
 
 def _lsq_fwd_loop(x, inv, s, lo, hi, out):  # pragma: no cover - compiled
@@ -219,20 +265,21 @@ def _lsq_fwd_loop(x, inv, s, lo, hi, out):  # pragma: no cover - compiled
         out[i] = r * s
 
 
-def _lsq_bwd_loop(g, x, inv, lo, hi, gx, parts):  # pragma: no cover - compiled
-    for c in _range(parts.size):
-        a, b = c * CHUNK, min((c + 1) * CHUNK, x.size)
-        gc, xc, gxc = g[a:b], x[a:b], gx[a:b]  # slices: indices from 0, no wraparound checks
-        acc = 0.0
-        for i in range(xc.size):
-            q = xc[i] * inv
-            r = np.rint(q)
-            r = lo if r < lo else r
-            r = hi if r > hi else r
-            m = np.float32((q > lo) & (q < hi))
-            gxc[i] = gc[i] * m
-            acc = _add64(acc, np.float64(gc[i] * (r - q * m)))
-        parts[c] = acc
+def _lsq_bwd_loop(nw, g, x, inv, lo, hi, gx, parts):  # pragma: no cover - compiled
+    for w in _range(nw):  # one worker per thread, each with its own scratch
+        t, buf = _scratch(), _scratch64()
+        for c in range(w, parts.size, nw):
+            a, b = c * CHUNK, min((c + 1) * CHUNK, x.size)
+            gc, xc, gxc = g[a:b], x[a:b], gx[a:b]  # slices: indices from 0, no wraparound checks
+            for i in range(xc.size):
+                q = xc[i] * inv
+                r = np.rint(q)
+                r = lo if r < lo else r
+                r = hi if r > hi else r
+                m = np.float32((q > lo) & (q < hi))
+                gxc[i] = gc[i] * m
+                t[i] = gc[i] * (r - q * m)
+            parts[c] = _tree_sum(t, xc.size, buf)
 
 
 def _soft_fwd_loop(nw, x, ux, nb, eb, steps, offset, alpha, out):  # pragma: no cover - compiled
@@ -254,8 +301,9 @@ def _soft_fwd_loop(nw, x, ux, nb, eb, steps, offset, alpha, out):  # pragma: no 
 def _soft_bwd_loop(nw, g, x, ux, nb, eb, same, uxg, nbg, ebg, steps, offset, cx, need_b, gx,
                    parts):  # pragma: no cover - compiled
     for w in _range(nw):
-        nn, pp, nng, ppg = _scratch(), _scratch(), _scratch(), _scratch()  # separate arrays:
-        acc, dsum, d = _scratch(), _scratch(), _scratch()  # LLVM sees that they do not alias
+        nn, pp, nng, ppg = _scratch(), _scratch(), _scratch(), _scratch()  # separate arrays
+        acc, dsum = _scratch(), _scratch()  # LLVM sees that they do not alias
+        t, t2, buf = _scratch(), _scratch(), _scratch64()  # t, t2: float32 terms of the sums
         for c in range(w, parts.shape[0], nw):
             a, b = c * CHUNK, min((c + 1) * CHUNK, x.size)
             gc, xc, gxc = g[a:b], x[a:b], gx[a:b]
@@ -272,32 +320,30 @@ def _soft_bwd_loop(nw, g, x, ux, nb, eb, same, uxg, nbg, ebg, steps, offset, cx,
                         acc[i] += sk * h
                         dsum[i] += sk * (h * h1)
                     continue
-                if same:
+                if same:  # t: the terms of sum g d_k (need_b)
                     for i in range(xc.size):
                         h, h1 = _sigmoid_split(nn[i], pp[i], nk, ek)
                         acc[i] += sk * h
-                        d[i] = h * h1
-                        dsum[i] += sk * d[i]
+                        dk = h * h1
+                        dsum[i] += sk * dk
+                        t[i] = gc[i] * dk
                 else:
                     nkg, ekg = nbg[k], ebg[k]
                     for i in range(xc.size):
                         acc[i] += sk * _sigmoid_split(nn[i], pp[i], nk, ek)[0]
                         h, h1 = _sigmoid_split(nng[i], ppg[i], nkg, ekg)
-                        d[i] = h * h1
-                        dsum[i] += sk * d[i]
+                        dk = h * h1
+                        dsum[i] += sk * dk
+                        t[i] = gc[i] * dk
                 if need_b:
-                    sb = 0.0
-                    for i in range(xc.size):
-                        sb = _add64(sb, np.float64(gc[i] * d[i]))
-                    parts[c, 2 + k] = sb
-            s_alpha, s_beta = 0.0, 0.0
+                    parts[c, 2 + k] = _tree_sum(t, xc.size, buf)
             for i in range(xc.size):
                 gd = gc[i] * dsum[i]
                 gxc[i] = gd * cx
-                s_alpha = _add64(s_alpha, np.float64(gc[i] * (acc[i] - offset)))
-                s_beta = _add64(s_beta, np.float64(gd * xc[i]))
-            parts[c, 0] = s_alpha
-            parts[c, 1] = s_beta
+                t[i] = gc[i] * (acc[i] - offset)
+                t2[i] = gd * xc[i]
+            parts[c, 0] = _tree_sum(t, xc.size, buf)
+            parts[c, 1] = _tree_sum(t2, xc.size, buf)
 
 
 if numba is not None:
@@ -333,8 +379,8 @@ def lsq_backward(g: torch.Tensor, x: torch.Tensor, inv: torch.Tensor, qn: int, q
     gx = torch.empty_like(x)
     parts = np.empty((x.numel() + CHUNK - 1) // CHUNK, np.float64)
     _launch("_lsq_bwd_loop", x.numel(), _flat(g), _flat(x), np.float32(inv), np.float32(-qn),
-            np.float32(qp), _flat(gx), parts)
-    return gx, float(parts.sum())
+            np.float32(qp), _flat(gx), parts, workers=True)
+    return gx, math.fsum(parts)
 
 
 def soft_forward(x: torch.Tensor, ux: torch.Tensor, bt: torch.Tensor, steps: list[float],
@@ -364,7 +410,7 @@ def soft_backward(g: torch.Tensor, x: torch.Tensor, ux: torch.Tensor, bt: torch.
     _launch("_soft_bwd_loop", x.numel(), _flat(g), _flat(x), np.float32(ux), *_bias_split(bt),
             grad_t is None, np.float32(uxg), *_bias_split(btg), np.asarray(steps, np.float32),
             np.float32(offset), np.float32(cx), bool(need_b), _flat(gx), parts, workers=True)
-    return gx, parts.sum(axis=0)
+    return gx, np.array([math.fsum(col) for col in parts.T])
 
 
 def fusable(x: torch.Tensor, *others: torch.Tensor) -> bool:
