@@ -15,7 +15,8 @@ MNIST (the fallback is printed and written in the results); ``--model/--dataset`
    ``max(1, epochs // 3)`` epochs each; the table shows the epochs actually run. qnet's T ramps
    per step by default (``--temperature-per-step``), so a 1-epoch cell is not trained at one
    constant T. Fine-tuning lr: the model's default lr / 10 unless ``--lr``.
-   First and last layers stay in float (keep_first/keep_last, the papers' practice).
+   First and last layers stay in float (keep_first/keep_last with keep_bits=32, as when the
+   committed results were made; lowbit's default since is 8-bit kept layers).
    Activation-only methods are paired with a weight method and only get settings with quantized
    activations: pact with dorefa weights (Choi et al. 2018), hwgq with xnor weights (Cai et al.
    2017). Weight-only methods get the x/32 settings only. qnet at 3 bits is the paper's 3(+-4).
@@ -182,7 +183,7 @@ def run_cell(spec: dict, task: dict, work: Path, cells: Path) -> dict:
     from lowbit.recipe import Recipe
 
     recipe = Recipe(spec["weight"], spec["w_bits"], spec["act"], spec["a_bits"],
-                    keep_first=True, keep_last=True)
+                    keep_first=True, keep_last=True, keep_bits=32)
     config = finetune_config(task, stage_epochs(spec, task["epochs"]))
     init = work / "float" / "model.pt"
     job = Job(task["model"], task["dataset"], recipe, config, init=str(init),
@@ -213,7 +214,7 @@ def remeasure_steps(cells_dir: Path, init: Path, dataset: str, methods: list[str
         if cell["act"] not in methods:
             continue
         recipe = Recipe(cell["weight"], cell["w_bits"], cell["act"], cell["a_bits"],
-                        keep_first=True, keep_last=True)
+                        keep_first=True, keep_last=True, keep_bits=32)
         config = SimpleNamespace(precision=cell.get("precision", "fp32"),
                                  channels_last=cell.get("channels_last", False))
         cell |= step_ratio(init, dataset, recipe, config) | {"step_commit": git_commit()}

@@ -3,7 +3,8 @@ validated once at construction (GUIDE.md principle 3).
 
 A method name is resolved through the one registry (:mod:`lowbit.quantizers.registry`);
 32 bits means "leave in float". Rules are applied in order after the defaults, the last
-matching rule wins, and a rule naming a first or last layer overrides ``keep_first``/``keep_last``.
+matching rule wins, a rule naming a first or last layer overrides ``keep_first``/``keep_last``,
+and a rule that matches no module is an error (:func:`lowbit.convert.plan`).
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import asdict, dataclass, field
 
+from lowbit.errors import BitsError
 from lowbit.functional.checks import FLOAT_BITS, check_bits
-from lowbit.quantizers.registry import validate
+from lowbit.quantizers.registry import KEEP_FALLBACK, accepts, allowed_bits, validate
 
 
 @dataclass(frozen=True)
@@ -45,9 +47,18 @@ class Recipe:
     """Weight method and bits, activation method and bits, per-layer rules.
 
     ``keep_first``/``keep_last``: the first and last weight layers (in module registration
-    order) stay in float, XNOR-Net's practice (Rastegari et al. 2016, sec. 4); set them to
-    False to quantize every layer, as Ivan's experiments do. ``grad``/``g_bits``: quantize the
-    gradient flowing back into every quantized weight layer (DoReFa-Net eq. 12; 32 = float).
+    order) are kept at ``keep_bits`` (default 8, the common practice of the LSQ and PACT papers,
+    Esser et al. 2020, Choi et al. 2018) instead of ``w_bits``; ``keep_bits=32`` keeps them in
+    float, XNOR-Net's practice (Rastegari et al. 2016, sec. 4). A kept layer uses the recipe's
+    weight method when it takes ``keep_bits``, else the fallback ``registry.KEEP_FALLBACK``
+    (``uniform``: per-channel symmetric min-max, 2..16 bits). When ``w_bits >= keep_bits``
+    (e.g. W8 or float recipes) keeping changes nothing: the kept layers stay in float as
+    before. Set keep_first/keep_last to False to quantize those layers like the others, as
+    Ivan's experiments do. ``grad``/``g_bits``: quantize the gradient flowing back into every
+    weight layer that is not kept (DoReFa-Net eq. 12; 32 = float).
+
+    :meth:`from_dict` of a dict without ``keep_bits`` (written before it existed) gives
+    ``keep_bits=32``, the meaning those files were written with.
     """
 
     weight: str = "ivan"
@@ -59,10 +70,20 @@ class Recipe:
     keep_last: bool = True
     grad: str = "dorefa"
     g_bits: int = FLOAT_BITS
+    keep_bits: int = 8
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "rules", tuple(self.rules))
         validate(self.weight, "weight", check_bits(self.w_bits, what="w_bits"))
+        check_bits(self.keep_bits, what="keep_bits")
+        if self.keep_bits != FLOAT_BITS and not (accepts(self.weight, self.keep_bits)
+                                                 or accepts(KEEP_FALLBACK, self.keep_bits)):
+            raise BitsError(
+                f"keep_bits={self.keep_bits}: neither {self.weight!r} (takes "
+                f"{allowed_bits(self.weight, 'weight')}) nor the fallback {KEEP_FALLBACK!r} "
+                f"(takes {allowed_bits(KEEP_FALLBACK, 'weight')}) can quantize kept layers to "
+                f"{self.keep_bits} bits"
+            )
         validate(self.act, "activation", check_bits(self.a_bits, what="a_bits"))
         validate(self.grad, "gradient", check_bits(self.g_bits, what="g_bits"))
         for rule in self.rules:
@@ -84,5 +105,6 @@ class Recipe:
     @classmethod
     def from_dict(cls, d: dict) -> Recipe:
         d = dict(d)
+        d.setdefault("keep_bits", FLOAT_BITS)  # files written before keep_bits: kept = float
         d["rules"] = tuple(LayerRule(**r) for r in d.get("rules", ()))
         return cls(**d)

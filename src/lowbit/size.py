@@ -1,12 +1,18 @@
 """Model size: the float32 size and the size with each quantized weight stored at its bit width.
 
-float bytes  = 4 bytes per parameter and float buffer of the float model (quantizer state
-               excluded).
+float bytes  = 4 bytes per parameter and float buffer of the model with every weight in
+               float32: the float model's tensors plus the activation quantizers' parameters and
+               ranges, which a float32 copy of the same (activation-quantized) network needs too;
+               weight-quantizer state excluded.
 packed bytes = for each quantized weight, ceil(numel * bits / 8) + 4 bytes per scalar its
                codebook is rebuilt from (``storage_scalars``; the weight quantizer's own training
                state, e.g. INQ's masks, is not stored); + 4 bytes per other float parameter or
                float buffer needed at inference (biases, float layers, BatchNorm statistics,
                activation quantizer parameters and ranges).
+
+Both sides count the activation quantizers' scalars, so packed <= float whenever no weight is
+stored at more bits than float (e.g. W32/A1: equal). A plain float model has no such scalars:
+its float bytes are those of the quantized model minus 4 bytes per activation-quantizer scalar.
 """
 
 from __future__ import annotations
@@ -31,12 +37,9 @@ def model_bytes(model: nn.Module) -> dict[str, int]:
         codes = math.ceil(w.numel() * q.bits / 8)
         weight_bytes[id(m.weight)] = codes + 4 * q.storage_scalars(w)
     float_bytes = packed = 0
-    act_state = {id(t) for m in model.modules() if hasattr(m, "REPLACES_ACTIVATION")
-                 for t in (*m.parameters(), *m.buffers())}
     for t in (*model.parameters(), *(b for b in model.buffers() if b.is_floating_point())):
         if id(t) in weight_quant_state:
             continue
-        if id(t) not in act_state:
-            float_bytes += 4 * t.numel()
+        float_bytes += 4 * t.numel()
         packed += weight_bytes.get(id(t), 4 * t.numel())
     return {"float_bytes": float_bytes, "packed_bytes": packed}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import io
+import re
 
 import pytest
 import torch
@@ -68,14 +69,25 @@ def summary(model, recipe):
     return [(p.name, p.kind, p.method, p.bits, p.why) for p in plan(model, recipe)]
 
 
-def test_plan_keeps_first_and_last_in_float_by_default():
+def test_plan_keeps_first_and_last_at_8_bits_by_default():
     assert summary(mlp(), Recipe(w_bits=4, a_bits=2)) == [
-        ("0", "weight", "ivan", 32, "keep_first"),
+        ("0", "weight", "ivan", 8, "keep_first (8-bit ivan)"),
         ("1", "activation", "ivan", 2, "recipe"),
         ("2", "weight", "ivan", 4, "recipe"),
         ("3", "activation", "ivan", 2, "recipe"),
-        ("4", "weight", "ivan", 32, "keep_last"),
+        ("4", "weight", "ivan", 8, "keep_last (8-bit ivan)"),
     ]
+
+
+def test_plan_keeps_first_and_last_in_float_with_keep_bits_32():
+    assert summary(mlp(), Recipe(w_bits=4, a_bits=2, keep_bits=32)) == [
+        ("0", "weight", "ivan", 32, "keep_first (float)"),
+        ("1", "activation", "ivan", 2, "recipe"),
+        ("2", "weight", "ivan", 4, "recipe"),
+        ("3", "activation", "ivan", 2, "recipe"),
+        ("4", "weight", "ivan", 32, "keep_last (float)"),
+    ]
+    # w_bits >= keep_bits: keeping changes nothing (the kept layers stay float, as before)
     plans = plan(ConvNet(), Recipe(weight="uniform", w_bits=8, act="uniform", a_bits=8))
     assert [(p.name, p.bits, p.quantized) for p in plans] == [
         ("features.0", 32, False), ("features.2", 8, True), ("features.3", 8, True),
@@ -84,11 +96,11 @@ def test_plan_keeps_first_and_last_in_float_by_default():
 
 
 def test_plan_overrides_keep_first_and_rules():
-    s = summary(mlp(), Recipe(w_bits=4, keep_first=False))
+    s = summary(mlp(), Recipe(w_bits=4, keep_first=False, keep_bits=32))
     assert [(n, b, w) for n, k, _, b, w in s if k == "weight"] == [
-        ("0", 4, "recipe"), ("2", 4, "recipe"), ("4", 32, "keep_last")]
+        ("0", 4, "recipe"), ("2", 4, "recipe"), ("4", 32, "keep_last (float)")]
     s = summary(mlp(), Recipe(w_bits=4, keep_last=False))
-    assert [b for _, k, _, b, _ in s if k == "weight"] == [32, 4, 4]
+    assert [b for _, k, _, b, _ in s if k == "weight"] == [8, 4, 4]
     # a rule naming the first layer overrides keep_first
     s = summary(mlp(), Recipe(w_bits=4, rules=(LayerRule("0", w_bits=8),)))
     assert s[0] == ("0", "weight", "ivan", 8, "rule '0'")
@@ -118,7 +130,7 @@ def test_plan_has_no_side_effects():
 def test_quantize_swaps_layers_per_plan():
     model = mlp()
     w2 = model[2].weight
-    out = quantize(model, Recipe(w_bits=4, a_bits=2))
+    out = quantize(model, Recipe(w_bits=4, a_bits=2, keep_bits=32))
     assert out is model
     assert [type(m) for m in model] == [nn.Linear, QuantAct, QuantLinear, QuantAct, nn.Linear]
     assert model[2].weight is w2  # parameters are shared, not copied
@@ -137,7 +149,7 @@ RECIPES = [
     Recipe(w_bits=2, a_bits=32, keep_first=False),
     Recipe(weight="uniform", w_bits=8, act="uniform", a_bits=8, keep_first=False,
            keep_last=False),
-    Recipe(w_bits=1, a_bits=3, rules=(LayerRule("*head*", weight="uniform", w_bits=4),)),
+    Recipe(w_bits=1, a_bits=3, rules=(LayerRule("[4h]*", weight="uniform", w_bits=4),)),
 ]
 
 
@@ -296,3 +308,73 @@ def test_quant_layers_can_be_built_directly():
     assert lin(torch.rand(2, 3)).shape == (2, 4)
     levels = conv.quantized_weight().unique()
     assert len(levels) <= 4  # 2-bit weights: at most 4 values
+
+
+def test_g_bits_with_float_weights_attaches_gradient_quantizers():
+    """--g-bits 4 with float weights attached nothing yet recorded g_bits 4 (issue 7)."""
+    from lowbit.quantizers import DoReFaGradient
+
+    model = mlp()
+    recipe = Recipe(g_bits=4, keep_first=False, keep_last=False)
+    assert summary(model, recipe) == [
+        ("0", "weight", "ivan", 32, "recipe"), ("0", "gradient", "dorefa", 4, "recipe"),
+        ("1", "activation", "ivan", 32, "recipe"),
+        ("2", "weight", "ivan", 32, "recipe"), ("2", "gradient", "dorefa", 4, "recipe"),
+        ("3", "activation", "ivan", 32, "recipe"),
+        ("4", "weight", "ivan", 32, "recipe"), ("4", "gradient", "dorefa", 4, "recipe"),
+    ]
+    reference = copy.deepcopy(model)
+    quantize(model, recipe)
+    layers = [model[0], model[2], model[4]]
+    assert all(type(m) is QuantLinear and m.weight_quant is None for m in layers)
+    assert all(isinstance(m.grad_quant, DoReFaGradient) and m.grad_quant.bits == 4
+               for m in layers)
+    x = x_mlp()
+    assert torch.equal(model(x), reference(x))  # forward unchanged; the backward is quantized
+    torch.manual_seed(0)
+    model(x).square().sum().backward()
+    reference(x).square().sum().backward()
+    assert not torch.equal(model[0].weight.grad, reference[0].weight.grad)
+
+
+def test_g_bits_skips_kept_layers_and_lists_them():
+    model = mlp()
+    s = [(n, b, w) for n, k, _, b, w in summary(model, Recipe(w_bits=4, g_bits=8))
+         if k == "gradient"]
+    assert s == [("0", 32, "keep_first"), ("2", 8, "recipe"), ("4", 32, "keep_last")]
+    quantize(model, Recipe(w_bits=4, g_bits=8))
+    assert model[0].grad_quant is None and model[4].grad_quant is None
+    assert model[2].grad_quant is not None and model[2].weight_quant.bits == 4
+
+
+def test_g_bits_with_nothing_to_attach_to_raises():
+    model = nn.Sequential(nn.Linear(4, 2))
+    with pytest.raises(NoQuantizableLayerError, match="4-bit gradients"):
+        quantize(model, Recipe(g_bits=4))
+    assert type(model[0]) is nn.Linear
+
+
+def test_rule_matching_nothing_is_an_error():
+    with pytest.raises(NoQuantizableLayerError, match=r"'\*head\*' matches no.*'0', '1', '2'"):
+        plan(mlp(), Recipe(w_bits=4, rules=(LayerRule("*head*", w_bits=8),)))
+    model = ConvNet()
+    with pytest.raises(NoQuantizableLayerError, match="'fc' matches no"):
+        quantize(model, Recipe(w_bits=4, rules=(LayerRule("head", w_bits=8), LayerRule("fc"))))
+    assert type(model.head) is nn.Linear  # nothing half-swapped
+
+
+@pytest.mark.parametrize("method,role,bits,allowed", [
+    ("twn", "weight", 4, "2 (or 32 = float)"), ("uniform", "activation", 1, "2..16"),
+    ("lsq", "weight", 1, "2..8"), ("dorefa", "gradient", 1, "2..16"),
+    ("qnet", "activation", 8, "1..5")])
+def test_cannot_quantize_message_lists_allowed_bits(method, role, bits, allowed):
+    from lowbit import BitsError
+    from lowbit.quantizers.registry import validate
+
+    with pytest.raises(BitsError, match=f"cannot quantize {role}s to {bits} bits; it takes "
+                                        f"{re.escape(allowed)}"):
+        validate(method, role, bits)
+    kw = {"weight": {"weight": method, "w_bits": bits}, "activation": {"act": method,
+          "a_bits": bits}, "gradient": {"grad": method, "g_bits": bits}}[role]
+    with pytest.raises(BitsError, match=re.escape(allowed)):
+        Recipe(**kw)

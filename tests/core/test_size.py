@@ -45,8 +45,9 @@ def test_ivan_weights_only(bits):
 def test_ivan_weights_and_activations_hand_computed():
     model = quantize(stack(), all_layers(w_bits=3, a_bits=2))
     # codes: ceil(70*3/8)=27, ceil(35*3/8)=14, ceil(15*3/8)=6 -> 47; alphas 3*4; biases 15*4;
-    # two IvanAct running_max buffers (float, 4 bytes each; num_batches is int64, not stored)
-    assert model_bytes(model) == {"float_bytes": 540, "packed_bytes": 47 + 12 + 60 + 8}
+    # two IvanAct running_max buffers (float, 4 bytes each, on both sides; num_batches is
+    # int64, not stored)
+    assert model_bytes(model) == {"float_bytes": 540 + 8, "packed_bytes": 47 + 12 + 60 + 8}
 
 
 def test_uniform_weights_and_activations():
@@ -55,7 +56,7 @@ def test_uniform_weights_and_activations():
     codes = math.ceil(70 * 4 / 8) + math.ceil(35 * 4 / 8) + math.ceil(15 * 4 / 8)
     scalars = 4 * 2 * (7 + 5 + 3)
     act = 2 * 4 * 2  # two UniformActs, running_min and running_max
-    assert model_bytes(model) == {"float_bytes": 540,
+    assert model_bytes(model) == {"float_bytes": 540 + act,
                                   "packed_bytes": codes + scalars + 4 * 15 + act}
 
 
@@ -67,7 +68,7 @@ def test_mixed_recipe_with_float_layers_and_batchnorm():
     float_ = model_bytes(model)
     # params: 108+4 + bn 4+4 + 216 + 12+2 = 350; bn running mean/var 8 floats
     assert float_ == {"float_bytes": 4 * 358, "packed_bytes": 4 * 358}
-    quantize(model, Recipe(w_bits=2, rules=(LayerRule("6", w_bits=8),)))  # "0" kept float
+    quantize(model, Recipe(w_bits=2, keep_bits=32, rules=(LayerRule("6", w_bits=8),)))  # "0" float
     packed = (4 * (108 + 4) + 4 * 8 + 4 * 8  # float conv, BN params + stats
               + math.ceil(216 * 2 / 8) + 4  # conv 3: 2-bit codes + alpha
               + math.ceil(12 * 8 / 8) + 4 + 4 * 2)  # linear 6: 8-bit codes + alpha + bias
@@ -82,3 +83,22 @@ def test_ratio_approaches_bits_over_32(bits):
     assert sizes["float_bytes"] == 4 * 512 * 512
     assert sizes["packed_bytes"] == 512 * 512 * bits // 8 + 4
     assert sizes["packed_bytes"] / sizes["float_bytes"] == pytest.approx(bits / 32, rel=1e-3)
+
+
+@pytest.mark.parametrize("act", ["ivan", "uniform", "lsq", "pact", "qnet", "dorefa"])
+def test_float_weights_quantized_activations_packed_equals_float(act):
+    """W32/A-low stores every weight in float: packed == float (it was larger: the activation
+    quantizers' ranges were counted on the packed side only)."""
+    bits = 2
+    model = quantize(stack(), all_layers(w_bits=32, act=act, a_bits=bits))
+    sizes = model_bytes(model)
+    assert sizes["packed_bytes"] == sizes["float_bytes"]
+
+
+@pytest.mark.parametrize("w_bits", [1, 2, 4, 8, 16])
+def test_packed_never_exceeds_float_with_low_bit_weights(w_bits):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(),
+                          nn.Linear(32, 8))
+    sizes = model_bytes(quantize(model, Recipe(w_bits=w_bits, a_bits=2)))
+    assert sizes["packed_bytes"] <= sizes["float_bytes"]

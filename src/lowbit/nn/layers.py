@@ -4,6 +4,17 @@ QuantAct, an activation quantizer standing where a float activation module stood
 ``quant_enabled = False`` makes each layer compute exactly what the float layer computes (same
 kernel, same float weight: bit-for-bit equal). ``grad_quant`` is an optional module applied to
 the layer output whose backward quantizes the gradient flowing into the layer (DoReFa eq. 31).
+
+Non-finite input: while quantizing, every layer checks its input once and raises
+:class:`~lowbit.errors.NonFiniteError` naming the layer (``layer_name``, the qualified name
+:func:`lowbit.quantize` gives it) *before* any quantizer sees the tensor, so no running range,
+observer or learned-step initialisation is ever poisoned by NaN/Inf. The check is
+``isfinite(x.sum())`` (one vectorised reduction: NaN and Inf always reach the sum, +Inf with
+-Inf as NaN), confirmed by the exact ``isfinite(x).all()`` only when it fires (a sum of finite
+values can overflow); ``isfinite(x).all()`` alone costs 13-20x more on CPU. ``check_finite =
+False`` on a layer (or :func:`set_finite_check`) switches the check off; it is also skipped while
+``torch.compile`` traces (a data-dependent branch would break the graph). With quantization off
+the layer is the float layer exactly and does not check.
 """
 
 from __future__ import annotations
@@ -12,10 +23,30 @@ import torch
 import torch.nn.functional as TF
 from torch import nn
 
+from lowbit.errors import NonFiniteError
 from lowbit.quantizers.base import ActQuantizer, WeightQuantizer
 
 
-class _QuantWeightMixin:
+class _FiniteInput:
+    """The non-finite input check shared by every quantized layer (module doc)."""
+
+    layer_name: str = ""  # set by lowbit.quantize(); class defaults serve layers built directly
+    check_finite: bool = True
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if not self.check_finite or torch.compiler.is_compiling():
+            return
+        if bool(torch.isfinite(x.sum())) or bool(torch.isfinite(x).all()):
+            return
+        n_nan, n_inf = int(torch.isnan(x).sum()), int(torch.isinf(x).sum())
+        where = repr(self.layer_name) if self.layer_name else "(unnamed)"
+        raise NonFiniteError(
+            f"input of quantized layer {where} ({type(self).__name__}) holds {n_nan} NaN "
+            f"and {n_inf} Inf values; refusing to quantize it (no statistic was updated)"
+        )
+
+
+class _QuantWeightMixin(_FiniteInput):
     weight_quant: WeightQuantizer | None
     grad_quant: nn.Module | None
     quant_enabled: bool
@@ -56,6 +87,8 @@ class QuantLinear(_QuantWeightMixin, nn.Linear):
         self._setup(weight_quant)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.quant_enabled:
+            self._check_input(x)
         return self._out(TF.linear(x, self.quantized_weight(), self.bias))
 
     @classmethod
@@ -80,6 +113,8 @@ class QuantConv2d(_QuantWeightMixin, nn.Conv2d):
         self._setup(weight_quant)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.quant_enabled:
+            self._check_input(x)
         return self._out(self._conv_forward(x, self.quantized_weight(), self.bias))
 
     @classmethod
@@ -98,7 +133,7 @@ class QuantConv2d(_QuantWeightMixin, nn.Conv2d):
         return conv
 
 
-class QuantAct(nn.Module):
+class QuantAct(_FiniteInput, nn.Module):
     """An activation quantizer in place of a float activation module (``float_act``).
 
     If the quantizer replaces the activation (ivan's A_b contains the ReLU) it gets the input
@@ -116,6 +151,7 @@ class QuantAct(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.quant_enabled:
             return self.float_act(x)
+        self._check_input(x)
         dtype = x.dtype
         if dtype in (torch.bfloat16, torch.float16):
             x = x.float()
@@ -124,6 +160,14 @@ class QuantAct(nn.Module):
 
 
 QUANT_LAYERS = (QuantLinear, QuantConv2d, QuantAct)
+
+
+def set_finite_check(model: nn.Module, enabled: bool) -> nn.Module:
+    """Switch the non-finite input check of every quantized layer of ``model`` on or off."""
+    for m in model.modules():
+        if isinstance(m, QUANT_LAYERS):
+            m.check_finite = bool(enabled)
+    return model
 
 
 def set_quantization(model: nn.Module, enabled: bool) -> nn.Module:

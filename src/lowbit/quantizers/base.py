@@ -24,7 +24,7 @@ class _Quantizer(nn.Module):
         check_bits(bits, what=f"{type(self).__name__} bits")
         if bits not in self.BITS:
             raise BitsError(
-                f"{type(self).__name__} cannot take {bits} bits; it takes {_span(self.BITS)}"
+                f"{type(self).__name__} cannot take {bits} bits; it takes {bits_span(self.BITS)}"
             )
         self.bits = bits
 
@@ -82,7 +82,8 @@ class RunningMaxAct(ActQuantizer):
         return m
 
 
-def _span(bits: tuple[int, ...]) -> str:
+def bits_span(bits: tuple[int, ...]) -> str:
+    """``(2, 3, ..., 16)`` -> "2..16 (or 32 = float)"; other sets listed."""
     if len(bits) > 2 and bits == tuple(range(bits[0], bits[-1] + 1)):
         return f"{bits[0]}..{bits[-1]} (or 32 = float)"
     return ", ".join(map(str, bits)) + " (or 32 = float)"

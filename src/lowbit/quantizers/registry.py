@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from lowbit.errors import BitsError, MethodError
 from lowbit.functional.checks import FLOAT_BITS, check_bits
-from lowbit.quantizers.base import ActQuantizer, WeightQuantizer
+from lowbit.quantizers.base import ActQuantizer, WeightQuantizer, bits_span
 from lowbit.quantizers.binary import (
     ABCAct,
     ABCWeight,
@@ -180,20 +180,38 @@ def _check(cls: type | None, name: str, role: str, bits: int) -> type:
     if cls is None:
         raise MethodError(f"method {name!r} has no {role} quantizer")
     if bits not in cls.BITS:
-        raise BitsError(f"method {name!r} cannot quantize {role}s to {bits} bits")
+        raise BitsError(f"method {name!r} cannot quantize {role}s to {bits} bits; it takes "
+                        f"{bits_span(cls.BITS)}")
     return cls
 
 
 ROLES = ("weight", "activation", "gradient")
+KEEP_FALLBACK = "uniform"  # kept first/last layers when the recipe's method cannot take keep_bits
+
+
+def _role_class(name: str, role: str) -> type | None:
+    m = get_method(name)
+    return {"weight": m.weight, "activation": m.act, "gradient": m.grad}[role]
+
+
+def accepts(name: str, bits: int, role: str = "weight") -> bool:
+    """True if method ``name`` has a ``role`` quantizer taking ``bits`` (32 = float: always)."""
+    cls = _role_class(name, role)
+    return bits == FLOAT_BITS or (cls is not None and bits in cls.BITS)
+
+
+def allowed_bits(name: str, role: str = "weight") -> str:
+    """The bit widths method ``name`` takes for ``role``, as text (e.g. "2..16 (or 32 = float)")."""
+    cls = _role_class(name, role)
+    return bits_span(cls.BITS) if cls is not None else f"none (no {role} quantizer)"
 
 
 def validate(name: str, role: str, bits: int) -> None:
     """Raise if ``name`` cannot quantize ``role`` (one of ROLES) to ``bits``."""
     check_bits(bits, what=f"{role} bits")
-    m = get_method(name)  # an unknown name is an error even where it is not used (32 bits)
+    cls = _role_class(name, role)  # an unknown name is an error even where unused (32 bits)
     if bits == FLOAT_BITS:
         return
-    cls = {"weight": m.weight, "activation": m.act, "gradient": m.grad}[role]
     _check(cls, name, role, bits)
 
 

@@ -13,6 +13,12 @@ Per layer ("layer-wise quantization", sec. 4.1): one alpha, beta and bias vector
 alpha and beta are trained; the biases are frozen buffers, as in every experiment of the paper
 (sec. 4.3, "we freeze the biases after the initialization"); ``learn_biases=True`` trains them
 with eq. (10) instead.
+
+State: ``hard`` (eq. 11 vs eq. 6) is a plain bool for the forward, and is saved in the state
+dict as the 0-dim bool tensor ``<prefix>hard`` so that a saved model evaluates with the function
+it was evaluated with (issue 7 item 5). A state dict written before (without the key) loads and
+leaves ``hard`` as the module has it. ``temperature`` is a buffer; ``grad_temperature`` only
+shapes the backward and is fixed by the constructor (not saved).
 """
 
 from __future__ import annotations
@@ -68,6 +74,20 @@ class _SoftMixin:
             return hard_quantize(x, self.levels, self.biases, self.alpha, self.beta)
         return soft_quantize(x, self.levels, self.biases, self.temperature, self.alpha,
                              self.beta, grad_temperature=self.grad_temperature)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        destination[prefix + "hard"] = torch.tensor(bool(self.hard))
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        key = prefix + "hard"
+        if key in state_dict:
+            self.hard = bool(state_dict[key])
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+        if key in unexpected_keys:
+            unexpected_keys.remove(key)
 
     def _repr(self) -> str:
         lv = ", ".join(f"{v:g}" for v in self.levels.tolist())
