@@ -30,7 +30,7 @@ from lowbit.size import model_bytes
 from lowbit.train import TrainConfig, atomic_save, evaluate, fit
 from lowbit.train.files import atomic_write_text, load_verified
 from lowbit.train.inq import fit_inq
-from lowbit.train.qnet import fit_qnet
+from lowbit.train.qnet import fit_qnet, set_hard
 
 MODEL_FORMAT, MODEL_VERSION = "lowbit-model", 1
 JOB_NAME = "job.json"  # what a run directory was started for; --resume checks it
@@ -262,6 +262,10 @@ def load_model(path: str | Path) -> tuple[nn.Module, dict]:
         net.load_state_dict(blob["state_dict"])
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: weights do not fit the saved architecture: {exc}") from exc
+    if not any(k.endswith(".hard") for k in blob["state_dict"]) and set_hard(net, True):
+        # written before the hard flag was saved: fit_qnet always ends on eq. (11), as the
+        # summary of such a run measured it
+        log.info("%s predates the saved qnet hard flag; using the hard quantizers", path)
     return net.eval(), blob
 
 

@@ -36,7 +36,8 @@ class LayerRule:
             raise ValueError("LayerRule.pattern must be a non-empty string")
         for bits, what in ((self.w_bits, "w_bits"), (self.a_bits, "a_bits")):
             if bits is not None:
-                check_bits(bits, what=f"LayerRule({self.pattern!r}).{what}")
+                object.__setattr__(self, what,  # a plain int (numpy integers accepted)
+                                   check_bits(bits, what=f"LayerRule({self.pattern!r}).{what}"))
 
     def matches(self, name: str) -> bool:
         return fnmatch.fnmatchcase(name, self.pattern)
@@ -74,8 +75,9 @@ class Recipe:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "rules", tuple(self.rules))
-        validate(self.weight, "weight", check_bits(self.w_bits, what="w_bits"))
-        check_bits(self.keep_bits, what="keep_bits")
+        for name in ("w_bits", "a_bits", "g_bits", "keep_bits"):  # plain ints from here on
+            object.__setattr__(self, name, check_bits(getattr(self, name), what=name))
+        validate(self.weight, "weight", self.w_bits)
         if self.keep_bits != FLOAT_BITS and not (accepts(self.weight, self.keep_bits)
                                                  or accepts(KEEP_FALLBACK, self.keep_bits)):
             raise BitsError(
@@ -84,8 +86,8 @@ class Recipe:
                 f"(takes {allowed_bits(KEEP_FALLBACK, 'weight')}) can quantize kept layers to "
                 f"{self.keep_bits} bits"
             )
-        validate(self.act, "activation", check_bits(self.a_bits, what="a_bits"))
-        validate(self.grad, "gradient", check_bits(self.g_bits, what="g_bits"))
+        validate(self.act, "activation", self.a_bits)
+        validate(self.grad, "gradient", self.g_bits)
         for rule in self.rules:
             if not isinstance(rule, LayerRule):
                 raise TypeError(f"Recipe.rules must hold LayerRule objects, got {rule!r}")

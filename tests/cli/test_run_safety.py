@@ -143,3 +143,32 @@ def test_saved_model_evaluates_to_the_summary_for_every_method(tmp_path, recipe)
     r = evaluate_file(tmp_path / "run" / "model.pt")
     assert r["test_accuracy"] == s["test_accuracy"]
     assert r["test_loss"] == pytest.approx(s["test_loss"], rel=1e-6)
+
+
+def test_old_qnet_model_file_without_hard_flag_evaluates_hard(tmp_path):
+    """A model.pt written before the hard flag was saved evaluates with eq. (11), as its run's
+    summary measured it."""
+    import torch
+
+    from lowbit.train.files import save_verified
+
+    recipe = Recipe(weight="qnet", w_bits=2, act="qnet", a_bits=32, keep_first=False,
+                    keep_last=False)
+    config = default_config("lenet300", epochs=1, batch_size=64)
+    s = run(Job("lenet300", "digits", recipe, config), tmp_path / "run", progress=False)
+    blob = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
+    blob.pop("sha256", None)
+    blob["state_dict"] = {k: v for k, v in blob["state_dict"].items() if not k.endswith(".hard")}
+    save_verified(blob, tmp_path / "old.pt")
+    assert evaluate_file(tmp_path / "old.pt")["test_accuracy"] == s["test_accuracy"]
+
+
+def test_numpy_integers_are_plain_ints_in_a_recipe():
+    import numpy as np
+
+    from lowbit.recipe import LayerRule
+
+    r = Recipe(w_bits=np.int64(4), a_bits=np.int32(4),
+               rules=(LayerRule("fc2", w_bits=np.int16(8)),))
+    assert type(r.w_bits) is int and type(r.a_bits) is int and type(r.rules[0].w_bits) is int
+    json.dumps(r.to_dict())  # was: "Object of type int64 is not JSON serializable"

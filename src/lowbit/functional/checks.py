@@ -11,8 +11,10 @@ Defined behaviour for bad input (tested in tests/functional/test_checks.py):
   ``torch.as_tensor`` (to the data's floating dtype and device), else ``TypeError`` naming
   the argument;
 - NaN or Inf in a *weight* raises :class:`~lowbit.errors.NonFiniteError` (weights are small,
-  the check is cheap); activations propagate NaN like any torch op, and the trainer stops on a
-  non-finite loss;
+  the check is cheap); the functions propagate NaN in activations like any torch op, and the
+  quantized layers (:mod:`lowbit.nn.layers`) check their inputs and raise NonFiniteError
+  naming the layer before any range statistic is updated; the trainer stops on a non-finite
+  loss;
 - an empty tensor returns an empty tensor where no statistic is needed, and raises
   :class:`~lowbit.errors.EmptyTensorError` where one is (max |w|, min/max observers).
 """

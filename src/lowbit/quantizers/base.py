@@ -21,7 +21,7 @@ class _Quantizer(nn.Module):
 
     def __init__(self, bits: int) -> None:
         super().__init__()
-        check_bits(bits, what=f"{type(self).__name__} bits")
+        bits = check_bits(bits, what=f"{type(self).__name__} bits")  # a plain int
         if bits not in self.BITS:
             raise BitsError(
                 f"{type(self).__name__} cannot take {bits} bits; it takes {bits_span(self.BITS)}"
