@@ -245,4 +245,7 @@ def test_pact_properties(bits, alpha, seed):
     xs, order = torch.sort(x)
     assert (torch.diff(y[order]) >= 0).all()
     inside = (xs >= 0) & (xs <= a)
-    assert ((xs - y[order]).abs()[inside] <= step / 2 * (1 + 1e-5)).all()
+    # half a step, plus the float32 rounding of x / step and of k * step (a few ulp of alpha:
+    # seed 17269 at 8 bits is 1.5e-5 relative above step / 2)
+    tol = step / 2 + 4 * torch.finfo(torch.float32).eps * a
+    assert ((xs - y[order]).abs()[inside] <= tol).all()
