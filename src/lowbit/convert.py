@@ -80,9 +80,10 @@ def _apply_rules(start: LayerPlan, recipe: Recipe) -> LayerPlan:
 
 
 def _weight_plan(name: str, recipe: Recipe, first: bool, last: bool) -> LayerPlan:
-    """The recipe's method and bits; a kept first/last layer gets ``keep_bits`` (with the
-    recipe's method if it takes them, else KEEP_FALLBACK) or, when ``w_bits >= keep_bits``,
-    float as before keep_bits existed. A matching rule overrides keeping."""
+    """The recipe's method and bits; a kept first/last layer gets no fewer than ``keep_bits``:
+    ``keep_bits`` (with the recipe's method if it takes them, else KEEP_FALLBACK) when
+    ``w_bits < keep_bits``, else the recipe's own method and bits (float for a float recipe or
+    ``keep_bits=32``). A matching rule overrides keeping."""
     start = LayerPlan(name, "weight", recipe.weight, recipe.w_bits, "recipe")
     ruled = _apply_rules(start, recipe)
     which = "keep_first" if first and recipe.keep_first else (
@@ -90,8 +91,11 @@ def _weight_plan(name: str, recipe: Recipe, first: bool, last: bool) -> LayerPla
     if ruled is not start or which is None:
         return ruled
     bits = recipe.keep_bits
-    if bits == FLOAT_BITS or recipe.w_bits >= bits:  # w_bits >= keep_bits: float as before
+    if bits == FLOAT_BITS or recipe.w_bits == FLOAT_BITS:
         return LayerPlan(name, "weight", recipe.weight, FLOAT_BITS, f"{which} (float)")
+    if recipe.w_bits >= bits:  # already at keep_bits or more: as the other layers
+        return LayerPlan(name, "weight", recipe.weight, recipe.w_bits,
+                         f"{which} ({recipe.w_bits}-bit {recipe.weight}, >= keep_bits)")
     method = recipe.weight if accepts(recipe.weight, bits) else KEEP_FALLBACK
     return LayerPlan(name, "weight", method, bits, f"{which} ({bits}-bit {method})")
 

@@ -87,11 +87,11 @@ def test_plan_keeps_first_and_last_in_float_with_keep_bits_32():
         ("3", "activation", "ivan", 2, "recipe"),
         ("4", "weight", "ivan", 32, "keep_last (float)"),
     ]
-    # w_bits >= keep_bits: keeping changes nothing (the kept layers stay float, as before)
+    # w_bits >= keep_bits: the kept layers are quantized like the others
     plans = plan(ConvNet(), Recipe(weight="uniform", w_bits=8, act="uniform", a_bits=8))
     assert [(p.name, p.bits, p.quantized) for p in plans] == [
-        ("features.0", 32, False), ("features.2", 8, True), ("features.3", 8, True),
-        ("features.5", 8, True), ("head", 32, False),
+        ("features.0", 8, True), ("features.2", 8, True), ("features.3", 8, True),
+        ("features.5", 8, True), ("head", 8, True),
     ]
 
 
