@@ -59,7 +59,7 @@ def plot_demo(rows: list[dict], path: Path) -> None:
     ax1.bar_label(bars, labels=[f"{a:.1f}" for a in acc], padding=2, fontsize=8)
     low = min(acc)  # zoomed: the differences are what the plot is for
     ax1.set(xlabel="bits (weights = activations)", ylabel="test accuracy (%)",
-            title="LeNet300 on 8x8 digits", ylim=(max(0.0, low - 0.15 * (101 - low) - 2), 101))
+            title="LeNet300 on 8x8 digits", ylim=(max(0.0, low - 0.15 * (100 - low) - 2), 100.5))
     kib = [r["packed_bytes"] / 1024 for r in rows]
     bars = ax2.bar(labels, kib, color="tab:orange")
     ax2.bar_label(bars, labels=[f"{k:.0f}" for k in kib], padding=2, fontsize=8)
