@@ -4,8 +4,9 @@ float bytes  = 4 bytes per parameter and float buffer of the model with every we
                float32: the float model's tensors plus the activation quantizers' parameters and
                ranges, which a float32 copy of the same (activation-quantized) network needs too;
                weight-quantizer state excluded.
-packed bytes = for each quantized weight, ceil(numel * bits / 8) + 4 bytes per scalar its
-               codebook is rebuilt from (``storage_scalars``; the weight quantizer's own training
+packed bytes = for each quantized weight, what its codebook record says: the codes at their
+               bits plus the record's own tensors (``WeightQuantizer.storage_bytes``; the
+               weight quantizer's own training
                state, e.g. INQ's masks, is not stored); + 4 bytes per other float parameter or
                float buffer needed at inference (biases, float layers, BatchNorm statistics,
                activation quantizer parameters and ranges).
@@ -16,8 +17,6 @@ its float bytes are those of the quantized model minus 4 bytes per activation-qu
 """
 
 from __future__ import annotations
-
-import math
 
 from torch import nn
 
@@ -34,8 +33,7 @@ def model_bytes(model: nn.Module) -> dict[str, int]:
             continue
         weight_quant_state |= {id(t) for t in (*q.parameters(), *q.buffers())}
         w = m.weight.detach()
-        codes = math.ceil(w.numel() * q.bits / 8)
-        weight_bytes[id(m.weight)] = codes + 4 * q.storage_scalars(w)
+        weight_bytes[id(m.weight)] = q.storage_bytes(w)
     float_bytes = packed = 0
     for t in (*model.parameters(), *(b for b in model.buffers() if b.is_floating_point())):
         if id(t) in weight_quant_state:

@@ -104,6 +104,8 @@ TABLE_CALLS = {
     "binary.abc_activation": (
         lambda: binary.abc_activation(T, torch.tensor([0.1, -0.2]), torch.tensor([0.5, 0.5])),
         lambda: binary.abc_activation(T, (0.1, -0.2), [0.5, 0.5])),
+    "codebook.plane_table": (lambda: codebook.plane_table([0.5, 0.25]),
+                             lambda: codebook.plane_table(torch.tensor([0.5, 0.25]))),
     "codebook.decode": (lambda: codebook.decode(torch.tensor([0, 2, 1]), TL),
                         lambda: codebook.decode(torch.tensor([0, 2, 1]), LEVELS)),
     "hwgq.hwgq": (lambda: hwgq.hwgq(T, torch.tensor([0.5, 1.0])),
@@ -152,7 +154,7 @@ NO_TENSOR = {
     "binary.abc_shifts", "binary.abc_activation_init", "checks.check_bits", "checks.tensor_arg",
     "hwgq.hwgq_levels", "hwgq.lloyd_half_normal",
     "hwgq.uniform_half_normal", "learned.lsq_range", "learned.lsq_grad_scale",
-    "log2.pow2_levels", "log2.inq_exponents", "log2.inq_levels", "soft.levels_for",
+    "codebook.signed_levels_without_zero", "log2.pow2_levels", "log2.inq_exponents", "log2.inq_levels", "soft.levels_for",
     "ternary.check_ttq_scale_grad",
 }
 

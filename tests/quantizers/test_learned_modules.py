@@ -99,7 +99,7 @@ def test_lsq_act_initialises_from_first_training_batch():
     q(x * 5)
     assert float(q.step.detach()) == s0
     sd = q.state_dict()
-    assert set(sd) == {"step", "initialized"}
+    assert set(sd) == {"step", "initialized", "frozen"}
 
 
 def test_lsq_act_forward_and_gradient_scale():

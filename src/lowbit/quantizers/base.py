@@ -7,6 +7,7 @@ anything else is a :class:`~lowbit.errors.BitsError` at construction.
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 import torch
@@ -14,6 +15,7 @@ from torch import nn
 
 from lowbit.errors import BitsError
 from lowbit.functional.checks import check_bits
+from lowbit.functional.codebook import Codebook
 
 
 class _Quantizer(nn.Module):
@@ -21,6 +23,7 @@ class _Quantizer(nn.Module):
 
     def __init__(self, bits: int) -> None:
         super().__init__()
+        self.register_buffer("frozen", torch.zeros((), dtype=torch.bool))
         bits = check_bits(bits, what=f"{type(self).__name__} bits")  # a plain int
         if bits not in self.BITS:
             raise BitsError(
@@ -31,19 +34,51 @@ class _Quantizer(nn.Module):
     def extra_repr(self) -> str:
         return f"bits={self.bits}"
 
+    @property
+    def is_frozen(self) -> bool:
+        return bool(self.frozen)
+
+    def freeze(self) -> _Quantizer:
+        """Switch to the inference function, for good (saved in the state dict): stochastic ->
+        deterministic as the paper deploys it, soft -> hard, observed ranges -> fixed, a frozen
+        quantizer's learned parameters no longer change its output's grid. The one explicit
+        way into what export and the runtime compute. Returns the quantizer."""
+        self._freeze()
+        self.frozen.fill_(True)
+        return self
+
+    def _freeze(self) -> None:
+        """What freezing changes for this method (default: nothing; deterministic methods)."""
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # state dicts written before quantizers could be frozen: not frozen
+        state_dict.setdefault(prefix + "frozen", torch.zeros((), dtype=torch.bool))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
 
 class WeightQuantizer(_Quantizer):
-    """forward(w) -> fake-quantized w; encode(w) -> (codes, codebook) with decode == forward."""
+    """forward(w) -> fake-quantized w; encode(w) -> (codes, codebook) with
+    ``codebook.decode(codes)`` equal to the forward (after :meth:`freeze`: bit for bit), the
+    codebook a typed record of :mod:`lowbit.functional.codebook`."""
 
     def init_from(self, weight: torch.Tensor) -> None:
         """Initialise learned parameters from the float weight it will quantize (default: none)."""
 
-    def encode(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(self, weight: torch.Tensor) -> tuple[torch.Tensor, Codebook]:
         raise NotImplementedError
 
+    def storage_bytes(self, weight: torch.Tensor) -> int:
+        """Bytes a packed file needs for ``weight``: its codes at their bits plus the codebook
+        record (derived from the record, :meth:`Codebook.storage_bytes`)."""
+        if type(self).storage_scalars is not WeightQuantizer.storage_scalars:  # not yet typed
+            return math.ceil(weight.numel() * self.bits / 8) + 4 * self.storage_scalars(weight)
+        codes, codebook = self.encode(weight)
+        return codebook.storage_bytes(codes.numel())
+
     def storage_scalars(self, weight: torch.Tensor) -> int:
-        """Float scalars a runtime needs beside the codes to rebuild the codebook."""
-        return self.encode(weight)[1].numel()
+        """Deprecated: the float scalars beside the codes, for quantizers whose encode does not
+        return a typed record yet (storage_bytes uses it when a subclass defines it)."""
+        raise NotImplementedError
 
 
 class ActQuantizer(_Quantizer):
@@ -54,6 +89,15 @@ class ActQuantizer(_Quantizer):
     """
 
     REPLACES_ACTIVATION: ClassVar[bool] = True
+
+    def codebook(self) -> Codebook:
+        """The grid of this quantizer's outputs, once frozen (data-independent from then on)."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose its grid yet")
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, Codebook]:
+        """(codes, codebook) of ``x`` after :meth:`freeze`, ``codebook.decode(codes)`` equal to
+        the forward of the frozen quantizer, bit for bit."""
+        raise NotImplementedError(f"{type(self).__name__} cannot encode activations yet")
 
 
 class RunningMaxAct(ActQuantizer):
