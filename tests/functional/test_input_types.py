@@ -154,7 +154,8 @@ NO_TENSOR = {
     "binary.abc_shifts", "binary.abc_activation_init", "checks.check_bits", "checks.tensor_arg",
     "hwgq.hwgq_levels", "hwgq.lloyd_half_normal",
     "hwgq.uniform_half_normal", "learned.lsq_range", "learned.lsq_grad_scale",
-    "codebook.signed_levels_without_zero", "log2.pow2_levels", "log2.inq_exponents", "log2.inq_levels", "soft.levels_for",
+    "codebook.signed_levels_without_zero", "log2.pow2_levels", "log2.inq_exponents",
+    "log2.inq_levels", "soft.levels_for",
     "ternary.check_ttq_scale_grad",
 }
 
