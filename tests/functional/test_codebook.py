@@ -99,3 +99,14 @@ def test_decode_takes_records_and_plain_tables():
     codes = torch.tensor([1, 0])
     assert decode(codes, Table(torch.tensor([1.0, 2.0]), bits=1)).tolist() == [2.0, 1.0]
     assert decode(codes, torch.tensor([1.0, 2.0])).tolist() == [2.0, 1.0]
+
+
+def test_ste_returns_q_exactly_with_the_identity_gradient():
+    from lowbit.functional import ste
+
+    x = torch.tensor([0.3, -1.7, 2.5], requires_grad=True)
+    q = torch.tensor([0.1 + 0.2, -2.0, 2.0])  # a value x + (q - x) would round differently
+    y = ste(x, q)
+    assert torch.equal(y, q)
+    (y * torch.tensor([1.0, 2.0, 3.0])).sum().backward()
+    assert x.grad.tolist() == [1.0, 2.0, 3.0]

@@ -74,6 +74,7 @@ DATA_CALLS = {
     "soft.kmeans_1d": ("x", lambda: soft.kmeans_1d(X, 2)),
     "soft.init_soft_params": ("x", lambda: soft.init_soft_params(X, torch.tensor([-1.0, 1.0]))),
     "ste.round_ste": ("x", lambda: ste.round_ste(X)),
+    "ste.ste": ("x", lambda: ste.ste(X, torch.zeros(3))),
     "ste.ceil_ste": ("x", lambda: ste.ceil_ste(X)),
     "ste.floor_ste": ("x", lambda: ste.floor_ste(X)),
     "stochastic.finite_absmax": ("w", lambda: stochastic.finite_absmax(W)),

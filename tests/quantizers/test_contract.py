@@ -10,16 +10,18 @@ in the skip reason); converting a family means removing its pairs from it.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 from lowbit.functional.codebook import BitPlanes, IntegerGrid, Table
 from lowbit.quantizers import METHODS
 
-PENDING: set[tuple[str, str]] = {
+PENDING: set[tuple[str, str]] = set() if os.environ.get("LOWBIT_CONTRACT_ALL") else {
     (name, role) for name, m in METHODS.items()
     for role, cls in (("weight", m.weight), ("act", m.act)) if cls is not None
-}
+}  # LOWBIT_CONTRACT_ALL=1 runs every pair (while families are being converted)
 RECORDS = (IntegerGrid, BitPlanes, Table)
 
 

@@ -21,7 +21,7 @@ from lowbit.functional.ivan import ivan_activation, ivan_scaled_weight, ivan_wei
 from lowbit.functional.learned import lsq, pact
 from lowbit.functional.log2 import inq_quantize, log_quant, pow2
 from lowbit.functional.soft import hard_quantize, init_soft_params, levels_for, soft_quantize
-from lowbit.functional.ste import ceil_ste, floor_ste, round_ste
+from lowbit.functional.ste import ceil_ste, floor_ste, round_ste, ste
 from lowbit.functional.stochastic import (
     fixed_point_round,
     polino_uniform,
@@ -66,6 +66,7 @@ __all__ = [
     "polino_uniform",
     "pow2",
     "round_ste",
+    "ste",
     "sign",
     "soft_quantize",
     "stochastic_round",

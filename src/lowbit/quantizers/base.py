@@ -13,7 +13,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from lowbit.errors import BitsError
+from lowbit.errors import BitsError, LowbitError
 from lowbit.functional.checks import check_bits
 from lowbit.functional.codebook import Codebook
 
@@ -111,9 +111,15 @@ class RunningMaxAct(ActQuantizer):
         self.register_buffer("running_max", torch.zeros(()))
         self.register_buffer("num_batches", torch.zeros((), dtype=torch.long))
 
+    def _freeze(self) -> None:
+        if int(self.num_batches) == 0:
+            raise LowbitError(f"{type(self).__name__} has seen no training batch: its range is "
+                              "unknown; train or calibrate it before freeze()")
+
     def observed_max(self, x: torch.Tensor, hi: float = float("inf")) -> torch.Tensor:
-        """M for this call: clamp(max x, 0, hi), updating the running average in training."""
-        if not self.training and int(self.num_batches) > 0:
+        """M for this call: clamp(max x, 0, hi), updating the running average in training;
+        once frozen, the running value in every mode."""
+        if self.is_frozen or (not self.training and int(self.num_batches) > 0):
             return self.running_max
         m = torch.clamp(x.detach().max(), 0.0, hi)
         if self.training:
