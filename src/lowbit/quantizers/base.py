@@ -18,7 +18,7 @@ from lowbit.functional.checks import check_bits
 from lowbit.functional.codebook import Codebook
 
 
-class _Quantizer(nn.Module):
+class Quantizer(nn.Module):
     BITS: ClassVar[tuple[int, ...]] = tuple(range(1, 32))
 
     def __init__(self, bits: int) -> None:
@@ -38,7 +38,7 @@ class _Quantizer(nn.Module):
     def is_frozen(self) -> bool:
         return bool(self.frozen)
 
-    def freeze(self) -> _Quantizer:
+    def freeze(self) -> Quantizer:
         """Switch to the inference function, for good (saved in the state dict): stochastic ->
         deterministic as the paper deploys it, soft -> hard, observed ranges -> fixed, a frozen
         quantizer's learned parameters no longer change its output's grid. The one explicit
@@ -50,19 +50,36 @@ class _Quantizer(nn.Module):
     def _freeze(self) -> None:
         """What freezing changes for this method (default: nothing; deterministic methods)."""
 
+    def regularization(self) -> torch.Tensor | None:
+        """A term the trainer adds to the loss (e.g. PACT's L2 on alpha); None: no term."""
+        return None
+
+    @property
+    def regularized(self) -> bool:
+        """Whether this method defines :meth:`regularization` (the trainer asks only those)."""
+        return type(self).regularization is not Quantizer.regularization
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # state dicts written before quantizers could be frozen: not frozen
         state_dict.setdefault(prefix + "frozen", torch.zeros((), dtype=torch.bool))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
-class WeightQuantizer(_Quantizer):
+class WeightQuantizer(Quantizer):
     """forward(w) -> fake-quantized w; encode(w) -> (codes, codebook) with
     ``codebook.decode(codes)`` equal to the forward (after :meth:`freeze`: bit for bit), the
     codebook a typed record of :mod:`lowbit.functional.codebook`."""
 
     def init_from(self, weight: torch.Tensor) -> None:
         """Initialise learned parameters from the float weight it will quantize (default: none)."""
+
+    def after_step(self, weight: torch.Tensor) -> None:
+        """Called by the trainer after every optimizer step with the layer's float weight
+        (e.g. BinaryConnect's clip to [-1, 1]); default: nothing."""
+
+    @property
+    def has_after_step(self) -> bool:
+        return type(self).after_step is not WeightQuantizer.after_step
 
     def encode(self, weight: torch.Tensor) -> tuple[torch.Tensor, Codebook]:
         raise NotImplementedError
@@ -81,7 +98,7 @@ class WeightQuantizer(_Quantizer):
         raise NotImplementedError
 
 
-class ActQuantizer(_Quantizer):
+class ActQuantizer(Quantizer):
     """forward(x) -> quantized activation.
 
     ``REPLACES_ACTIVATION``: True when the function is itself the non-linearity (ivan's A_b
@@ -137,3 +154,5 @@ def bits_span(bits: tuple[int, ...]) -> str:
     if len(bits) > 2 and bits == tuple(range(bits[0], bits[-1] + 1)):
         return f"{bits[0]}..{bits[-1]} (or 32 = float)"
     return ", ".join(map(str, bits)) + " (or 32 = float)"
+
+_Quantizer = Quantizer  # the old private name

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from lowbit.data.augment import augment_batch
 from lowbit.data.batches import iterate_batches
 from lowbit.errors import CheckpointError
+from lowbit.quantizers.base import Quantizer, WeightQuantizer
 from lowbit.report.console import epoch_line
 from lowbit.threads import configure_threads
 from lowbit.train.checkpoint import atomic_save, load_checkpoint, make_checkpoint
@@ -82,12 +83,14 @@ def evaluate(
 
 
 def quantizer_hooks(model: nn.Module) -> tuple[list[nn.Module], list[tuple[nn.Module, Tensor]]]:
-    """Modules whose ``regularization()`` is added to the loss (e.g. PACT's L2 on alpha), and
+    """Quantizers whose ``regularization()`` is added to the loss (e.g. PACT's L2 on alpha), and
     (weight quantizer, weight) pairs whose ``after_step(weight)`` runs after every optimizer step
-    (e.g. BinaryConnect's clipping of the real-valued weights to [-1, 1])."""
-    regularized = [m for m in model.modules() if callable(getattr(m, "regularization", None))]
+    (e.g. BinaryConnect's clipping of the real-valued weights to [-1, 1]): the protocols of
+    :mod:`lowbit.quantizers.base`, asked only of the methods that define them."""
+    regularized = [m for m in model.modules() if isinstance(m, Quantizer) and m.regularized]
     after = [(m.weight_quant, m.weight) for m in model.modules()
-             if callable(getattr(getattr(m, "weight_quant", None), "after_step", None))]
+             if isinstance(getattr(m, "weight_quant", None), WeightQuantizer)
+             and m.weight_quant.has_after_step]
     return regularized, after
 
 
