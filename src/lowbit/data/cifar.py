@@ -19,9 +19,6 @@ CIFAR10_FILES: dict[str, tuple[str, ...]] = {
     "train": tuple(f"data_batch_{i}.bin" for i in range(1, 6)),
     "test": ("test_batch.bin",),
 }
-CLASS_NAMES = (
-    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
-)  # fmt: skip
 
 HOW_TO_GET = (
     "run `lowbit data download cifar10` or pass --data-dir (data_dir=) to a folder holding it"

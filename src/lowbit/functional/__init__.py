@@ -21,7 +21,7 @@ from lowbit.functional.ivan import ivan_activation, ivan_scaled_weight, ivan_wei
 from lowbit.functional.learned import lsq, pact
 from lowbit.functional.log2 import inq_quantize, log_quant, pow2
 from lowbit.functional.soft import hard_quantize, init_soft_params, levels_for, soft_quantize
-from lowbit.functional.ste import ceil_ste, floor_ste, round_ste, ste
+from lowbit.functional.ste import ste
 from lowbit.functional.stochastic import (
     fixed_point_round,
     polino_uniform,
@@ -38,7 +38,6 @@ __all__ = [
     "abc_weight",
     "binaryconnect",
     "bnn_sign",
-    "ceil_ste",
     "check_bits",
     "check_finite",
     "check_nonempty",
@@ -47,7 +46,6 @@ __all__ = [
     "dorefa_gradient",
     "dorefa_weight",
     "fixed_point_round",
-    "floor_ste",
     "hard_quantize",
     "hwgq",
     "hwgq_levels",
@@ -65,7 +63,6 @@ __all__ = [
     "pact",
     "polino_uniform",
     "pow2",
-    "round_ste",
     "ste",
     "sign",
     "soft_quantize",

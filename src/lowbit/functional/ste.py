@@ -1,9 +1,9 @@
 """Straight-through estimators (Bengio, Léonard, Courville, "Estimating or propagating gradients
 through stochastic neurons", arXiv:1308.3432, 2013).
 
-Forward: the rounding function. Backward: identity (dy/dx = 1). Written as
-``x + (r(x) - x).detach()``, which gives the identity gradient with no custom Function.
-Tested in tests/functional/test_ste.py.
+:func:`ste` returns the quantized value ``q`` forward (exactly: ``x + (q - x).detach()``
+would round) and passes the gradient to ``x`` unchanged (dy/dx = 1).
+Tested in tests/functional/test_codebook.py::test_ste_returns_q_exactly_with_the_identity_gradient.
 """
 
 from __future__ import annotations
@@ -29,21 +29,3 @@ class _STE(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         return grad, None
-
-
-def round_ste(x: torch.Tensor) -> torch.Tensor:
-    """round half to even forward, identity gradient."""
-    x = tensor_arg(x, "x")
-    return x + (torch.round(x) - x).detach()
-
-
-def ceil_ste(x: torch.Tensor) -> torch.Tensor:
-    """ceil forward, identity gradient."""
-    x = tensor_arg(x, "x")
-    return x + (torch.ceil(x) - x).detach()
-
-
-def floor_ste(x: torch.Tensor) -> torch.Tensor:
-    """floor forward, identity gradient."""
-    x = tensor_arg(x, "x")
-    return x + (torch.floor(x) - x).detach()

@@ -185,7 +185,6 @@ def _check(cls: type | None, name: str, role: str, bits: int) -> type:
     return cls
 
 
-ROLES = ("weight", "activation", "gradient")
 KEEP_FALLBACK = "uniform"  # kept first/last layers when the recipe's method cannot take keep_bits
 
 
@@ -207,7 +206,8 @@ def allowed_bits(name: str, role: str = "weight") -> str:
 
 
 def validate(name: str, role: str, bits: int) -> None:
-    """Raise if ``name`` cannot quantize ``role`` (one of ROLES) to ``bits``."""
+    """Raise if ``name`` cannot quantize ``role`` ("weight", "activation", "gradient") to
+    ``bits``."""
     check_bits(bits, what=f"{role} bits")
     cls = _role_class(name, role)  # an unknown name is an error even where unused (32 bits)
     if bits == FLOAT_BITS:

@@ -23,8 +23,3 @@ def rewrite_jsonl(records: Sequence[dict[str, Any]], path: str | Path) -> None:
     """Replace ``path`` atomically by ``records``, one JSON line each (empty file if none)."""
     atomic_write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records), path)
 
-
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """The records of a JSON-lines file, skipping blank lines."""
-    with open(path, encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
