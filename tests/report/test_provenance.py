@@ -74,3 +74,13 @@ def test_provenance_holds_every_value_and_is_json(repo):
     for part in ("python x.py --a", p["commit"], p["versions"]["torch"], p["cpu"], "load "):
         assert part in line
     assert provenance()["command"].startswith("python ")  # from sys.orig_argv
+
+
+def test_meta_header_reads_old_and_new_results(tmp_path):
+    from lowbit.report.provenance import meta_header, write_provenance
+
+    assert meta_header({"command": "python b.py", "commit": "abc1234"}) == \
+        "Command: `python b.py` at commit `abc1234`"
+    p = write_provenance(tmp_path)
+    assert json.loads((tmp_path / "provenance.json").read_text()) == p
+    assert meta_header({"command": "x", "provenance": p}) == provenance_line(p)

@@ -8,6 +8,7 @@ Test: tests/report/test_provenance.py.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shlex
@@ -127,3 +128,19 @@ def provenance_line(p: dict) -> str:
     return (f"Command: `{p.get('command')}` at commit `{commit}`; torch {v.get('torch')}, "
             f"numba {v.get('numba')}, numpy {v.get('numpy')}; {p.get('cpu')}; threads torch "
             f"{t.get('torch')}, numba {t.get('numba')}{env}; load {load}; {p.get('utc')}")
+
+
+def meta_header(meta: dict) -> str:
+    """The markdown header line of a results file's ``meta``: :func:`provenance_line` of its
+    ``provenance`` record, or, for files written before it, their command and commit."""
+    if "provenance" in meta:
+        return provenance_line(meta["provenance"])
+    return f"Command: `{meta.get('command')}` at commit `{meta.get('commit')}`"
+
+
+def write_provenance(out_dir: str | Path) -> dict:
+    """Write ``out_dir/provenance.json`` (for outputs that are only plots) and return it."""
+    p = provenance()
+    path = Path(out_dir) / "provenance.json"
+    path.write_text(json.dumps(p, indent=1) + "\n")
+    return p
