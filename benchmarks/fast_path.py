@@ -15,10 +15,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -28,6 +25,7 @@ import lowbit
 from lowbit.data import load_dataset
 from lowbit.experiment import model_kwargs
 from lowbit.models import build_model
+from lowbit.report.provenance import meta_header, provenance
 from lowbit.report.table import markdown_table
 from lowbit.report.timing import interleaved_many, train_step
 
@@ -98,8 +96,8 @@ def accuracy(init: str, epochs: int, recipe_name: str, precision: str, cl: bool,
 
 def markdown(rows: list[dict], acc: list[dict], meta: dict) -> str:
     lines = ["# Fastest training path: ResNet-20 step, batch 128 (CIFAR-10)", "",
-             f"Command: `{meta['command']}` at commit {meta['commit']}, "
-             f"{meta['threads']} threads, load average {meta['load_average_1min']:.2f} at start.",
+             f"{meta_header(meta)}.  ",
+             f"Threads: {meta['threads']}, load average {meta['load_average_1min']:.2f} at start.",
              "Speed-up = fp32 step time / variant step time of the same model, median of the "
              "per-round ratios (interleaved rounds; min..max in brackets).", ""]
     shown = [{**r, "range": f"{r['speedup']:.2f}x [{r['speedup_min']:.2f}..{r['speedup_max']:.2f}]",
@@ -166,11 +164,10 @@ def main() -> None:
         return
     torch.set_num_threads(a.threads)
     data = load_dataset("cifar10", "train")
-    meta = {"command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
-            "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], text=True,
-                                     capture_output=True).stdout.strip(),
-            "threads": a.threads, "load_average_1min": os.getloadavg()[0],
-            "torch": torch.__version__}
+    prov = provenance()
+    meta = {"command": prov["command"], "commit": prov["commit"], "threads": a.threads,
+            "load_average_1min": prov["load_average"][0], "torch": torch.__version__,
+            "provenance": prov}
     rows = speedups(data, a.init, a.rounds, a.batch, a.compile)
     acc = []
     if a.accuracy_epochs:

@@ -15,7 +15,6 @@ import itertools
 import json
 import os
 import statistics
-import subprocess
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
@@ -71,9 +70,11 @@ def check_targets(rows: list[dict]) -> dict[str, dict]:
 
 def markdown(rows: list[dict], targets: dict, meta: dict) -> str:
     by = {(r["w_bits"], r["a_bits"]): r for r in rows}
+    from lowbit.report.provenance import meta_header
+
     head = "| act bits \\ weight bits | " + " | ".join(map(str, BITS)) + " |"
     lines = ["# Ivan Figure 5 reproduction: LeNet300 on MNIST, test accuracy (%)\n",
-             f"Command: `{meta['command']}`  ", f"Commit: `{meta['commit']}`; "
+             f"{meta_header(meta)}  ",
              f"{meta['epochs']} epochs per run, seeds {meta['seeds']}; mean [min, max].\n",
              head, "|---|" + "---:|" * len(BITS)]
     for a in reversed(BITS):
@@ -136,11 +137,11 @@ def main() -> None:
     cells = [json.loads(f.read_text()) for f in sorted(cells_dir.glob("w*.json"))]
     rows = aggregate(cells)
     targets = check_targets(rows)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, cwd=HERE).stdout.strip()
-    meta = {"command": "python benchmarks/ivan_fig5.py " + " ".join(
-                f"--{k} {v}" for k, v in (("jobs", a.jobs), ("epochs", a.epochs))),
-            "commit": commit, "epochs": a.epochs, "seeds": a.seeds}
+    from lowbit.report.provenance import provenance
+
+    prov = provenance()
+    meta = {"command": prov["command"], "commit": prov["commit"], "epochs": a.epochs,
+            "seeds": a.seeds, "provenance": prov}
     (a.out / "results.json").write_text(json.dumps(
         {"meta": meta, "rows": rows, "targets": targets, "cells": cells}, indent=1))
     (a.out / "results.md").write_text(markdown(rows, targets, meta))

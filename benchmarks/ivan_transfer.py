@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from lowbit.functional import ivan_activation, ivan_weight  # noqa: E402
+from lowbit.report.provenance import write_provenance  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "ivan_transfer"
 
@@ -36,6 +37,7 @@ def main() -> None:
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(OUT / "ivan_fig2_fig4.png", dpi=120)
+    write_provenance(OUT)
     print(f"wrote {OUT / 'ivan_fig2_fig4.png'}")
 
 

@@ -13,7 +13,6 @@ import argparse
 import importlib.util
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -26,6 +25,7 @@ os.environ.setdefault("NUMBA_NUM_THREADS", "1")
 import torch  # noqa: E402
 
 from lowbit.functional import kernels  # noqa: E402
+from lowbit.report.provenance import meta_header, provenance  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "kernel_exactness_cost"
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,17 +96,16 @@ def main() -> None:
         rows.append(row)
         print(f"{name:28s} cpu old {row['old_cpu_ms']:7.2f} new {row['new_cpu_ms']:7.2f} ms "
               f"x{row['ratio_cpu']:.2f}   wall x{row['ratio_wall']:.2f}", flush=True)
-    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                          capture_output=True, text=True).stdout.strip()
-    meta = {"command": "python benchmarks/kernel_exactness_cost.py " + " ".join(sys.argv[1:]),
-            "old": args.old, "new": head + " (working tree)", "shape": args.shape,
+    prov = provenance(root=ROOT)
+    meta = {"command": prov["command"], "old": args.old,
+            "new": f"{prov['commit']} (working tree)", "shape": args.shape,
             "threads": 1, "rounds": args.rounds, "calls": args.calls,
-            "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
-            "load_average": os.getloadavg()}
+            "cpu": prov["cpu"], "torch": torch.__version__,
+            "load_average": prov["load_average"], "provenance": prov}
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     lines = [f"# Exact kernels vs fast-math kernels ({args.old}), {tuple(args.shape)} float32, "
-             "1 thread", "", f"`{meta['command']}`; load average at the end "
+             "1 thread", "", f"{meta_header(meta)}; load average at the end "
              f"{meta['load_average'][0]:.1f} (shared machine). Medians of {args.rounds} "
              f"interleaved rounds of {args.calls} calls.", "",
              "| case | old CPU ms | new CPU ms | new / old (CPU) | new / old (wall) |",

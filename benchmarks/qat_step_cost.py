@@ -11,9 +11,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
-import platform
-import subprocess
 from pathlib import Path
 
 import torch
@@ -22,6 +19,7 @@ import lowbit
 from lowbit.data import load_dataset
 from lowbit.experiment import model_kwargs
 from lowbit.models import build_model
+from lowbit.report.provenance import meta_header, provenance
 from lowbit.report.timing import interleaved, train_step
 
 OUT = Path(__file__).resolve().parent / "results" / "qat_step_cost"
@@ -56,14 +54,13 @@ def main() -> None:
         rows.append(measure(name, a.rounds, steps, a.batch))
         print(rows[-1])
     OUT.mkdir(parents=True, exist_ok=True)
-    meta = {"command": "python benchmarks/qat_step_cost.py", "threads": torch.get_num_threads(),
-            "load_average_1min": os.getloadavg()[0],
-            "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                     text=True, cwd=OUT.parent).stdout.strip(),
-            "torch": torch.__version__, "machine": platform.processor() or platform.machine()}
+    prov = provenance()
+    meta = {"command": prov["command"], "threads": torch.get_num_threads(),
+            "load_average_1min": prov["load_average"][0], "commit": prov["commit"],
+            "torch": torch.__version__, "machine": prov["cpu"], "provenance": prov}
     (OUT / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     lines = ["# Training-step cost of Q_b/A_b at 4 bits vs float (median of interleaved rounds)",
-             "", f"Command: `{meta['command']}` at commit {meta['commit']}; torch threads "
+             "", f"{meta_header(meta)}.  ", "Torch threads "
              f"{meta['threads']}; load average "
              f"{meta['load_average_1min']:.1f} when it finished (2 cores).", "",
              "| model | batch | float ms/step | W4A4 ms/step | ratio [min, max] | target | met |",

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -205,11 +204,14 @@ def summarize(records: list[dict]) -> list[dict]:
 
 
 def write(rows: list[dict], meta: dict) -> None:
+    from lowbit.report.provenance import meta_header
+
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     lines = ["# Training steps with a competing CPU-bound process (issue 7, item 2)", "",
-             f"Command: `{meta['command']}` at commit {meta['commit']} ({meta['machine']}, "
-             f"{meta['cores']} cores, torch {meta['torch']}); {meta['rounds']} interleaved "
+             f"{meta_header(meta)}.  ",
+             f"{meta['machine']}, {meta['cores']} cores, torch {meta['torch']}; "
+             f"{meta['rounds']} interleaved "
              f"rounds; {meta['seconds']:.0f} s. Loaded = one Python busy loop beside the run; "
              "quiet = no competitor of ours (other users' load still counts: see the load "
              "column, the 1-minute load average after each block, min-max). Epoch s: 600 "
@@ -250,14 +252,6 @@ def plot(rows: list[dict], meta: dict) -> None:
     fig.savefig(OUT / "step_times.png", dpi=110)
 
 
-def _cpu_name() -> str:
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        return next(line.split(":", 1)[1].strip() for line in lines if "model name" in line)
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
-
-
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--rounds", type=int, default=3)
@@ -280,13 +274,12 @@ def main() -> None:
     records = run(a.rounds, a.data_dir, a.max_seconds)
     import torch  # only for the record of its version
 
-    command = "python benchmarks/threads_under_load.py " + " ".join(sys.argv[1:])
-    meta = {"command": command.strip(), "rounds": a.rounds, "seconds": time.time() - started,
-            "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], text=True,
-                                     capture_output=True, cwd=OUT.parents[1]).stdout.strip(),
-            "torch": torch.__version__, "cores": os.cpu_count(),
-            "machine": _cpu_name(),
-            "load_at_end": os.getloadavg()}
+    from lowbit.report.provenance import provenance
+
+    prov = provenance()
+    meta = {"command": prov["command"], "rounds": a.rounds, "seconds": time.time() - started,
+            "commit": prov["commit"], "torch": torch.__version__, "cores": os.cpu_count(),
+            "machine": prov["cpu"], "load_at_end": prov["load_average"], "provenance": prov}
     (OUT.mkdir(parents=True, exist_ok=True))
     (OUT / "records.json").write_text(json.dumps(records))
     write(summarize(records), meta)

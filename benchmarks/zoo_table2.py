@@ -40,10 +40,7 @@ import argparse
 import copy
 import json
 import os
-import shlex
 import shutil
-import subprocess
-import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
@@ -332,8 +329,10 @@ def _retimed(row: dict) -> str:
 
 
 def markdown(rows: list[dict], targets: dict, meta: dict) -> str:
+    from lowbit.report.provenance import meta_header
+
     head = [f"# yang2019 Table 2, in shape: {meta['model']} on {meta['dataset']}\n",
-            f"Report written by: `{meta['command']}` at commit `{meta['commit']}`  ",
+            f"Report: {meta_header(meta)}  ",
             *[f"Cells trained by: `{c}` at commit `{k}`  " for c, k in _trainers(rows)],
             f"Task: {meta['task_note']}; torch threads {meta['threads']}, "
             f"{meta['jobs']} parallel cell(s).  ",
@@ -401,9 +400,10 @@ def plot(rows: list[dict], meta: dict, path: Path) -> None:
 
 # ---------------------------------------------------------------- main
 
-def git_commit() -> str:
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                          text=True, cwd=HERE).stdout.strip()
+def git_commit() -> str | None:
+    from lowbit.report.provenance import git_state
+
+    return git_state(HERE)["commit"]
 
 
 def parse_args() -> argparse.Namespace:
@@ -447,6 +447,9 @@ def main() -> None:
     a = parse_args()
     torch.set_num_threads(a.threads)
     model, dataset, note = pick_task(a.model, a.dataset)
+    from lowbit.report.provenance import provenance
+
+    prov = provenance(root=HERE)
     print(f"task: {model} on {dataset} ({note})", flush=True)
     float_summary = train_float(model, dataset, a.float_epochs, a.work, a.float_model)
     float_acc = float_summary["test_accuracy"]
@@ -457,8 +460,7 @@ def main() -> None:
             "threads": a.threads, "precision": a.precision, "channels_last": a.channels_last,
             "temperature_factor": a.temperature_factor,
             "temperature_per_step": a.temperature_per_step,
-            "command": shlex.join(["python", "benchmarks/zoo_table2.py", *sys.argv[1:]]),
-            "commit": git_commit()}
+            "command": prov["command"], "commit": prov["commit"]}
     settings = [tuple(int(b) for b in s.split("/")) for s in a.settings]
     specs = cell_specs(a.methods, [s for s in SETTINGS if s in settings])
     if a.remeasure_steps:
@@ -473,8 +475,8 @@ def main() -> None:
     rows = add_drops([c for c in cells if (c["model"], c["dataset"]) == (model, dataset)],
                      float_acc)
     targets = check_targets(rows, float_acc)
-    meta = {"command": shlex.join(["python", "benchmarks/zoo_table2.py", *sys.argv[1:]]),
-            "commit": git_commit(), "model": model, "dataset": dataset, "task_note": note,
+    meta = {"command": prov["command"], "commit": prov["commit"], "provenance": prov,
+            "model": model, "dataset": dataset, "task_note": note,
             "float_epochs": float_summary["epochs"], "float_accuracy": float_acc,
             "float_init": float_summary.get("init"),
             "float_config": float_summary.get("config", {}),

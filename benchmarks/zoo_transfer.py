@@ -18,6 +18,7 @@ import torch  # noqa: E402
 
 from lowbit import functional as F  # noqa: E402
 from lowbit.quantizers import METHODS  # noqa: E402
+from lowbit.report.provenance import write_provenance  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "zoo_transfer"
 
@@ -91,6 +92,7 @@ def main() -> None:
     plot_methods("weight", torch.linspace(-1, 1, 2001), OUT / "weight_quantizers.png")
     plot_methods("act", torch.linspace(-1, 4, 2001), OUT / "activation_quantizers.png")
     plot_relaxation(OUT / "qnet_relaxation.png")
+    write_provenance(OUT)
     print(f"wrote {sorted(p.name for p in OUT.glob('*.png'))} to {OUT}")
 
 

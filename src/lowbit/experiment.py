@@ -13,6 +13,7 @@ import logging
 import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +30,8 @@ from lowbit.report.console import plan_lines, size_line
 from lowbit.size import model_bytes
 from lowbit.train import TrainConfig, atomic_save, evaluate, fit
 from lowbit.train.files import atomic_write_text, load_verified
-from lowbit.train.inq import fit_inq
-from lowbit.train.qnet import fit_qnet, set_hard
+from lowbit.train.inq import fit_inq, inq_layers
+from lowbit.train.qnet import fit_qnet, qnet_config, set_hard, soft_quantizers
 
 MODEL_FORMAT, MODEL_VERSION = "lowbit-model", 1
 JOB_NAME = "job.json"  # what a run directory was started for; --resume checks it
@@ -95,23 +96,46 @@ def build(job: Job) -> tuple[nn.Module, dict[str, Any], list[LayerPlan]]:
     return quantize(net, job.recipe), kwargs, layers
 
 
+class Procedure(Enum):
+    """How a model trains, chosen by the quantizer types it holds (:func:`procedure`)."""
+
+    FIT = "fit"    # lowbit.train.fit: every quantizer trains through its forward
+    INQ = "inq"    # lowbit.train.inq.fit_inq: partition steps for the INQWeight layers
+    QNET = "qnet"  # lowbit.train.qnet.fit_qnet: phases and temperature for SoftWeight/SoftAct
+
+
+def procedure(net: nn.Module) -> Procedure:
+    """The training procedure ``net``'s quantizers need: INQ if any layer has an INQWeight,
+    Quantization Networks if any SoftWeight/SoftAct is present (set by the recipe or by a
+    LayerRule alike), else plain fit(). Both at once is refused: INQ's partition steps and
+    qnet's phases are separate schedules over the same epochs, and no paper defines their mix."""
+    inq = [name for name, _, _ in inq_layers(net)]
+    soft = [name for name, _ in soft_quantizers(net)]
+    if inq and soft:
+        raise LowbitError(
+            f"the model holds INQ layers ({', '.join(inq)}) and Quantization Networks quantizers "
+            f"({', '.join(soft)}); their training procedures (INQ's partition steps, qnet's "
+            "phases) cannot run in one job: quantize those layers with one of the two methods")
+    return Procedure.INQ if inq else Procedure.QNET if soft else Procedure.FIT
+
+
 def _train(job: Job, net: nn.Module, train, test, out_dir: Path, resume: bool, progress: bool):
-    """fit(), or the method's own training procedure (INQ's steps, qnet's phases)."""
+    """fit(), or the procedure the model's quantizers need (INQ's steps, qnet's phases)."""
     data = (train.images, train.labels), (test.images, test.labels)
-    if job.recipe.weight == "inq" and job.recipe.w_bits != 32:
-        r = fit_inq(net, *data, job.config, out_dir, resume=resume, progress=progress)
+    kind, config = procedure(net), effective_config(job, net)
+    if kind is Procedure.INQ:
+        r = fit_inq(net, *data, config, out_dir, resume=resume, progress=progress)
         steps = [s["summary"] for s in r["steps"] if s.get("summary")]
         return {"test_accuracy": r["test_accuracy"], "test_loss": r["test_loss"],
                 "epochs": sum(s["epochs"] for s in steps),
                 "wall_seconds": sum(s["wall_seconds"] for s in steps)}
-    if "qnet" in (job.recipe.weight, job.recipe.act) and not job.recipe.is_float:
-        config = effective_config(job)
+    if kind is Procedure.QNET:
         r = fit_qnet(net, *data, config, out_dir, job.temperature_factor, resume=resume,
                      progress=progress, per_step=job.temperature_per_step)
         return {"test_accuracy": r["hard_test_accuracy"], "test_loss": r["hard_test_loss"],
                 "epochs": sum(s["epochs"] for s in r["phases"]),
                 "wall_seconds": sum(s["wall_seconds"] for s in r["phases"])}
-    return fit(net, *data, job.config, out_dir, resume=resume, progress=progress)
+    return fit(net, *data, config, out_dir, resume=resume, progress=progress)
 
 
 def model_kwargs(model: str, data) -> dict[str, Any]:
@@ -120,17 +144,17 @@ def model_kwargs(model: str, data) -> dict[str, Any]:
             "num_classes": data.num_classes, "mean": list(data.mean), "std": list(data.std)}
 
 
-def effective_config(job: Job) -> TrainConfig:
-    """The TrainConfig the job really trains with (qnet clips gradients at 5 unless told)."""
-    if "qnet" in (job.recipe.weight, job.recipe.act) and not job.recipe.is_float:
-        return job.config if job.config.grad_clip else replace(job.config, grad_clip=5.0)
-    return job.config
+def effective_config(job: Job, net: nn.Module) -> TrainConfig:
+    """The TrainConfig ``job`` really trains the quantized ``net`` with: qnet's gradient clip
+    (5 unless set) when ``net`` holds SoftWeight/SoftAct quantizers, wherever they were set."""
+    return qnet_config(job.config) if procedure(net) is Procedure.QNET else job.config
 
 
-def job_record(job: Job, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """What identifies a run: model (with its input statistics), dataset, recipe, training
-    config (thread count excepted), init model and qnet schedule. Written to ``job.json``."""
-    config = {k: v for k, v in asdict(effective_config(job)).items() if k != "num_threads"}
+def job_record(job: Job, kwargs: dict[str, Any], net: nn.Module) -> dict[str, Any]:
+    """What identifies a run: model (with its input statistics), dataset, recipe, effective
+    training config of the quantized ``net`` (thread count excepted), init model and qnet
+    schedule. Written to ``job.json``."""
+    config = {k: v for k, v in asdict(effective_config(job, net)).items() if k != "num_threads"}
     return {"model": job.model, "model_kwargs": kwargs, "dataset": job.dataset,
             "recipe": job.recipe.to_dict(), "config": config, "init": job.init,
             "temperature_factor": job.temperature_factor,
@@ -202,7 +226,7 @@ def run(job: Job, out_dir: str | Path, resume: bool = False, progress: bool = Tr
     test = load_dataset(job.dataset, "test", job.data_dir)
     torch.manual_seed(job.config.seed)  # model initialisation is part of the seeded run
     net, kwargs, layers = build(job)
-    record = job_record(job, kwargs)
+    record = job_record(job, kwargs, net)
     if resume:
         _check_resume(out_dir, record)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -223,8 +247,8 @@ def run(job: Job, out_dir: str | Path, resume: bool = False, progress: bool = Tr
         "model": job.model, "dataset": job.dataset, **model_bytes(net),
         "size_ratio": sizes["packed_bytes"] / sizes["float_bytes"],
         "layers": [asdict(p) for p in layers],
-        "recipe": job.recipe.to_dict(), "config": asdict(effective_config(job)),
-        "init": job.init,
+        "recipe": job.recipe.to_dict(), "config": asdict(effective_config(job, net)),
+        "procedure": procedure(net).value, "init": job.init,
     }
     write_json_atomic(summary, out_dir / "summary.json")
     log.info("test accuracy %.2f %%, %s", 100 * summary["test_accuracy"], size_line(summary))

@@ -8,6 +8,10 @@ their power-of-two levels and frozen; the remaining float weights are retrained 
 to compensate. The levels and the freezing live in :class:`lowbit.quantizers.log2.INQWeight`
 (frozen entries get a zero gradient and the forward reads their stored values).
 
+The procedure attaches to the quantizer type: it partitions the layers whose weight quantizer
+is an :class:`INQWeight` (:func:`inq_layers`), wherever a recipe or a LayerRule put one; every
+other layer's parameters train as in :func:`fit` in every retraining step.
+
 Deviation: after the last portion (1.0) every weight is frozen, so that step is not retrained
 (only biases / batch-norm could move); it is evaluated. Algorithm 1 likewise ends there.
 Tests: tests/train/test_inq.py.
@@ -42,8 +46,8 @@ def inq_partition_(model: nn.Module, portion: float) -> dict[str, int]:
     the layer and set them to their power-of-two values. Returns {layer name: newly frozen}."""
     layers = inq_layers(model)
     if not layers:
-        raise LowbitError(f"{type(model).__name__} has no INQ layer; quantize it with "
-                          "Recipe(weight='inq', ...) first")
+        raise LowbitError(f"{type(model).__name__} has no INQ layer; quantize it with a recipe "
+                          "or LayerRule that sets weight='inq' first")
     return {name: q.partition_(layer.weight, portion) for name, layer, q in layers}
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ from lowbit.train.loop import evaluate, fit
 
 SOFT_KINDS: tuple[type, ...] = (SoftWeight, SoftAct)
 CALIBRATION_CAP = 1 << 20  # values kept per layer for k-means (q uses every value)
+GRAD_CLIP = 5.0  # "we clip the gradients with an L2 norm of 5" (sec. 4.1)
 
 
 def temperature_schedule(epoch: int, factor: float, fraction: float = 1.0) -> float:
@@ -57,6 +58,17 @@ def temperature_schedule(epoch: int, factor: float, fraction: float = 1.0) -> fl
 
 def _soft_modules(model: nn.Module, kinds: tuple[type, ...]) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, kinds)]
+
+
+def soft_quantizers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(name, module) for every SoftWeight/SoftAct in ``model``: what :func:`fit_qnet` trains."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, SOFT_KINDS)]
+
+
+def qnet_config(config: TrainConfig) -> TrainConfig:
+    """``config`` as Quantization Networks train with it: gradients clipped at L2 norm
+    :data:`GRAD_CLIP` unless ``config.grad_clip`` is set."""
+    return config if config.grad_clip else replace(config, grad_clip=GRAD_CLIP)
 
 
 def set_temperature(model: nn.Module, temperature: float,
