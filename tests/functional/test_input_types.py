@@ -35,7 +35,11 @@ DATA_CALLS = {
     "binary.xnor_weight": ("w", lambda: binary.xnor_weight(W)),
     "binary.xnor_scale": ("x", lambda: binary.xnor_scale(W, 1)),
     "binary.xnor_activation": ("x", lambda: binary.xnor_activation(X)),
-    "binary.abc_codes_alphas": ("w", lambda: binary.abc_codes_alphas(W, 2)),
+    "binary.abc_encode": ("w", lambda: binary.abc_encode(W, 2)),
+    "binary.abc_activation_encode": ("x", lambda: binary.abc_activation_encode(X, [0.0], [1.0])),
+    "binary.sign_encode": ("x", lambda: binary.sign_encode(X)),
+    "binary.binaryconnect_encode": ("x", lambda: binary.binaryconnect_encode(X)),
+    "binary.xnor_encode": ("w", lambda: binary.xnor_encode(W)),
     "binary.abc_weight": ("w", lambda: binary.abc_weight(W, 2)),
     "binary.abc_activation": ("x", lambda: binary.abc_activation(X, [0.0], [1.0])),
     "checks.check_finite": ("tensor", lambda: checks.check_finite(X)),
@@ -88,6 +92,8 @@ DATA_CALLS = {
     "ternary.twn_delta_alpha": ("w", lambda: ternary.twn_delta_alpha(W)),
     "ternary.ternary_codes": ("w", lambda: ternary.ternary_codes(W, torch.tensor(0.1))),
     "ternary.twn": ("w", lambda: ternary.twn(W)),
+    "ternary.twn_encode": ("w", lambda: ternary.twn_encode(W)),
+    "ternary.ttq_encode": ("w", lambda: ternary.ttq_encode(W, torch.tensor(1.0), 1.0)),
     "ternary.ttq_delta": ("w", lambda: ternary.ttq_delta(W)),
     "ternary.ttq": ("w", lambda: ternary.ttq(W, torch.tensor(1.0), torch.tensor(1.0))),
     "uniform.uniform_codes": ("x", lambda: uniform.uniform_codes(X, 0.1, 0, -8, 7)),
@@ -100,8 +106,9 @@ TL, TB = torch.tensor(LEVELS), torch.tensor(BIASES)
 
 # name -> (call with tensor tables, the same call with lists / tuples / numbers / numpy)
 TABLE_CALLS = {
-    "binary.abc_levels": (lambda: binary.abc_levels(torch.tensor([0.5, 0.25])),
-                          lambda: binary.abc_levels([0.5, 0.25])),
+    "binary.abc_activation_encode": (
+        lambda: binary.abc_activation_encode(T, torch.tensor([0.1]), torch.tensor([0.5]))[0],
+        lambda: binary.abc_activation_encode(T, (0.1,), [0.5])[0]),
     "binary.abc_activation": (
         lambda: binary.abc_activation(T, torch.tensor([0.1, -0.2]), torch.tensor([0.5, 0.5])),
         lambda: binary.abc_activation(T, (0.1, -0.2), [0.5, 0.5])),
