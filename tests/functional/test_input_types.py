@@ -55,6 +55,7 @@ DATA_CALLS = {
     "dorefa.quantize_gradient": ("x", lambda: dorefa.quantize_gradient(X, 4)),
     "hwgq.hwgq_grad": ("x", lambda: hwgq.hwgq_grad(X, 1.0, hwgq.HWGQBackward.RELU)),
     "hwgq.hwgq": ("x", lambda: hwgq.hwgq(X, 2)),
+    "hwgq.hwgq_encode": ("x", lambda: hwgq.hwgq_encode(X, 2)),
     "ivan.ivan_weight_codes": ("x", lambda: ivan.ivan_weight_codes(X, 2)),
     "ivan.ivan_weight": ("x", lambda: ivan.ivan_weight(X, 2)),
     "ivan.ivan_scaled_levels": ("w", lambda: ivan.ivan_scaled_levels(W, 2)),
@@ -118,6 +119,8 @@ TABLE_CALLS = {
                         lambda: codebook.decode(torch.tensor([0, 2, 1]), LEVELS)),
     "hwgq.hwgq": (lambda: hwgq.hwgq(T, torch.tensor([0.5, 1.0])),
                   lambda: hwgq.hwgq(T, [0.5, 1.0])),
+    "hwgq.hwgq_codebook": (lambda: hwgq.hwgq_codebook(torch.tensor([0.5, 1.0])).values,
+                           lambda: hwgq.hwgq_codebook([0.5, 1.0]).values),
     "ivan.ivan_scaled_weight": (lambda: ivan.ivan_scaled_weight(TW, torch.tensor(0.5), 2),
                                 lambda: ivan.ivan_scaled_weight(TW, 0.5, 2)),
     "ivan.ivan_activation": (lambda: ivan.ivan_activation(T, 2, torch.tensor(1.0)),
@@ -160,7 +163,7 @@ TABLE_CALLS = {
 # Public functions that take no tensor at all (bits, names, plain numbers).
 NO_TENSOR = {
     "binary.abc_shifts", "binary.abc_activation_init", "checks.check_bits", "checks.tensor_arg",
-    "hwgq.hwgq_levels", "hwgq.lloyd_half_normal",
+    "hwgq.hwgq_levels", "hwgq.lloyd_half_normal", "hwgq.hwgq_thresholds",
     "hwgq.uniform_half_normal", "learned.lsq_range", "learned.lsq_grad_scale",
     "codebook.signed_levels_without_zero", "log2.pow2_levels", "log2.inq_exponents",
     "log2.inq_levels", "soft.levels_for",
