@@ -287,10 +287,10 @@ def abc_weight(w: torch.Tensor, bases: int) -> torch.Tensor:
 
 def _abc_act_codes(x: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
     """Bit n set where H_{v_n}(x) = +1, i.e. x + v_n >= 1/2 (clip(z, 0, 1) >= 1/2 iff z >= 1/2)."""
-    codes = torch.zeros(x.shape, dtype=torch.int64, device=x.device)
+    codes = torch.zeros(x.shape, dtype=torch.uint8, device=x.device)  # N <= 8 bits
     for n, v in enumerate(shifts.tolist()):
-        codes |= (x + v >= 0.5).long() << n
-    return codes
+        codes.add_((x + v >= 0.5).to(torch.uint8), alpha=1 << n)
+    return codes.long()
 
 
 class _ABCAct(torch.autograd.Function):
@@ -300,20 +300,21 @@ class _ABCAct(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, shifts, betas):
         codes = _abc_act_codes(x, shifts.detach())
-        ctx.save_for_backward(x, shifts, betas, codes)
+        ctx.save_for_backward(x, shifts, betas)
         return BitPlanes(betas.detach()).decode(codes)
 
     @staticmethod
     def backward(ctx, grad):
-        x, shifts, betas, codes = ctx.saved_tensors
+        x, shifts, betas = ctx.saved_tensors
         gx = torch.zeros_like(grad)
         gv, gb = torch.empty_like(shifts), torch.empty_like(betas)
+        total, zero = grad.sum(), grad.new_zeros(())
         for n in range(len(shifts)):
             z = x + shifts[n]
-            gz = grad * (2 * ((z >= 0) & (z <= 1)).to(grad.dtype))
-            gx += betas[n] * gz
-            gv[n] = (betas[n] * gz).sum()
-            gb[n] = (grad * (((codes >> n) & 1) * 2 - 1).to(grad.dtype)).sum()
+            gz = torch.where((z >= 0) & (z <= 1), grad, zero)  # grad * 1{0 <= z <= 1}
+            gx.add_(gz, alpha=2 * float(betas[n]))
+            gv[n] = 2 * betas[n] * gz.sum()
+            gb[n] = 2 * torch.where(z >= 0.5, grad, zero).sum() - total  # sum grad * H_n
         return gx, gv, gb
 
 
