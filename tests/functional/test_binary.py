@@ -12,18 +12,22 @@ from hypothesis.extra.numpy import arrays
 from lowbit.errors import BitsError, EmptyTensorError, NonFiniteError
 from lowbit.functional.binary import (
     abc_activation,
+    abc_activation_encode,
     abc_activation_init,
-    abc_codes_alphas,
-    abc_levels,
+    abc_encode,
     abc_weight,
     binaryconnect,
+    binaryconnect_encode,
     bnn_sign,
     clip_,
     sign,
+    sign_encode,
     xnor_activation,
+    xnor_encode,
     xnor_scale,
     xnor_weight,
 )
+from lowbit.functional.codebook import BitPlanes, IntegerGrid, plane_table
 
 EDGE = [-2.0, -1.0, -0.5, -1e-7, -0.0, 0.0, 1e-7, 0.5, 1.0, 1.0000001, 2.0, 1e8, -1e8]
 floats = st.floats(-3, 3, allow_nan=False, width=32)
@@ -169,7 +173,8 @@ def np_abc(w, m):
 def test_abc_reference(m):
     w = np.random.default_rng(m).normal(size=(6, 20)).astype(np.float32)
     want, alpha = np_abc(w, m)
-    _, got_alpha = abc_codes_alphas(torch.from_numpy(w), m)
+    _, planes = abc_encode(torch.from_numpy(w), m)
+    got_alpha = planes.alphas
     np.testing.assert_allclose(got_alpha.numpy(), alpha, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(abc_weight(torch.from_numpy(w), m).numpy(), want, atol=1e-5)
 
@@ -192,9 +197,9 @@ def test_abc_gradient_is_identity():
 @SETTINGS
 @given(arrays(np.float32, st.integers(1, 40), elements=floats), st.integers(1, 5))
 def test_abc_levels_property(w, m):
-    codes, alphas = abc_codes_alphas(torch.from_numpy(w), m)
+    codes, planes = abc_encode(torch.from_numpy(w), m)
     y = abc_weight(torch.from_numpy(w), m)
-    assert torch.equal(y, abc_levels(alphas)[codes])
+    assert torch.equal(y, plane_table(planes.alphas)[codes])
     assert len(y.unique()) <= min(2**m, m + 1)
     order = np.argsort(w, kind="stable")
     # nested thresholds: a larger weight has every base at least as positive
@@ -276,3 +281,32 @@ def test_abc_activation_module_learns_and_rejects_bad_shapes():
         abc_activation(x, torch.zeros(2), torch.zeros(3))
     with pytest.raises(BitsError):
         ABCAct(6)
+
+
+def test_forward_is_decode_of_encode():
+    """Issue 8: each method's forward is record.decode(codes) of its encoder, bit for bit."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.cat([torch.tensor(EDGE), torch.randn(200, generator=g)])
+    w = torch.randn(6, 3, 3, 3, generator=g)
+    w[1] = 0.0
+    codes, grid = sign_encode(x)
+    assert isinstance(grid, IntegerGrid) and grid.bits == 1 and grid.num_codes == 2
+    assert grid.integers(torch.tensor([0, 1])).tolist() == [-1, 1]
+    for f in (sign, bnn_sign, binaryconnect, xnor_activation):
+        assert torch.equal(f(x), grid.decode(codes))
+    codes, grid = xnor_encode(w)
+    assert grid.granularity == "channel" and torch.equal(xnor_weight(w), grid.decode(codes))
+    a = binaryconnect(w, True, torch.Generator().manual_seed(3))
+    codes, grid = binaryconnect_encode(w, True, torch.Generator().manual_seed(3))
+    assert torch.equal(a, grid.decode(codes))
+    for m in (1, 2, 3, 5):
+        codes, planes = abc_encode(w, m)
+        assert isinstance(planes, BitPlanes) and planes.bits == m
+        assert torch.equal(abc_weight(w, m), planes.decode(codes))
+        v, beta = torch.randn(m, generator=g) * 0.5, torch.rand(m, generator=g)
+        codes, planes = abc_activation_encode(x, v, beta)
+        assert torch.equal(abc_activation(x, v, beta), planes.decode(codes))
+    # XNOR's K is a data-dependent factor outside the grid: output = decode(codes) * K exactly
+    x4 = torch.randn(2, 3, 5, 5, generator=g)
+    codes, grid = sign_encode(x4)
+    assert torch.equal(xnor_activation(x4, 3, 1, 1), grid.decode(codes) * xnor_scale(x4, 3, 1, 1))

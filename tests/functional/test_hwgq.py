@@ -12,10 +12,13 @@ from hypothesis import strategies as st
 from scipy import integrate, stats
 
 from lowbit.errors import BitsError
+from lowbit.functional.codebook import IntegerGrid, Table
 from lowbit.functional.hwgq import (
     HWGQBackward,
     LevelFit,
     hwgq,
+    hwgq_codebook,
+    hwgq_encode,
     hwgq_levels,
     lloyd_half_normal,
     uniform_half_normal,
@@ -126,3 +129,24 @@ def test_bad_input():
     with pytest.raises(ValueError):
         hwgq(torch.zeros(3), torch.tensor([0.0, 0.5]))
     assert hwgq(torch.zeros(0), 2).shape == (0,)
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 8])
+def test_forward_is_decode_of_encode(bits):
+    """Issue 8: the forward is record.decode(codes) of hwgq_encode, for both fits and tables."""
+    x = torch.randn(2000, generator=torch.Generator().manual_seed(bits)) * 2
+    grid = hwgq_codebook(bits)
+    assert isinstance(grid, IntegerGrid) and grid.bits == bits and grid.num_codes == 2**bits
+    codes, record = hwgq_encode(x, bits)
+    assert record.integers(codes).tolist() == codes.tolist()  # the codes are the integers
+    assert torch.equal(hwgq(x, bits), record.decode(codes))
+    lloyd = hwgq_codebook(bits, LevelFit.LLOYD)
+    assert isinstance(lloyd, Table) and lloyd.num_codes == 2**bits
+    codes, record = hwgq_encode(x, lloyd)
+    assert torch.equal(hwgq(x, lloyd), record.decode(codes))
+    q = torch.tensor(hwgq_levels(bits, LevelFit.LLOYD), dtype=torch.float32)
+    assert torch.equal(hwgq(x, q), record.decode(codes))
+    # the uniform levels are float32(i) * float32(step): within 1 ulp of float32(i * step)
+    old = torch.tensor(hwgq_levels(bits), dtype=torch.float32)
+    new = grid.decode(torch.arange(1, 2**bits))
+    assert bool(((new - old).abs() <= torch.finfo(torch.float32).eps * old).all())

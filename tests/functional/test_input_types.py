@@ -35,7 +35,11 @@ DATA_CALLS = {
     "binary.xnor_weight": ("w", lambda: binary.xnor_weight(W)),
     "binary.xnor_scale": ("x", lambda: binary.xnor_scale(W, 1)),
     "binary.xnor_activation": ("x", lambda: binary.xnor_activation(X)),
-    "binary.abc_codes_alphas": ("w", lambda: binary.abc_codes_alphas(W, 2)),
+    "binary.abc_encode": ("w", lambda: binary.abc_encode(W, 2)),
+    "binary.abc_activation_encode": ("x", lambda: binary.abc_activation_encode(X, [0.0], [1.0])),
+    "binary.sign_encode": ("x", lambda: binary.sign_encode(X)),
+    "binary.binaryconnect_encode": ("x", lambda: binary.binaryconnect_encode(X)),
+    "binary.xnor_encode": ("w", lambda: binary.xnor_encode(W)),
     "binary.abc_weight": ("w", lambda: binary.abc_weight(W, 2)),
     "binary.abc_activation": ("x", lambda: binary.abc_activation(X, [0.0], [1.0])),
     "checks.check_finite": ("tensor", lambda: checks.check_finite(X)),
@@ -51,6 +55,7 @@ DATA_CALLS = {
     "dorefa.quantize_gradient": ("x", lambda: dorefa.quantize_gradient(X, 4)),
     "hwgq.hwgq_grad": ("x", lambda: hwgq.hwgq_grad(X, 1.0, hwgq.HWGQBackward.RELU)),
     "hwgq.hwgq": ("x", lambda: hwgq.hwgq(X, 2)),
+    "hwgq.hwgq_encode": ("x", lambda: hwgq.hwgq_encode(X, 2)),
     "ivan.ivan_weight_codes": ("x", lambda: ivan.ivan_weight_codes(X, 2)),
     "ivan.ivan_weight": ("x", lambda: ivan.ivan_weight(X, 2)),
     "ivan.ivan_scaled_levels": ("w", lambda: ivan.ivan_scaled_levels(W, 2)),
@@ -85,6 +90,8 @@ DATA_CALLS = {
     "ternary.twn_delta_alpha": ("w", lambda: ternary.twn_delta_alpha(W)),
     "ternary.ternary_codes": ("w", lambda: ternary.ternary_codes(W, torch.tensor(0.1))),
     "ternary.twn": ("w", lambda: ternary.twn(W)),
+    "ternary.twn_encode": ("w", lambda: ternary.twn_encode(W)),
+    "ternary.ttq_encode": ("w", lambda: ternary.ttq_encode(W, torch.tensor(1.0), 1.0)),
     "ternary.ttq_delta": ("w", lambda: ternary.ttq_delta(W)),
     "ternary.ttq": ("w", lambda: ternary.ttq(W, torch.tensor(1.0), torch.tensor(1.0))),
     "uniform.uniform_codes": ("x", lambda: uniform.uniform_codes(X, 0.1, 0, -8, 7)),
@@ -97,8 +104,9 @@ TL, TB = torch.tensor(LEVELS), torch.tensor(BIASES)
 
 # name -> (call with tensor tables, the same call with lists / tuples / numbers / numpy)
 TABLE_CALLS = {
-    "binary.abc_levels": (lambda: binary.abc_levels(torch.tensor([0.5, 0.25])),
-                          lambda: binary.abc_levels([0.5, 0.25])),
+    "binary.abc_activation_encode": (
+        lambda: binary.abc_activation_encode(T, torch.tensor([0.1]), torch.tensor([0.5]))[0],
+        lambda: binary.abc_activation_encode(T, (0.1,), [0.5])[0]),
     "binary.abc_activation": (
         lambda: binary.abc_activation(T, torch.tensor([0.1, -0.2]), torch.tensor([0.5, 0.5])),
         lambda: binary.abc_activation(T, (0.1, -0.2), [0.5, 0.5])),
@@ -108,6 +116,8 @@ TABLE_CALLS = {
                         lambda: codebook.decode(torch.tensor([0, 2, 1]), LEVELS)),
     "hwgq.hwgq": (lambda: hwgq.hwgq(T, torch.tensor([0.5, 1.0])),
                   lambda: hwgq.hwgq(T, [0.5, 1.0])),
+    "hwgq.hwgq_codebook": (lambda: hwgq.hwgq_codebook(torch.tensor([0.5, 1.0])).values,
+                           lambda: hwgq.hwgq_codebook([0.5, 1.0]).values),
     "ivan.ivan_scaled_weight": (lambda: ivan.ivan_scaled_weight(TW, torch.tensor(0.5), 2),
                                 lambda: ivan.ivan_scaled_weight(TW, 0.5, 2)),
     "ivan.ivan_activation": (lambda: ivan.ivan_activation(T, 2, torch.tensor(1.0)),
@@ -150,7 +160,7 @@ TABLE_CALLS = {
 # Public functions that take no tensor at all (bits, names, plain numbers).
 NO_TENSOR = {
     "binary.abc_shifts", "binary.abc_activation_init", "checks.check_bits", "checks.tensor_arg",
-    "hwgq.hwgq_levels", "hwgq.lloyd_half_normal",
+    "hwgq.hwgq_levels", "hwgq.lloyd_half_normal", "hwgq.hwgq_thresholds",
     "hwgq.uniform_half_normal", "learned.lsq_range", "learned.lsq_grad_scale",
     "codebook.signed_levels_without_zero", "log2.pow2_levels", "log2.inq_exponents",
     "log2.inq_levels", "soft.levels_for",

@@ -10,7 +10,15 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from lowbit.errors import EmptyTensorError, NonFiniteError
-from lowbit.functional.ternary import ternary_codes, ttq, twn, twn_delta_alpha
+from lowbit.functional.codebook import IntegerGrid, Table
+from lowbit.functional.ternary import (
+    ternary_codes,
+    ttq,
+    ttq_encode,
+    twn,
+    twn_delta_alpha,
+    twn_encode,
+)
 
 floats = st.floats(-3, 3, allow_nan=False, width=32)
 SETTINGS = settings(max_examples=40, deadline=None)
@@ -140,3 +148,17 @@ def test_ttq_properties(w, t):
     y = ttq(torch.from_numpy(w), torch.tensor(0.5), torch.tensor(2.0), t).numpy()
     assert set(np.unique(y).tolist()) <= {-2.0, 0.0, 0.5}
     assert np.all((y > 0) <= (w > 0)) and np.all((y < 0) <= (w < 0))
+
+
+def test_forward_is_decode_of_encode():
+    """Issue 8: TWN's and TTQ's forwards are record.decode(codes) of their encoders."""
+    w = torch.randn(8, 3, 3, 3, generator=torch.Generator().manual_seed(4))
+    w[0, 0] = 0.0
+    codes, grid = twn_encode(w)
+    assert isinstance(grid, IntegerGrid) and grid.bits == 2 and grid.num_codes == 3
+    assert grid.integers(torch.tensor([0, 1, 2])).tolist() == [-1, 0, 1]
+    assert torch.equal(twn(w), grid.decode(codes))
+    wp, wn = torch.tensor(0.7), torch.tensor(1.3)
+    codes, table = ttq_encode(w, wp, wn, 0.2)
+    assert isinstance(table, Table) and table.values.tolist() == pytest.approx([-1.3, 0.0, 0.7])
+    assert torch.equal(ttq(w, wp, wn, 0.2), table.decode(codes))

@@ -8,8 +8,9 @@ from torch import nn
 
 import lowbit
 from lowbit.errors import BitsError, MethodError
-from lowbit.functional.codebook import decode
+from lowbit.functional.codebook import BitPlanes, IntegerGrid, Table, decode
 from lowbit.quantizers.binary import (
+    ABCAct,
     ABCWeight,
     BinaryConnectWeight,
     BNNAct,
@@ -32,6 +33,10 @@ WEIGHT_CASES = [
 ]
 
 
+RECORDS = {BinaryConnectWeight: IntegerGrid, BNNWeight: IntegerGrid, XNORWeight: IntegerGrid,
+           ABCWeight: BitPlanes, TWNWeight: IntegerGrid, TTQWeight: Table}
+
+
 def _weights():
     g = torch.Generator().manual_seed(0)
     w = torch.randn(6, 4, 3, 3, generator=g)
@@ -47,13 +52,14 @@ def test_encode_decode_exact(cls, bits):
         q.init_from(w)
         q.eval()
         codes, codebook = q.encode(w)
+        assert isinstance(codebook, RECORDS[cls])
         assert codes.dtype == torch.int64 and codes.shape == w.shape
-        assert int(codes.min()) >= 0 and int(codes.max()) < 2**bits
-        assert codebook.shape[-1] <= 2**bits
+        assert int(codes.min()) >= 0 and int(codes.max()) < codebook.num_codes <= 2**bits
+        assert torch.equal(codebook.decode(codes), q(w).detach())
         assert torch.equal(decode(codes, codebook), q(w).detach())
-        rows = q(w).detach().reshape(len(codebook), -1) if codebook.dim() == 2 else [q(w)]
+        rows = q(w).detach().reshape(w.shape[0], -1) if cls is XNORWeight else [q(w)]
         assert all(len(r.unique()) <= 2**bits for r in rows)
-        assert q.storage_scalars(w) >= 0
+        assert q.storage_bytes(w) == codebook.storage_bytes(w.numel())
 
 
 @pytest.mark.parametrize(("cls", "bits"), WEIGHT_CASES)
@@ -96,6 +102,28 @@ def test_binaryconnect_stochastic_module_trains_stochastic_evals_sign():
     assert abs(frac - 0.75) < 4 * (0.75 * 0.25 / 4000) ** 0.5  # P(+1) = (0.5 + 1)/2
     q.eval()
     assert torch.equal(q(w), torch.ones(4000))
+    q.train()
+    q.freeze()  # Courbariaux et al. sec. 2.6: deploy the binary weights sign(w), in every mode
+    assert torch.equal(q(w), torch.ones(4000))
+    codes, grid = q.encode(w)
+    assert torch.equal(grid.decode(codes), q(w))
+
+
+def test_frozen_activation_records():
+    x = torch.tensor([[-2.0, -0.5, 0.0, 0.5, 2.0]] * 2)
+    for q in (BNNAct(1), XNORAct(1), ABCAct(3)):
+        q.freeze()
+        codes, cb = q.encode(x)
+        assert torch.equal(cb.decode(codes), q(x)) and torch.equal(q.codebook().decode(codes), q(x))
+    with pytest.raises(lowbit.errors.NonFiniteError):
+        BNNAct(1).freeze().encode(torch.tensor([float("nan")]))
+    k = XNORAct(1, kernel_size=3, padding=1).freeze()
+    x4 = torch.randn(2, 3, 4, 4)
+    codes, grid = k.encode(x4)  # K is data-dependent: output = decode(codes) * input_scale(x)
+    assert torch.equal(k(x4), grid.decode(codes) * k.input_scale(x4))
+    a = ABCAct(2).freeze()
+    a(torch.randn(10, requires_grad=True)).sum().backward()
+    assert a.shifts.grad is None and a.betas.grad is None  # frozen: the grid no longer learns
 
 
 def test_ttq_init_and_parameters_learn():

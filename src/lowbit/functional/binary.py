@@ -51,7 +51,33 @@ paragraph describes Tang et al. 2017 instead, so this follows the issue's statem
   evenly inside [0, 1], v_n = 1/2 - (n - 1/2)/N, and beta_n = 1/N, so A starts as a symmetric
   N-step staircase in [-1, 1] over R in [0, 1].
 
-Tests: tests/functional/test_binary.py.
+Codebook records (issue 8; :mod:`lowbit.functional.codebook`). Each method's primary function
+*encodes*: ``x -> (codes, record)``, and its training forward is ``record.decode(codes)`` inside
+the family's autograd Function (the surrogate gradients above), so ``decode(encode(x))`` is the
+forward bit for bit; there is no second implementation.
+  - sign, BNN, BinaryConnect, XNOR/BWN weights and XNOR activations: :class:`IntegerGrid` with
+    the level table ``SIGN_LEVELS = [-1, 1]`` (code 0 -> -1, code 1 -> +1, i.e. code = 1{x >= 0})
+    and scale 1 (sign, BNN, BinaryConnect) or alpha_c per output channel (XNOR/BWN weights,
+    scale (C,)). An integer grid because a binary runtime needs exactly this: the +-1 integers
+    (XNOR/popcount) and one float per channel. A two-entry table rather than
+    ``LevelRange(-1, 1, skip_zero=True)``: the same values and storage (a progression), but
+    decoding is one gather instead of three integer passes over the codes (the activation is the
+    large tensor of a training step).
+  - ABC-Net weights and activations: :class:`BitPlanes` (alphas (M,), or the betas (N,) of the
+    activation bases): bit i of the code is B_i; the forward is ``BitPlanes.decode``, which sums
+    in :func:`~lowbit.functional.codebook.plane_table`'s order i = 0..M-1.
+  - NaN (activations only; weights are checked finite): NaN has no code. The training forward
+    of sign / BNN / XNOR activations passes a NaN input through as NaN (torch's convention for
+    activations, see :mod:`lowbit.functional.checks`); everywhere else it is the decoded code,
+    and the frozen modules' ``encode`` raises NonFiniteError on NaN. ABC-Net's activation maps
+    NaN to the all-minus code, as H_v(NaN) = -1 always did.
+  - XNOR's activation scale K (sec. 3.2) depends on the input: the record is the data-independent
+    +-1 grid of sign(I), and ``xnor_activation`` returns ``decode(codes) * xnor_scale(I)``,
+    exactly that product. A runtime stores the codes and computes K from the input it already
+    has (mean_c |I| box-filtered), as the paper does: conv(sign I, sign W) * K * alpha.
+
+Tests: tests/functional/test_binary.py (references, closed-form gradients, properties, and
+``test_forward_is_decode_of_encode`` for every method).
 """
 
 from __future__ import annotations
@@ -60,33 +86,39 @@ import torch
 import torch.nn.functional as TF
 
 from lowbit.functional.checks import check_bits, check_finite, check_nonempty, tensor_arg
+from lowbit.functional.codebook import BitPlanes, IntegerGrid
+from lowbit.functional.ste import ste
+
+SIGN_LEVELS = torch.tensor([-1, 1])  # code 0 -> -1, code 1 -> +1 (code = 1{x >= 0})
 
 
-def _sign(x: torch.Tensor, finite: bool = False) -> torch.Tensor:
-    """+1 for x >= 0 (including -0.0), -1 for x < 0, NaN for NaN; same dtype as ``x``.
-
-    ``finite=True`` skips the NaN pass for tensors already checked (weights)."""
-    one = torch.ones((), dtype=x.dtype, device=x.device)
-    if finite:
-        return torch.where(x >= 0, one, -one)
-    return torch.where(x >= 0, one, torch.where(x < 0, -one, x))
+def _grid(scale: torch.Tensor) -> IntegerGrid:
+    return IntegerGrid(SIGN_LEVELS, scale, 1)
 
 
-class _SignSTE(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        return _sign(x)
+def sign_encode(x: torch.Tensor) -> tuple[torch.Tensor, IntegerGrid]:
+    """Survey eq. (3) as codes: 1{x >= 0} (so sign(0) = sign(-0.0) = +1), and the +-1 grid with
+    scale 1 (in ``x``'s dtype and device). NaN gets code 0 (it has no code; see module doc)."""
+    x = tensor_arg(x, "x")
+    return (x >= 0).long(), _grid(torch.ones((), dtype=x.dtype, device=x.device))
 
-    @staticmethod
-    def backward(ctx, grad):
-        return grad
+
+def _keep_nan(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """NaN inputs stay NaN (an activation's convention; NaN has no code)."""
+    nan = torch.isnan(x)
+    return torch.where(nan, x, q) if bool(nan.any()) else q
+
+
+def _decoded_sign(x: torch.Tensor) -> torch.Tensor:
+    codes, grid = sign_encode(x)
+    return _keep_nan(x, grid.decode(codes))
 
 
 class _SignBNN(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x):
         ctx.save_for_backward(x.abs() <= 1)
-        return _sign(x)
+        return _decoded_sign(x)
 
     @staticmethod
     def backward(ctx, grad):
@@ -95,38 +127,41 @@ class _SignBNN(torch.autograd.Function):
 
 
 def sign(x: torch.Tensor) -> torch.Tensor:
-    """Survey eq. (3) forward (sign(0) = +1), identity straight-through gradient."""
-    return _SignSTE.apply(tensor_arg(x, "x"))
+    """Survey eq. (3): decode(sign_encode(x)), identity straight-through gradient."""
+    x = tensor_arg(x, "x")
+    return ste(x, _decoded_sign(x.detach()))
 
 
 def bnn_sign(x: torch.Tensor) -> torch.Tensor:
-    """Survey eq. (3) forward, BNN's gradient eq. (4)-(5): grad * 1_{|x| <= 1}."""
+    """Survey eq. (3) forward (decode(sign_encode(x))), BNN's gradient eq. (4)-(5):
+    grad * 1_{|x| <= 1}."""
     return _SignBNN.apply(tensor_arg(x, "x"))
 
 
-class _Stochastic(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, generator):
-        p = torch.clamp((x + 1) / 2, 0.0, 1.0)
-        u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-        return torch.where(u < p, 1.0, -1.0).to(x.dtype)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad, None
+def binaryconnect_encode(
+    x: torch.Tensor, stochastic: bool = False, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, IntegerGrid]:
+    """BinaryConnect eq. (1)-(2) as codes on the +-1 grid (scale 1): 1{x >= 0}, or 1 with
+    probability p = clip((x + 1)/2, 0, 1) (eq. 2, hard sigmoid), drawn with ``generator``."""
+    x = tensor_arg(x, "x")
+    if not stochastic:
+        return sign_encode(x)
+    p = torch.clamp((x + 1) / 2, 0.0, 1.0)
+    u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    return (u < p).long(), _grid(torch.ones((), dtype=x.dtype, device=x.device))
 
 
 def binaryconnect(
     x: torch.Tensor, stochastic: bool = False, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """BinaryConnect eq. (1)-(3): sign(x), or +1 with probability clip((x+1)/2, 0, 1) else -1.
-
-    Gradient straight-through. ``generator`` drives the stochastic draw (None: torch's default).
-    """
+    """BinaryConnect eq. (1)-(3): decode(binaryconnect_encode(x)): sign(x), or +1 with
+    probability clip((x+1)/2, 0, 1) else -1. Gradient straight-through (eq. 3 / Algorithm 1).
+    ``generator`` drives the stochastic draw (None: torch's default)."""
     x = tensor_arg(x, "x")
-    if stochastic:
-        return _Stochastic.apply(x, generator)
-    return _SignSTE.apply(x)
+    if not stochastic:
+        return sign(x)
+    codes, grid = binaryconnect_encode(x.detach(), True, generator)
+    return ste(x, grid.decode(codes))
 
 
 @torch.no_grad()
@@ -146,25 +181,34 @@ def xnor_alpha(w: torch.Tensor) -> torch.Tensor:
     return _channels(w).abs().mean(dim=1).reshape(shape)
 
 
+def xnor_encode(w: torch.Tensor) -> tuple[torch.Tensor, IntegerGrid]:
+    """XNOR-Net / BWN (survey eq. 12-13) as codes 1{w >= 0} on the +-1 grid with scale
+    alpha_c = mean |W| per output channel ((C,); () for a 0-d weight)."""
+    w = tensor_arg(w, "w")
+    alpha = xnor_alpha(w).reshape(w.shape[:1])
+    return (w >= 0).long(), _grid(alpha)
+
+
 class _XNORWeight(torch.autograd.Function):
     @staticmethod
     def forward(ctx, w):
-        alpha = xnor_alpha(w)
-        pos = w >= 0
-        ctx.save_for_backward(w, alpha)
-        return torch.where(pos, alpha, -alpha)
+        codes, grid = xnor_encode(w)
+        out = grid.decode(codes)
+        ctx.save_for_backward(w, xnor_alpha(w))
+        return out
 
     @staticmethod
     def backward(ctx, grad):
         w, alpha = ctx.saved_tensors
-        s = _sign(w, finite=True)
+        s = torch.where(w >= 0, 1.0, -1.0).to(w.dtype)  # sign(w), w finite
         gs = _channels(grad * s)
         mean_gs = gs.mean(dim=1).reshape(alpha.shape)  # (1/n) sum_j g_j sign(w_j)
         return grad * alpha * (w.abs() <= 1) + s * mean_gs
 
 
 def xnor_weight(w: torch.Tensor) -> torch.Tensor:
-    """XNOR-Net/BWN: alpha_c sign(W), alpha_c = mean |W| of output channel c (see module doc)."""
+    """XNOR-Net/BWN: decode(xnor_encode(W)) = alpha_c sign(W), alpha_c = mean |W| of output
+    channel c; gradient through alpha and BNN's STE (module doc)."""
     w = tensor_arg(w, "w")
     check_nonempty(w, "weight")
     check_finite(w, "weight")
@@ -191,7 +235,8 @@ def xnor_scale(
 def xnor_activation(
     x: torch.Tensor, kernel_size: int | None = None, stride: int = 1, padding: int = 0
 ) -> torch.Tensor:
-    """sign(I) with BNN's STE; with ``kernel_size``, sign(I) * K (see module doc's Deviation)."""
+    """decode(sign_encode(I)) with BNN's STE; with ``kernel_size``, that times K =
+    :func:`xnor_scale` (see the module doc's Deviation and its note on the record)."""
     x = tensor_arg(x, "x")
     b = bnn_sign(x)
     if kernel_size is None or x.numel() == 0:
@@ -212,8 +257,9 @@ def abc_shifts(bases: int) -> list[float]:
     return [-1.0 + i * 2.0 / (bases - 1) for i in range(bases)]
 
 
-def abc_codes_alphas(w: torch.Tensor, bases: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Codes (bit i-1 set where B_i = +1) and the least-squares alphas (M,) of ABC-Net."""
+def abc_encode(w: torch.Tensor, bases: int) -> tuple[torch.Tensor, BitPlanes]:
+    """ABC-Net weights as codes (bit i-1 set where B_i = +1) and BitPlanes of the least-squares
+    alphas (M,) (module doc)."""
     bases = check_bits(bases, 1, 8, what="ABC-Net bases")
     check_nonempty(tensor_arg(w, "w"), "weight")
     check_finite(w, "weight")
@@ -229,62 +275,72 @@ def abc_codes_alphas(w: torch.Tensor, bases: int) -> tuple[torch.Tensor, torch.T
     codes = torch.zeros_like(flat, dtype=torch.int64)
     for i in range(bases):
         codes |= pos[i].long() << i
-    codes = codes.reshape(w.shape)
-    return codes, alphas
-
-
-def abc_levels(alphas: torch.Tensor) -> torch.Tensor:
-    """The 2^M level values: level[c] = sum_i alpha_i (+1 if bit i-1 of c is set else -1)."""
-    alphas = tensor_arg(alphas, "alphas", table=True)
-    m = alphas.shape[0]
-    c = torch.arange(2**m, device=alphas.device)
-    signs = ((c[:, None] >> torch.arange(m, device=alphas.device)) & 1).to(alphas.dtype) * 2 - 1
-    return (signs * alphas).sum(dim=1)
-
-
-class _Lookup(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, w, codes, levels):
-        return levels[codes]
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad, None, None
+    return codes.reshape(w.shape), BitPlanes(alphas)
 
 
 def abc_weight(w: torch.Tensor, bases: int) -> torch.Tensor:
-    """ABC-Net: sum_i alpha_i B_i with M = ``bases`` shifted-sign bases (module doc); STE."""
-    codes, alphas = abc_codes_alphas(w, bases)
-    return _Lookup.apply(w, codes, abc_levels(alphas))
+    """ABC-Net: decode(abc_encode(w)) = sum_i alpha_i B_i with M = ``bases`` shifted-sign bases
+    (module doc); identity STE."""
+    codes, planes = abc_encode(w, bases)
+    return ste(w, planes.decode(codes))
 
 
-class _ShiftedSign(torch.autograd.Function):
-    """H(z) = 2 1{z >= 1/2} - 1 for z = R + v (clip(z, 0, 1) >= 1/2 iff z >= 1/2); backward
-    2 1{0 <= z <= 1}, the derivative of 2 clip(z, 0, 1) - 1."""
+def _abc_act_codes(x: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+    """Bit n set where H_{v_n}(x) = +1, i.e. x + v_n >= 1/2 (clip(z, 0, 1) >= 1/2 iff z >= 1/2)."""
+    codes = torch.zeros(x.shape, dtype=torch.uint8, device=x.device)  # N <= 8 bits
+    for n, v in enumerate(shifts.tolist()):
+        codes.add_((x + v >= 0.5).to(torch.uint8), alpha=1 << n)
+    return codes.long()
+
+
+class _ABCAct(torch.autograd.Function):
+    """Forward BitPlanes(betas).decode(codes); backward: H_v as 2 clip(z, 0, 1) - 1, so
+    dA/dx = sum_n 2 beta_n 1{0 <= x + v_n <= 1}, dA/dv_n likewise summed, dA/dbeta_n = H_n."""
 
     @staticmethod
-    def forward(ctx, z):
-        ctx.save_for_backward(z)
-        return torch.where(z >= 0.5, 1.0, -1.0).to(z.dtype)
+    def forward(ctx, x, shifts, betas):
+        codes = _abc_act_codes(x, shifts.detach())
+        ctx.save_for_backward(x, shifts, betas)
+        return BitPlanes(betas.detach()).decode(codes)
 
     @staticmethod
     def backward(ctx, grad):
-        (z,) = ctx.saved_tensors
-        return grad * 2 * ((z >= 0) & (z <= 1)).to(grad.dtype)
+        x, shifts, betas = ctx.saved_tensors
+        gx = torch.zeros_like(grad)
+        gv, gb = torch.empty_like(shifts), torch.empty_like(betas)
+        total, zero = grad.sum(), grad.new_zeros(())
+        for n in range(len(shifts)):
+            z = x + shifts[n]
+            gz = torch.where((z >= 0) & (z <= 1), grad, zero)  # grad * 1{0 <= z <= 1}
+            gx.add_(gz, alpha=2 * float(betas[n]))
+            gv[n] = 2 * betas[n] * gz.sum()
+            gb[n] = 2 * torch.where(z >= 0.5, grad, zero).sum() - total  # sum grad * H_n
+        return gx, gv, gb
 
 
-def abc_activation(x: torch.Tensor, shifts: torch.Tensor, betas: torch.Tensor) -> torch.Tensor:
-    """ABC-Net activations: sum_n betas[n] H_{shifts[n]}(x) (module doc), differentiable in x,
-    the shifts and the betas (1-d tensors of the same length N >= 1)."""
+def _abc_act_args(x, shifts, betas):
     x = tensor_arg(x, "x")
     shifts = tensor_arg(shifts, "shifts", like=x, table=True)
     betas = tensor_arg(betas, "betas", like=x, table=True)
     if shifts.dim() != 1 or shifts.shape != betas.shape or len(shifts) == 0:
         raise ValueError(f"shifts and betas must be 1-d of one length N >= 1, got "
                          f"{tuple(shifts.shape)} and {tuple(betas.shape)}")
-    view = (-1,) + (1,) * x.dim()
-    h = _ShiftedSign.apply(x.unsqueeze(0) + shifts.view(view))
-    return (betas.view(view) * h).sum(dim=0)
+    return x, shifts, betas
+
+
+def abc_activation_encode(
+    x: torch.Tensor, shifts: torch.Tensor, betas: torch.Tensor
+) -> tuple[torch.Tensor, BitPlanes]:
+    """ABC-Net activations as codes (bit n set where H_{v_n}(x) = +1) and BitPlanes(betas)."""
+    x, shifts, betas = _abc_act_args(x, shifts, betas)
+    return _abc_act_codes(x, shifts.detach()), BitPlanes(betas.detach())
+
+
+def abc_activation(x: torch.Tensor, shifts: torch.Tensor, betas: torch.Tensor) -> torch.Tensor:
+    """ABC-Net activations: decode(abc_activation_encode(x)) = sum_n betas[n] H_{shifts[n]}(x)
+    (module doc), differentiable in x, the shifts and the betas (1-d tensors of the same length
+    N >= 1)."""
+    return _ABCAct.apply(*_abc_act_args(x, shifts, betas))
 
 
 def abc_activation_init(bases: int) -> tuple[torch.Tensor, torch.Tensor]:

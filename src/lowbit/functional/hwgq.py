@@ -24,8 +24,21 @@ Backward (Cai et al. sec. 4), ``HWGQBackward``:
   Deviation: the survey only names the backward approximations; their formulas are taken from
   Cai et al. (2017), sec. 4.
 
+Codebook record (issue 8, :mod:`lowbit.functional.codebook`): code 0 is the zero of x <= 0,
+code i the level q_i. :func:`hwgq_encode` gives ``(codes, record)`` and the forward is
+``record.decode(codes)`` (inside the Function carrying the backward above), so
+``decode(encode(x))`` is the forward bit for bit. The record (:func:`hwgq_codebook`):
+  - uniform levels (``LevelFit.UNIFORM``, or ``hwgq(x, bits)``): IntegerGrid(LevelRange(0, m),
+    scale = step): the activations are the integers 0..m times one float, which is why Cai et
+    al. deploy the uniform fit (an integer kernel consumes the codes directly). The levels are
+    computed as float(code) * step in the input's dtype.
+    Deviation (numerics): before the typed protocol the float32 levels were float32(i * step)
+    from float64; now they are float32(i) * float32(step): a level may differ by 1 ulp.
+  - any other levels (``LevelFit.LLOYD``, or a given tensor): Table([0, q_1, ..., q_m]).
+  Thresholds t_i are the midpoints of the record's own decoded levels.
+
 Tests: tests/functional/test_hwgq.py (numpy reference, Lloyd optimality by scipy.integrate,
-published steps, backward closed forms, properties).
+published steps, backward closed forms, properties, ``test_forward_is_decode_of_encode``).
 """
 
 from __future__ import annotations
@@ -39,6 +52,7 @@ import torch
 from scipy import optimize, special
 
 from lowbit.functional.checks import check_bits, tensor_arg
+from lowbit.functional.codebook import IntegerGrid, LevelRange, Table
 
 HWGQ_MAX_BITS = 8
 
@@ -106,6 +120,35 @@ def hwgq_levels(bits: int, fit: LevelFit = LevelFit.UNIFORM) -> tuple[float, ...
     return uniform_half_normal(bits) if fit is LevelFit.UNIFORM else lloyd_half_normal(bits)
 
 
+def hwgq_codebook(
+    levels_or_bits: int | torch.Tensor, fit: LevelFit = LevelFit.UNIFORM,
+    dtype: torch.dtype = torch.float32,
+) -> IntegerGrid | Table:
+    """The record of the b-bit HWGQ: an int gives the ``fit`` of that many bits (UNIFORM: an
+    IntegerGrid 0..2^b - 1 times the step; LLOYD: a Table), positive ascending levels q_1..q_m
+    a Table [0, q_1, ..., q_m] (module doc)."""
+    if isinstance(levels_or_bits, torch.Tensor | list | tuple | np.ndarray):
+        levels = tensor_arg(levels_or_bits, "levels_or_bits", table=True)
+        levels = levels.detach().to(dtype).reshape(-1)
+        if levels.numel() == 0 or not bool((levels > 0).all()):
+            raise ValueError("HWGQ levels must be positive")
+        if levels.numel() > 1 and not bool((levels[1:] > levels[:-1]).all()):
+            raise ValueError("HWGQ levels must be strictly ascending")
+        bits = max(1, math.ceil(math.log2(levels.numel() + 1)))
+        return Table(torch.cat([levels.new_zeros(1), levels]), bits)
+    q = hwgq_levels(levels_or_bits, fit)
+    bits = int(levels_or_bits)
+    if fit is LevelFit.UNIFORM:
+        return IntegerGrid(LevelRange(0, len(q)), torch.tensor(q[0], dtype=dtype), bits)
+    return Table(torch.tensor((0.0, *q), dtype=dtype), bits)
+
+
+def hwgq_thresholds(record: IntegerGrid | Table) -> torch.Tensor:
+    """t_1 = 0, t_i = (q_{i-1} + q_i) / 2 over the record's decoded positive levels."""
+    q = record.decode(torch.arange(1, record.num_codes))
+    return torch.cat([q.new_zeros(1), (q[:-1] + q[1:]) / 2])
+
+
 def _cell(x: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
     """#{i : t_i < x} (int64): x's cell (t_i, t_{i+1}]."""
     if thresholds.numel() > 16:
@@ -118,17 +161,15 @@ def _cell(x: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
 
 class _HWGQ(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, levels, backward):
-        thresholds = torch.cat([levels.new_zeros(1), (levels[:-1] + levels[1:]) / 2])
-        table = torch.cat([levels.new_zeros(1), levels])
+    def forward(ctx, x, record, thresholds, backward):
         ctx.save_for_backward(x)
-        ctx.backward, ctx.qmax = backward, float(levels[-1])
-        return table.take(_cell(x, thresholds))
+        ctx.backward, ctx.qmax = backward, float(record.decode(torch.tensor(record.num_codes - 1)))
+        return record.decode(_cell(x, thresholds))
 
     @staticmethod
     def backward(ctx, g):
         (x,) = ctx.saved_tensors
-        return g * hwgq_grad(x, ctx.qmax, ctx.backward), None, None
+        return g * hwgq_grad(x, ctx.qmax, ctx.backward), None, None, None
 
 
 def hwgq_grad(x: torch.Tensor, qmax: float, backward: HWGQBackward) -> torch.Tensor:
@@ -144,27 +185,35 @@ def hwgq_grad(x: torch.Tensor, qmax: float, backward: HWGQBackward) -> torch.Ten
     return torch.where(x > qmax, tail, inside)
 
 
+def hwgq_encode(
+    x: torch.Tensor, codebook: int | torch.Tensor | IntegerGrid | Table
+) -> tuple[torch.Tensor, IntegerGrid | Table]:
+    """Survey eq. (26) as codes: 0 for x <= 0, else i for x in (t_i, t_{i+1}] (ties to the lower
+    level), and the record; ``codebook``: a record of :func:`hwgq_codebook`, or what it takes
+    (bits: the uniform fit; positive ascending levels: a table)."""
+    x = tensor_arg(x, "x")
+    if not isinstance(codebook, IntegerGrid | Table):
+        codebook = hwgq_codebook(codebook, dtype=x.dtype)
+    return _cell(x, hwgq_thresholds(codebook).to(x.dtype)), codebook
+
+
 def hwgq(
     x: torch.Tensor,
-    levels_or_bits: int | torch.Tensor,
+    levels_or_bits: int | torch.Tensor | IntegerGrid | Table,
     backward: HWGQBackward = HWGQBackward.CLIPPED,
 ) -> torch.Tensor:
-    """Survey eq. (26): 0 for x <= 0, else the nearest of the positive ``levels`` (ties to the
-    lower level, cells (t_i, t_{i+1}]). An int gives the uniform half-normal fit of that many bits;
-    a tensor, list, tuple or numpy array gives the levels themselves.
+    """Survey eq. (26): decode(hwgq_encode(x)): 0 for x <= 0, else the nearest of the positive
+    levels (ties to the lower level, cells (t_i, t_{i+1}]). An int gives the uniform half-normal
+    fit of that many bits; a tensor, list, tuple or numpy array gives the levels themselves; a
+    record of :func:`hwgq_codebook` is used as it is.
     """
     x = tensor_arg(x, "x")
-    if isinstance(levels_or_bits, torch.Tensor | list | tuple | np.ndarray):
-        levels = tensor_arg(levels_or_bits, "levels_or_bits", like=x, table=True)
-        levels = levels.detach().to(x.dtype).reshape(-1)
-        if levels.numel() == 0 or not bool((levels > 0).all()):
-            raise ValueError("HWGQ levels must be positive")
-        if levels.numel() > 1 and not bool((levels[1:] > levels[:-1]).all()):
-            raise ValueError("HWGQ levels must be strictly ascending")
-    else:
-        levels = torch.tensor(hwgq_levels(levels_or_bits), dtype=x.dtype)
+    record = levels_or_bits
+    if not isinstance(record, IntegerGrid | Table):
+        record = hwgq_codebook(levels_or_bits, dtype=x.dtype if x.is_floating_point() else
+                               torch.float32)
     if not isinstance(backward, HWGQBackward):
         raise TypeError(f"backward must be an HWGQBackward, got {backward!r}")
     if x.numel() == 0:
         return x.clone()
-    return _HWGQ.apply(x, levels, backward)
+    return _HWGQ.apply(x, record, hwgq_thresholds(record).to(x.dtype), backward)

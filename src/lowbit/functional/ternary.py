@@ -27,7 +27,18 @@ eq. 6-9 as we read the paper, which is not in shared/papers), per tensor:
   off and below zero within one epoch (benchmarks/results/zoo_table2: 23.65 %), so the module
   (:class:`lowbit.quantizers.ternary.TTQWeight`) defaults to "mean"; the forward is the same.
 
-Tests: tests/functional/test_ternary.py.
+Codebook records (issue 8, :mod:`lowbit.functional.codebook`): the primary functions encode,
+and the forward is ``record.decode(codes)`` (inside the STE / TTQ's Function), so
+``decode(encode(w))`` is the forward bit for bit. Codes 0, 1, 2 = negative level, 0, positive.
+  - TWN (:func:`twn_encode`): IntegerGrid(LevelRange(-1, 1), scale alpha, 2 bits), i.e.
+    {-1, 0, 1} x alpha per tensor: a ternary integer kernel multiplies the integers and applies
+    one float. ``LevelRange``: the levels are a range, so no table is stored.
+  - TTQ (:func:`ttq_encode`): Table([-W_n, 0, W_p], 2 bits): the two trained magnitudes differ,
+    so the values are not integers times one scale (a runtime can still split them into the two
+    sign masks times W_p and W_n).
+
+Tests: tests/functional/test_ternary.py (references, gradients, properties,
+``test_forward_is_decode_of_encode``).
 """
 
 from __future__ import annotations
@@ -35,6 +46,8 @@ from __future__ import annotations
 import torch
 
 from lowbit.functional.checks import check_finite, check_nonempty, tensor_arg
+from lowbit.functional.codebook import IntegerGrid, LevelRange, Table
+from lowbit.functional.ste import ste
 
 TWN_RATIO = 0.7
 TTQ_SCALE_GRADS = ("sum", "mean")  # eq. (7) as printed, or per-region means (module doc)
@@ -61,21 +74,18 @@ def ternary_codes(w: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
     return (w > delta).long() - (w < -delta).long() + 1
 
 
-class _TWN(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, w, delta, alpha):
-        zero = torch.zeros_like(w)
-        return torch.where(w > delta, alpha, torch.where(w < -delta, -alpha, zero))
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad, None, None
+def twn_encode(w: torch.Tensor) -> tuple[torch.Tensor, IntegerGrid]:
+    """TWN as codes (:func:`ternary_codes` at delta = 0.7 mean|W|) and the grid {-1, 0, 1} x alpha
+    (per tensor, 2 bits)."""
+    delta, alpha = twn_delta_alpha(w)
+    return ternary_codes(w.detach(), delta), IntegerGrid(LevelRange(-1, 1), alpha, 2)
 
 
 def twn(w: torch.Tensor) -> torch.Tensor:
-    """TWN: alpha * {-1, 0, +1} with delta = 0.7 mean|W| (module doc); STE gradient."""
-    delta, alpha = twn_delta_alpha(w)
-    return _TWN.apply(w, delta, alpha)
+    """TWN: decode(twn_encode(w)) = alpha * {-1, 0, +1} with delta = 0.7 mean|W| (module doc);
+    STE gradient."""
+    codes, grid = twn_encode(w)
+    return ste(w, grid.decode(codes))
 
 
 def ttq_delta(w: torch.Tensor, t: float = TTQ_THRESHOLD) -> torch.Tensor:
@@ -85,14 +95,28 @@ def ttq_delta(w: torch.Tensor, t: float = TTQ_THRESHOLD) -> torch.Tensor:
     return t * w.detach().abs().max()
 
 
+def _ttq_table(wp: torch.Tensor, wn: torch.Tensor) -> Table:
+    wp, wn = wp.detach().reshape(()), wn.detach().reshape(())
+    return Table(torch.stack([-wn, torch.zeros_like(wn), wp]), 2)
+
+
+def ttq_encode(
+    w: torch.Tensor, wp: torch.Tensor, wn: torch.Tensor, t: float = TTQ_THRESHOLD
+) -> tuple[torch.Tensor, Table]:
+    """TTQ eq. (6) as codes (:func:`ternary_codes` at delta = t max|w|) and the table
+    [-W_n, 0, W_p] (2 bits)."""
+    delta = ttq_delta(w, t)
+    wp, wn = (tensor_arg(v, name, like=w, table=True) for v, name in ((wp, "wp"), (wn, "wn")))
+    return ternary_codes(w.detach(), delta), _ttq_table(wp, wn)
+
+
 class _TTQ(torch.autograd.Function):
     @staticmethod
     def forward(ctx, w, wp, wn, delta, mean):
-        pos, neg = w > delta, w < -delta
+        codes = ternary_codes(w, delta)
         ctx.mean = mean
-        ctx.save_for_backward(pos, neg, wp, wn)
-        zero = torch.zeros_like(w)
-        return torch.where(pos, wp, torch.where(neg, -wn, zero))
+        ctx.save_for_backward(codes == 2, codes == 0, wp, wn)
+        return _ttq_table(wp, wn).decode(codes)
 
     @staticmethod
     def backward(ctx, grad):
@@ -118,8 +142,9 @@ def ttq(
     w: torch.Tensor, wp: torch.Tensor, wn: torch.Tensor, t: float = TTQ_THRESHOLD,
     scale_grad: str = "sum",
 ) -> torch.Tensor:
-    """TTQ eq. (6): W_p above t max|w|, -W_n below -t max|w|, 0 between; gradients eq. (7)-(8)
-    (``scale_grad`` "sum", as printed) or their per-region means ("mean"; module doc)."""
+    """TTQ eq. (6): decode(ttq_encode(w, wp, wn, t)) = W_p above t max|w|, -W_n below
+    -t max|w|, 0 between; gradients eq. (7)-(8) (``scale_grad`` "sum", as printed) or their
+    per-region means ("mean"; module doc)."""
     check_ttq_scale_grad(scale_grad)
     delta = ttq_delta(w, t)
     wp, wn = (tensor_arg(v, name, like=w, table=True) for v, name in ((wp, "wp"), (wn, "wn")))

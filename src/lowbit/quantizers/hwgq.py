@@ -4,6 +4,11 @@ place of ReLU. Formulas and deviations: :mod:`lowbit.functional.hwgq`.
 Registry name ``hwgq`` is activations only: Cai et al. pair HWGQ with binary (BWN) weights; mix it
 with a binary weight method, e.g. ``Recipe(weight="xnor", w_bits=1, act="hwgq", a_bits=2)``
 (``--w-method xnor``).
+
+Record (:func:`lowbit.functional.hwgq.hwgq_codebook`): UNIFORM fit IntegerGrid 0..2^b - 1 x step,
+LLOYD fit Table [0, q_1..q_m]; the levels are fixed at construction (fitted offline to N(0, 1)),
+so ``codebook()`` and ``encode(x)`` are available in every state and :meth:`freeze` changes
+nothing. Tests: tests/quantizers/test_soft_hwgq.py, tests/quantizers/test_contract.py.
 """
 
 from __future__ import annotations
@@ -12,7 +17,15 @@ from typing import ClassVar
 
 import torch
 
-from lowbit.functional.hwgq import HWGQ_MAX_BITS, HWGQBackward, LevelFit, hwgq, hwgq_levels
+from lowbit.functional.codebook import IntegerGrid, LevelRange, Table
+from lowbit.functional.hwgq import (
+    HWGQ_MAX_BITS,
+    HWGQBackward,
+    LevelFit,
+    hwgq,
+    hwgq_codebook,
+    hwgq_encode,
+)
 from lowbit.quantizers.base import ActQuantizer
 
 
@@ -36,10 +49,23 @@ class HWGQAct(ActQuantizer):
             raise TypeError(f"fit must be a LevelFit, got {fit!r}")
         self.backward_mode = backward
         self.fit = fit
-        self.register_buffer("levels", torch.tensor(hwgq_levels(bits, fit), dtype=torch.float32))
+        record = hwgq_codebook(bits, fit)
+        self.register_buffer("levels", record.decode(torch.arange(1, 2**bits)))
+
+    def codebook(self) -> IntegerGrid | Table:
+        """UNIFORM: IntegerGrid(0..2^b - 1) x levels[0] (the step; ``levels`` holds its decoded
+        values); LLOYD: Table [0, *levels]."""
+        if self.fit is LevelFit.UNIFORM:
+            return IntegerGrid(LevelRange(0, self.levels.numel()), self.levels[0].clone(),
+                               self.bits)
+        return Table(torch.cat([self.levels.new_zeros(1), self.levels]), self.bits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return hwgq(x, self.levels, self.backward_mode)
+        return hwgq(x, self.codebook(), self.backward_mode)
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, IntegerGrid | Table]:
+        return hwgq_encode(x, self.codebook())
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, backward={self.backward_mode.name}, fit={self.fit.name}"

@@ -1,7 +1,10 @@
 """Ternary quantizer modules: TWN (fixed threshold and scale) and TTQ (trained scales W_p, W_n).
 
-Formulas, gradients and deviations: :mod:`lowbit.functional.ternary`. Codes 0, 1, 2 stand for
-the negative level, zero and the positive level; the codebook is per tensor.
+Formulas, gradients, deviations and records: :mod:`lowbit.functional.ternary`. Codes 0, 1, 2
+stand for the negative level, zero and the positive level; the codebook is per tensor: TWN an
+IntegerGrid {-1, 0, 1} x alpha, TTQ a Table [-W_n, 0, W_p]. The forward is the record's decode.
+
+Tests: tests/quantizers/test_binary_ternary.py, tests/quantizers/test_contract.py.
 """
 
 from __future__ import annotations
@@ -9,14 +12,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lowbit.functional.codebook import IntegerGrid, Table
 from lowbit.functional.ternary import (
     TTQ_THRESHOLD,
     check_ttq_scale_grad,
-    ternary_codes,
     ttq,
     ttq_delta,
+    ttq_encode,
     twn,
-    twn_delta_alpha,
+    twn_encode,
 )
 from lowbit.quantizers.base import WeightQuantizer
 
@@ -30,12 +34,8 @@ class TWNWeight(WeightQuantizer):
         return twn(weight)
 
     @torch.no_grad()
-    def encode(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        delta, alpha = twn_delta_alpha(weight)
-        return ternary_codes(weight, delta), torch.stack([-alpha, torch.zeros_like(alpha), alpha])
-
-    def storage_scalars(self, weight: torch.Tensor) -> int:
-        return 1
+    def encode(self, weight: torch.Tensor) -> tuple[torch.Tensor, IntegerGrid]:
+        return twn_encode(weight)
 
 
 class TTQWeight(WeightQuantizer):
@@ -47,6 +47,7 @@ class TTQWeight(WeightQuantizer):
     ``scale_grad`` "mean" (default) divides the scales' gradients by their region sizes; "sum"
     is the paper's eq. (7) as printed (see ``lowbit.functional.ternary``: with "sum" and SGD
     the scales diverge on ResNet-20).
+    After :meth:`freeze`, W_p and W_n are the fixed table (no gradient reaches them).
     """
 
     BITS = (2,)
@@ -69,16 +70,13 @@ class TTQWeight(WeightQuantizer):
             param.copy_(region.mean() if region.numel() else fallback)
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        if self.is_frozen:  # the trained scales are the fixed table: no gradient reaches them
+            return ttq(weight, self.wp.detach(), self.wn.detach(), self.t, self.scale_grad)
         return ttq(weight, self.wp, self.wn, self.t, self.scale_grad)
 
     @torch.no_grad()
-    def encode(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        delta = ttq_delta(weight, self.t)
-        wp, wn = self.wp.detach(), self.wn.detach()
-        return ternary_codes(weight, delta), torch.stack([-wn, torch.zeros_like(wn), wp])
-
-    def storage_scalars(self, weight: torch.Tensor) -> int:
-        return 2
+    def encode(self, weight: torch.Tensor) -> tuple[torch.Tensor, Table]:
+        return ttq_encode(weight, self.wp, self.wn, self.t)
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, t={self.t}, scale_grad={self.scale_grad}"
