@@ -111,7 +111,7 @@ def _keep_nan(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 
 def _decoded_sign(x: torch.Tensor) -> torch.Tensor:
     codes, grid = sign_encode(x)
-    return _keep_nan(x, grid.decode(codes))
+    return _keep_nan(x, grid.decode(codes, check=False))
 
 
 class _SignBNN(torch.autograd.Function):
@@ -161,7 +161,7 @@ def binaryconnect(
     if not stochastic:
         return sign(x)
     codes, grid = binaryconnect_encode(x.detach(), True, generator)
-    return ste(x, grid.decode(codes))
+    return ste(x, grid.decode(codes, check=False))
 
 
 @torch.no_grad()
@@ -193,7 +193,7 @@ class _XNORWeight(torch.autograd.Function):
     @staticmethod
     def forward(ctx, w):
         codes, grid = xnor_encode(w)
-        out = grid.decode(codes)
+        out = grid.decode(codes, check=False)
         ctx.save_for_backward(w, xnor_alpha(w))
         return out
 
@@ -282,7 +282,7 @@ def abc_weight(w: torch.Tensor, bases: int) -> torch.Tensor:
     """ABC-Net: decode(abc_encode(w)) = sum_i alpha_i B_i with M = ``bases`` shifted-sign bases
     (module doc); identity STE."""
     codes, planes = abc_encode(w, bases)
-    return ste(w, planes.decode(codes))
+    return ste(w, planes.decode(codes, check=False))
 
 
 def _abc_act_codes(x: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
@@ -301,7 +301,7 @@ class _ABCAct(torch.autograd.Function):
     def forward(ctx, x, shifts, betas):
         codes = _abc_act_codes(x, shifts.detach())
         ctx.save_for_backward(x, shifts, betas)
-        return BitPlanes(betas.detach()).decode(codes)
+        return BitPlanes(betas.detach()).decode(codes, check=False)
 
     @staticmethod
     def backward(ctx, grad):

@@ -78,14 +78,19 @@ class LevelRange:
         return c - (q > 0).long() if self.skip_zero and self.lo <= 0 else c
 
 
-def _check_codes(codes: torch.Tensor, num_codes: int) -> torch.Tensor:
+def _check_codes(codes: torch.Tensor, num_codes: int, check: bool = True) -> torch.Tensor:
+    """``codes`` as int64; with ``check`` (the default: codes from a file or a user), also that
+    they lie in [0, num_codes) — a min and a max, skipped for codes fresh from an encoder."""
     codes = tensor_arg(codes, "codes")
     if codes.dtype.is_floating_point or codes.dtype == torch.bool:
         raise TypeError(f"codes must be an integer tensor, got {codes.dtype}")
-    if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= num_codes):
+    if check and codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= num_codes):
         raise ValueError(f"codes must lie in [0, {num_codes}), got "
                          f"[{int(codes.min())}, {int(codes.max())}]")
     return codes.long()
+
+
+_EXACT_INT = 2**24  # integers up to this are exact in float32
 
 
 class _Record:
@@ -168,9 +173,9 @@ class IntegerGrid(_Record):
     def granularity(self) -> str:
         return ("tensor", "channel", "group")[self.scale.dim()]
 
-    def integers(self, codes: torch.Tensor) -> torch.Tensor:
+    def integers(self, codes: torch.Tensor, check: bool = True) -> torch.Tensor:
         """``levels[codes] - zero_point``: the integers an integer kernel multiplies (int64)."""
-        codes = _check_codes(codes, self.num_codes)
+        codes = _check_codes(codes, self.num_codes, check)
         if isinstance(self.levels, LevelRange):
             q = self.levels.lookup(codes)
         else:
@@ -178,8 +183,16 @@ class IntegerGrid(_Record):
         zp = self.zero_point
         return q - (_blocked(q, zp, self.group_size) if zp.dim() else zp)
 
-    def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        q = self.integers(codes).to(self.scale.dtype)
+    def decode(self, codes: torch.Tensor, check: bool = True) -> torch.Tensor:
+        """The values of ``codes``; ``check=False`` skips the range check (encoder output)."""
+        if not self.zero_point.dim() and not bool(self.zero_point) and isinstance(
+                self.levels, torch.Tensor) and self.num_codes <= _EXACT_INT:
+            # fast path, the same values: small integer levels are exact in float32
+            codes = _check_codes(codes, self.num_codes, check)
+            table = self.levels.to(device=codes.device, dtype=self.scale.dtype)
+            q = table[codes]
+        else:
+            q = self.integers(codes, check).to(self.scale.dtype)
         return q * _blocked(q, self.scale, self.group_size)
 
     def overhead_bytes(self) -> int:
@@ -246,8 +259,8 @@ class BitPlanes(_Record):
         bits = (codes[..., None] >> torch.arange(self.bits, device=codes.device)) & 1
         return (bits * 2 - 1).to(torch.int8)
 
-    def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        return _gather(plane_table(self.alphas), _check_codes(codes, self.num_codes))
+    def decode(self, codes: torch.Tensor, check: bool = True) -> torch.Tensor:
+        return _gather(plane_table(self.alphas), _check_codes(codes, self.num_codes, check))
 
     def overhead_bytes(self) -> int:
         return FLOAT_BYTES * self.alphas.numel()
@@ -280,8 +293,8 @@ class Table(_Record):
         return self.values.shape[0] if (self.vector or self.values.dim() == 1) else \
             self.values.shape[1]
 
-    def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        codes = _check_codes(codes, self.num_codes)
+    def decode(self, codes: torch.Tensor, check: bool = True) -> torch.Tensor:
+        codes = _check_codes(codes, self.num_codes, check)
         if not self.vector:
             return _gather(self.values, codes)
         out = self.values.to(codes.device)[codes]  # (..., n, d)

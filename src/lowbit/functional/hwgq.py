@@ -164,7 +164,7 @@ class _HWGQ(torch.autograd.Function):
     def forward(ctx, x, record, thresholds, backward):
         ctx.save_for_backward(x)
         ctx.backward, ctx.qmax = backward, float(record.decode(torch.tensor(record.num_codes - 1)))
-        return record.decode(_cell(x, thresholds))
+        return record.decode(_cell(x, thresholds), check=False)
 
     @staticmethod
     def backward(ctx, g):

@@ -85,7 +85,7 @@ def twn(w: torch.Tensor) -> torch.Tensor:
     """TWN: decode(twn_encode(w)) = alpha * {-1, 0, +1} with delta = 0.7 mean|W| (module doc);
     STE gradient."""
     codes, grid = twn_encode(w)
-    return ste(w, grid.decode(codes))
+    return ste(w, grid.decode(codes, check=False))
 
 
 def ttq_delta(w: torch.Tensor, t: float = TTQ_THRESHOLD) -> torch.Tensor:
@@ -116,7 +116,7 @@ class _TTQ(torch.autograd.Function):
         codes = ternary_codes(w, delta)
         ctx.mean = mean
         ctx.save_for_backward(codes == 2, codes == 0, wp, wn)
-        return _ttq_table(wp, wn).decode(codes)
+        return _ttq_table(wp, wn).decode(codes, check=False)
 
     @staticmethod
     def backward(ctx, grad):
