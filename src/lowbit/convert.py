@@ -30,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+import torch
 from torch import nn
 
 from lowbit.errors import LowbitError, NoQuantizableLayerError
@@ -286,9 +287,8 @@ def add_input_quantizers(model: nn.Module, method: str, bits: int,
     without an input quantizer). ``skip_first``: the first weight layer (module order), whose
     input is usually the network's input, gets none unless a rule names it. Float
     ``nn.Linear``/``nn.Conv2d`` layers become QuantLinear/QuantConv2d with ``weight_quant=None``
-    to carry the slot. A layer that already has an input quantizer is an error (replace it with
-    :func:`requantize`). The quantizer is applied to the input as it is (no activation table:
-    any method may quantize a layer's input; a REPLACES_ACTIVATION one applies its clip/sign).
+    to carry the slot. A layer that already has one is an error (use :func:`requantize`). Any
+    method may quantize an input (no activation table; a REPLACES_ACTIVATION one clips/signs).
     """
     validate(method, "activation", bits)
     units = _units(model, (*WEIGHT_LAYERS, *WEIGHT_LAYERS.values()))
@@ -353,11 +353,10 @@ def _requantize_one(m: nn.Module, names: list[str], rules) -> list[LayerPlan]:
              if not isinstance(m, QuantAct) else [("activation", "quant")])
     out = []
     for kind, attr in slots:
-        got = [_rule_plan(getattr(m, attr), n, rules, kind) for n in names]
-        if all(p is None for p in got):
+        got = [p for n in names if (p := _rule_plan(getattr(m, attr), n, rules, kind))]
+        if not got:
             continue
-        p = _one_plan([p or LayerPlan(n, kind, "unchanged", -1, "no rule")
-                       for n, p in zip(names, got, strict=True)])
+        p = replace(_one_plan(got), aliases=tuple(n for n in names if n != got[0].name))
         if kind == "activation" and p.quantized:
             _check_stands_for(p, m.float_act)
         out.append(p)
@@ -372,8 +371,9 @@ def requantize(model: nn.Module, rules: Sequence[LayerRule]) -> list[LayerPlan]:
     from the registry, ``init_from`` the layer's weight), its ``act``/``a_bits`` set the layer's
     input quantizer or a QuantAct's quantizer (same activation table as :func:`quantize`).
     ``None`` keeps the slot's current method or bits; 32 bits removes the quantizer (a QuantAct
-    goes back to its float activation). Later rules win. Rules naming no quantized layer are an
-    error, as are rules that give two names of one shared module different quantizers.
+    goes back to its float activation). Later rules win. A rule naming one name of a shared
+    module changes it at every name (``aliases``); rules naming no quantized layer, or giving
+    two names of one shared module different quantizers, are errors.
     """
     units = _units(model, QUANT_LAYERS)
     if not units:
@@ -386,7 +386,8 @@ def requantize(model: nn.Module, rules: Sequence[LayerRule]) -> list[LayerPlan]:
             if p.kind == "activation" and not p.quantized:
                 _place(model, names, m.float_act)
             elif p.kind == "activation":
-                m.quant = make_act_quantizer(p.method, p.bits).train(m.quant.training)
+                device = next(m.quant.buffers(), torch.zeros(())).device
+                m.quant = make_act_quantizer(p.method, p.bits).to(device).train(m.quant.training)
             elif p.kind == "weight":
                 wq = make_weight_quantizer(p.method, p.bits) if p.quantized else None
                 if wq is not None:

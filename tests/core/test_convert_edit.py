@@ -101,3 +101,14 @@ def test_activation_table_applies():
                      Recipe(act="uniform", a_bits=4))
     with pytest.raises(LowbitError, match="'1'.*'ivan' cannot stand for it"):
         requantize(model, [LayerRule("1", act="ivan")])
+
+
+def test_rule_on_one_name_of_a_shared_layer_changes_it_everywhere():
+    torch.manual_seed(0)
+    shared = nn.Linear(4, 4)
+    model = quantize(nn.Sequential(shared, nn.ReLU(), shared), RECIPE)
+    (p,) = requantize(model, [LayerRule("2", w_bits=2)])
+    assert (p.name, p.aliases, p.bits) == ("2", ("0",), 2)
+    assert model[0] is model[2] and model[0].weight_quant.bits == 2
+    with pytest.raises(LowbitError, match="different quantizers"):
+        requantize(model, [LayerRule("0", w_bits=4), LayerRule("2", w_bits=3)])
