@@ -8,7 +8,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from lowbit import data, functional, models, train
-from lowbit.convert import LayerPlan, plan, quantize
+from lowbit.convert import LayerPlan, add_input_quantizers, plan, quantize, requantize
 from lowbit.errors import (
     BitsError,
     CheckpointError,
@@ -18,6 +18,7 @@ from lowbit.errors import (
     NonFiniteError,
     NoQuantizableLayerError,
 )
+from lowbit.fold import fold_batchnorm
 from lowbit.nn import QuantAct, QuantConv2d, QuantLinear, set_quantization
 from lowbit.quantizers import METHODS, get_method
 from lowbit.recipe import LayerRule, Recipe
@@ -42,15 +43,18 @@ __all__ = [
     "QuantLinear",
     "Recipe",
     "TrainConfig",
+    "add_input_quantizers",
     "data",
     "evaluate",
     "fit",
+    "fold_batchnorm",
     "functional",
     "get_method",
     "model_bytes",
     "models",
     "plan",
     "quantize",
+    "requantize",
     "set_quantization",
     "train",
 ]

@@ -1,9 +1,16 @@
 """quantize(model, recipe): the one module-swap walk.
 
 Weight layers (``nn.Linear``, ``nn.Conv2d``) become :class:`QuantLinear` / :class:`QuantConv2d`
-sharing the same parameters; activation modules (``nn.ReLU``) become :class:`QuantAct`. The swap
-is in place (the model is returned for chaining); :func:`plan` tells what would be done without
-changing anything. First/last layer means first/last in module registration order.
+sharing the same parameters; activation modules (``nn.ReLU``, ``nn.ReLU6``, ``nn.Hardtanh``,
+``nn.GELU``, ``nn.SiLU``, ...: :data:`lowbit.nn.activations.ACTIVATIONS`) become
+:class:`QuantAct` where the method can stand for them (the table and its reasons:
+:mod:`lowbit.nn.activations`; elsewhere plan() refuses with the reason). The swap is in place
+(the model is returned for chaining); :func:`plan` tells what would be done without changing
+anything. First/last layer means first/last in module registration order.
+
+Editing: :func:`add_input_quantizers` gives weight layers an ``input_quant`` (quantize() never
+adds one); :func:`requantize` replaces the quantizers of the layers its rules name, leaving the
+rest; BatchNorm folding is :func:`lowbit.fold.fold_batchnorm` (fold, then quantize).
 
 Shared modules (one module object registered under several names):
 - a weight layer (``self.b = self.a``) gets one quantized layer, set at every name (its
@@ -20,25 +27,30 @@ call site its own module.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+import torch
 from torch import nn
 
 from lowbit.errors import LowbitError, NoQuantizableLayerError
 from lowbit.functional.checks import FLOAT_BITS
+from lowbit.nn.activations import ACTIVATIONS, refusal
 from lowbit.nn.layers import QUANT_LAYERS, QuantAct, QuantConv2d, QuantLinear
 from lowbit.quantizers.registry import (
     KEEP_FALLBACK,
+    METHODS,
     accepts,
+    get_method,
     make_act_quantizer,
     make_grad_quantizer,
     make_weight_quantizer,
+    validate,
 )
-from lowbit.recipe import Recipe
+from lowbit.recipe import LayerRule, Recipe
 
 WEIGHT_LAYERS: dict[type, type] = {nn.Linear: QuantLinear, nn.Conv2d: QuantConv2d}
-ACTIVATIONS: tuple[type, ...] = (nn.ReLU,)
-KINDS = ("weight", "activation", "gradient")
+KINDS = ("weight", "activation", "gradient", "input")
 
 
 @dataclass(frozen=True)
@@ -46,8 +58,10 @@ class LayerPlan:
     """What quantize() does to one module: ``method`` at ``bits`` (32 = left in float).
 
     ``kind``: "weight" (the layer's weight quantizer), "activation" (a QuantAct in place of the
-    module) or "gradient" (the ``grad_quant`` of a weight layer, listed right after it; only when
-    the recipe's ``g_bits < 32``). ``aliases``: other names of the same module (see module doc).
+    module), "gradient" (the ``grad_quant`` of a weight layer, listed right after it; only when
+    the recipe's ``g_bits < 32``) or "input" (the ``input_quant`` of a weight layer, from
+    :func:`add_input_quantizers` / :func:`requantize`). ``aliases``: other names of the same
+    module (see module doc).
     """
 
     name: str
@@ -124,15 +138,6 @@ def _places(model: nn.Module) -> list[tuple[nn.Module, list[str]]]:
     return list(places.values())
 
 
-def _weight_units(places) -> list[list[str]]:
-    """The names of each distinct weight-layer object, in order of first appearance."""
-    units: dict[int, list[str]] = {}
-    for m, names in places:
-        if type(m) in WEIGHT_LAYERS:
-            units.setdefault(id(m), []).extend(names)
-    return list(units.values())
-
-
 def _one_plan(plans: list[LayerPlan]) -> LayerPlan:
     """The plans of all names of one module must agree; one plan with the others as aliases."""
     first = plans[0]
@@ -149,21 +154,24 @@ def _one_plan(plans: list[LayerPlan]) -> LayerPlan:
 def plan(model: nn.Module, recipe: Recipe) -> list[LayerPlan]:
     """The per-module decisions of :func:`quantize`, in module order, without side effects."""
     if any(isinstance(m, QUANT_LAYERS) for m in model.modules()):
-        raise LowbitError("model is already quantized; quantize the float model once")
+        raise LowbitError("model is already quantized; quantize the float model once (to change "
+                          "some layers of a quantized model use lowbit.convert.requantize)")
     places = _places(model)
-    units = _weight_units(places)
+    units = [names for _, names in _units(model, tuple(WEIGHT_LAYERS))]
     if not units:
         raise NoQuantizableLayerError(
             f"{type(model).__name__} has no nn.Linear or nn.Conv2d layer to quantize"
         )
-    _check_rules(model, recipe, [n for _, names in places for n in names])
+    _check_rules(model, recipe.rules, [n for _, names in places for n in names],
+                 "nn.Linear, nn.Conv2d or activation module")
     first, last = units[0][0], units[-1][0]
     out, done = [], set()
     for m, names in places:
         if type(m) in ACTIVATIONS:
-            out.append(_one_plan([_apply_rules(LayerPlan(n, "activation", recipe.act,
-                                                         recipe.a_bits, "recipe"), recipe)
-                                  for n in names]))
+            p = _one_plan([_apply_rules(LayerPlan(n, "activation", recipe.act, recipe.a_bits,
+                                                  "recipe"), recipe) for n in names])
+            _check_stands_for(p, m)
+            out.append(p)
         elif id(m) not in done:
             done.add(id(m))
             unit = next(u for u in units if u[0] == names[0])
@@ -176,14 +184,21 @@ def plan(model: nn.Module, recipe: Recipe) -> list[LayerPlan]:
     return out
 
 
-def _check_rules(model: nn.Module, recipe: Recipe, names: list[str]) -> None:
-    for rule in recipe.rules:
+def _check_stands_for(p: LayerPlan, act: nn.Module) -> None:
+    if p.quantized and (why := refusal(get_method(p.method).act, act)) is not None:
+        raise LowbitError(f"activation {p.name!r} ({p.why}): method {p.method!r} cannot stand "
+                          f"for it: {why}; or leave it in float with a LayerRule a_bits=32")
+
+
+def _check_rules(model: nn.Module, rules, names: list[str], what: str) -> None:
+    for rule in rules:
+        if not isinstance(rule, LayerRule):
+            raise TypeError(f"rules must hold LayerRule objects, got {rule!r}")
         if not any(rule.matches(n) for n in names):
             shown = ", ".join(repr(n) for n in names[:8]) + (", ..." if len(names) > 8 else "")
             raise NoQuantizableLayerError(
-                f"LayerRule pattern {rule.pattern!r} matches no nn.Linear, nn.Conv2d or nn.ReLU "
-                f"module of {type(model).__name__}; its {len(names)} such modules are: {shown}"
-            )
+                f"LayerRule pattern {rule.pattern!r} matches no {what} of "
+                f"{type(model).__name__}; its {len(names)} such modules are: {shown}")
 
 
 def _check_plan(model: nn.Module, recipe: Recipe, layers: list[LayerPlan]) -> None:
@@ -197,8 +212,8 @@ def _check_plan(model: nn.Module, recipe: Recipe, layers: list[LayerPlan]) -> No
         )
     if recipe.a_bits != FLOAT_BITS and not any(p.kind == "activation" for p in layers):
         raise NoQuantizableLayerError(
-            f"recipe asks for {recipe.a_bits}-bit activations but {name} has no nn.ReLU module "
-            "to quantize (activations given by torch.nn.functional calls cannot be swapped)"
+            f"recipe asks for {recipe.a_bits}-bit activations but {name} has no nn.ReLU or other "
+            "activation module to quantize (torch.nn.functional calls cannot be swapped)"
         )
     grads = [p for p in layers if p.kind == "gradient"]
     if recipe.g_bits != FLOAT_BITS and not any(p.quantized for p in grads):
@@ -243,3 +258,143 @@ def quantize(model: nn.Module, recipe: Recipe) -> nn.Module:
         for name in (p.name, *p.aliases):
             _set(model, name, new)
     return model
+
+
+def _units(model: nn.Module, types: tuple[type, ...]) -> list[tuple[nn.Module, list[str]]]:
+    """Each distinct module of ``types`` (exact types) with all its names, in module order."""
+    units: dict[int, tuple[nn.Module, list[str]]] = {}
+    for name, m in model.named_modules(remove_duplicate=False):
+        if type(m) in types:
+            units.setdefault(id(m), (m, []))[1].append(name)
+    return list(units.values())
+
+
+def _place(model: nn.Module, names: list[str], new: nn.Module) -> None:
+    new.layer_name = names[0] + (f" (also {', '.join(names[1:])})" if names[1:] else "")
+    for name in names:
+        _set(model, name, new)
+
+
+def add_input_quantizers(model: nn.Module, method: str, bits: int,
+                         rules: Sequence[LayerRule] = (), skip_first: bool = True
+                         ) -> list[LayerPlan]:
+    """Give every weight layer of ``model`` an input quantizer (``input_quant``): ``method``'s
+    activation quantizer at ``bits``, in place; returns one LayerPlan of kind "input" per
+    weight layer, in module order (bits 32: left without one).
+
+    ``rules``: LayerRules matched against the weight layers' names; their ``act``/``a_bits``
+    override ``method``/``bits`` (the last matching rule wins; ``a_bits=32`` leaves the layer
+    without an input quantizer). ``skip_first``: the first weight layer (module order), whose
+    input is usually the network's input, gets none unless a rule names it. Float
+    ``nn.Linear``/``nn.Conv2d`` layers become QuantLinear/QuantConv2d with ``weight_quant=None``
+    to carry the slot. A layer that already has one is an error (use :func:`requantize`). Any
+    method may quantize an input (no activation table; a REPLACES_ACTIVATION one clips/signs).
+    """
+    validate(method, "activation", bits)
+    units = _units(model, (*WEIGHT_LAYERS, *WEIGHT_LAYERS.values()))
+    if not units:
+        raise NoQuantizableLayerError(f"{type(model).__name__} has no weight layer")
+    _check_rules(model, rules, [n for _, ns in units for n in ns], "weight layer")
+    recipe = Recipe(rules=tuple(rules))  # only _apply_rules reads it: rules in order
+    plans = []
+    for i, (m, names) in enumerate(units):
+        per_name = []
+        for n in names:
+            start = LayerPlan(n, "input", method, bits, "add_input_quantizers")
+            p = _apply_rules(start, recipe)
+            if p is start and skip_first and i == 0:
+                p = LayerPlan(n, "input", method, FLOAT_BITS, "skip_first")
+            validate(p.method, "activation", p.bits)
+            per_name.append(p)
+        p = _one_plan(per_name)
+        if p.quantized and getattr(m, "input_quant", None) is not None:
+            raise LowbitError(f"layer {p.name!r} already has an input quantizer "
+                              f"({type(m.input_quant).__name__}); replace it with requantize()")
+        plans.append(p)
+    for (m, names), p in zip(units, plans, strict=True):
+        if p.quantized:
+            if type(m) in WEIGHT_LAYERS:
+                m = WEIGHT_LAYERS[type(m)].from_float(m, None)
+                _place(model, names, m)
+            m.input_quant = make_act_quantizer(p.method, p.bits).to(m.weight.device)
+            m.input_quant.train(m.training)
+    return plans
+
+
+def _method_of(quant: nn.Module | None, role: str) -> str | None:
+    """The registry name of a quantizer object (None for None or an unregistered class)."""
+    for name, m in METHODS.items():
+        if quant is not None and type(quant) is getattr(m, "weight" if role == "weight" else "act"):
+            return name
+    return None
+
+
+def _rule_plan(old: nn.Module | None, name: str, rules, kind: str) -> LayerPlan | None:
+    """The plan the rules matching ``name`` give the slot holding ``old`` (None: no rule).
+    Fields a rule leaves None keep the slot's method/bits (or an earlier rule's)."""
+    role = "weight" if kind == "weight" else "activation"
+    method, bits, why = _method_of(old, role), getattr(old, "bits", None), None
+    for r in rules:
+        r_method, r_bits = (r.weight, r.w_bits) if role == "weight" else (r.act, r.a_bits)
+        if r.matches(name) and (r_method, r_bits) != (None, None):
+            method, bits, why = r_method or method, bits if r_bits is None else r_bits, r.pattern
+    if why is None:
+        return None
+    if bits != FLOAT_BITS and (method is None or bits is None):
+        raise LowbitError(f"rule {why!r} for the {kind} of {name!r}: give both the method and "
+                          f"the bits (the slot holds {type(old).__name__})")
+    if bits != FLOAT_BITS:
+        validate(method, role, bits)
+    return LayerPlan(name, kind, method or "none", bits, f"rule {why!r}")
+
+
+def _requantize_one(m: nn.Module, names: list[str], rules) -> list[LayerPlan]:
+    slots = ([("weight", "weight_quant"), ("input", "input_quant")]
+             if not isinstance(m, QuantAct) else [("activation", "quant")])
+    out = []
+    for kind, attr in slots:
+        got = [p for n in names if (p := _rule_plan(getattr(m, attr), n, rules, kind))]
+        if not got:
+            continue
+        p = replace(_one_plan(got), aliases=tuple(n for n in names if n != got[0].name))
+        if kind == "activation" and p.quantized:
+            _check_stands_for(p, m.float_act)
+        out.append(p)
+    return out
+
+
+def requantize(model: nn.Module, rules: Sequence[LayerRule]) -> list[LayerPlan]:
+    """Replace, in place, the quantizers of the already-quantized layers ``rules`` name; every
+    other layer keeps its quantizer objects and state. Returns a LayerPlan per slot changed.
+
+    A rule's ``weight``/``w_bits`` set a QuantLinear/QuantConv2d's weight quantizer (a fresh one
+    from the registry, ``init_from`` the layer's weight), its ``act``/``a_bits`` set the layer's
+    input quantizer or a QuantAct's quantizer (same activation table as :func:`quantize`).
+    ``None`` keeps the slot's current method or bits; 32 bits removes the quantizer (a QuantAct
+    goes back to its float activation). Later rules win. A rule naming one name of a shared
+    module changes it at every name (``aliases``); rules naming no quantized layer, or giving
+    two names of one shared module different quantizers, are errors.
+    """
+    units = _units(model, QUANT_LAYERS)
+    if not units:
+        raise NoQuantizableLayerError(f"{type(model).__name__} has no quantized layer; "
+                                      "quantize it first")
+    _check_rules(model, rules, [n for _, ns in units for n in ns], "quantized layer")
+    edits = [(m, names, _requantize_one(m, names, rules)) for m, names in units]
+    for m, names, plans in edits:
+        for p in plans:
+            if p.kind == "activation" and not p.quantized:
+                _place(model, names, m.float_act)
+            elif p.kind == "activation":
+                device = next(m.quant.buffers(), torch.zeros(())).device
+                m.quant = make_act_quantizer(p.method, p.bits).to(device).train(m.quant.training)
+            elif p.kind == "weight":
+                wq = make_weight_quantizer(p.method, p.bits) if p.quantized else None
+                if wq is not None:
+                    wq.init_from(m.weight)
+                    wq.to(m.weight.device).train(m.training)
+                m.weight_quant = wq
+            else:
+                iq = make_act_quantizer(p.method, p.bits) if p.quantized else None
+                m.input_quant = iq if iq is None else iq.to(m.weight.device).train(m.training)
+    return [p for _, _, plans in edits for p in plans]
