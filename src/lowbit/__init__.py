@@ -8,6 +8,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from lowbit import data, functional, models, train
+from lowbit.calibrate import calibrate
 from lowbit.convert import LayerPlan, add_input_quantizers, plan, quantize, requantize
 from lowbit.errors import (
     BitsError,
@@ -28,6 +29,7 @@ from lowbit.train import TrainConfig, evaluate, fit
 __version__ = "0.1.0"
 
 __all__ = [
+    "calibrate",
     "METHODS",
     "BitsError",
     "CheckpointError",

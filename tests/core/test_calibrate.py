@@ -60,3 +60,11 @@ def test_dropout_is_off_while_calibrating_and_freeze_fixes_ranges():
 def test_no_batches_is_an_error():
     with pytest.raises(ValueError, match="no batches"):
         calibrate(_net(), [])
+
+
+def test_calibrate_reaches_input_quantizers():
+    model = lowbit.quantize(_net(), lowbit.Recipe())
+    lowbit.add_input_quantizers(model, "uniform", 8, skip_first=False)
+    iq = model[0].input_quant
+    lowbit.calibrate(model, _batches(2), freeze=True)
+    assert int(iq.num_batches) == 2 and iq.is_frozen
