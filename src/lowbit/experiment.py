@@ -20,12 +20,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from lowbit.convert import LayerPlan, plan, quantize
+from lowbit.convert import LayerPlan, add_input_quantizers, plan, quantize
 from lowbit.data import load_dataset
 from lowbit.errors import CheckpointError, LowbitError
+from lowbit.functional.checks import FLOAT_BITS
 from lowbit.models import build_model
 from lowbit.nn.layers import QUANT_LAYERS
-from lowbit.recipe import Recipe
+from lowbit.quantizers import METHODS
+from lowbit.recipe import LayerRule, Recipe
 from lowbit.report.console import plan_lines, size_line
 from lowbit.size import model_bytes
 from lowbit.train import TrainConfig, atomic_save, evaluate, fit
@@ -269,7 +271,19 @@ def describe(recipe: Recipe, bits: bool = True) -> str:
 def save_model(net: nn.Module, kwargs: dict, job: Job, path: Path) -> None:
     atomic_save({"format": MODEL_FORMAT, "version": MODEL_VERSION, "model_kwargs": kwargs,
                  "recipe": job.recipe.to_dict(), "dataset": job.dataset,
-                 "state_dict": net.state_dict()}, path)
+                 "inputs": input_quantizers(net), "state_dict": net.state_dict()}, path)
+
+
+def input_quantizers(net: nn.Module) -> list[dict[str, Any]]:
+    """The layers carrying an input quantizer (``add_input_quantizers``): name, method, bits;
+    what :func:`load_model` needs to rebuild them (the recipe does not say)."""
+    methods = {m.act: name for name, m in METHODS.items() if m.act is not None}
+    out = []
+    for name, m in net.named_modules():
+        q = getattr(m, "input_quant", None)
+        if q is not None:
+            out.append({"name": name, "method": methods[type(q)], "bits": q.bits})
+    return out
 
 
 def load_model(path: str | Path) -> tuple[nn.Module, dict]:
@@ -282,6 +296,10 @@ def load_model(path: str | Path) -> tuple[nn.Module, dict]:
         raise CheckpointError(f"{path} has model format version {blob.get('version')}, "
                               f"this lowbit reads version {MODEL_VERSION}")
     net = quantize(build_model(**blob["model_kwargs"]), Recipe.from_dict(blob["recipe"]))
+    inputs = blob.get("inputs") or []
+    if inputs:
+        add_input_quantizers(net, inputs[0]["method"], FLOAT_BITS, skip_first=False, rules=[
+            LayerRule(i["name"], act=i["method"], a_bits=i["bits"]) for i in inputs])
     try:
         net.load_state_dict(blob["state_dict"])
     except RuntimeError as exc:

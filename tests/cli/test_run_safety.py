@@ -172,3 +172,25 @@ def test_numpy_integers_are_plain_ints_in_a_recipe():
                rules=(LayerRule("fc2", w_bits=np.int16(8)),))
     assert type(r.w_bits) is int and type(r.a_bits) is int and type(r.rules[0].w_bits) is int
     json.dumps(r.to_dict())  # was: "Object of type int64 is not JSON serializable"
+
+
+def test_model_file_keeps_input_quantizers(tmp_path):
+    """Input quantizers (add_input_quantizers, for PTQ) are not in the recipe: model.pt records
+    them, and load_model rebuilds them with their state."""
+    import torch
+
+    import lowbit
+    from lowbit.experiment import load_model, save_model
+
+    config = default_config("lenet300", epochs=1, batch_size=64)
+    job = Job("lenet300", "digits", Recipe(weight="ivan", w_bits=4), config)
+    s = run(job, tmp_path / "run", progress=False)
+    net, blob = load_model(tmp_path / "run" / "model.pt")
+    lowbit.add_input_quantizers(net, "uniform", 8, rules=[lowbit.LayerRule("fc3", a_bits=4)])
+    x = torch.rand(16, 1, 8, 8)
+    lowbit.calibrate(net, [x], freeze=True)
+    save_model(net, blob["model_kwargs"], job, tmp_path / "with_inputs.pt")
+    again, blob2 = load_model(tmp_path / "with_inputs.pt")
+    assert blob2["inputs"] == [{"name": "fc2", "method": "uniform", "bits": 8},
+                               {"name": "fc3", "method": "uniform", "bits": 4}]
+    assert torch.equal(again(x), net.eval()(x)) and s["test_accuracy"] > 0
