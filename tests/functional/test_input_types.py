@@ -90,7 +90,7 @@ DATA_CALLS = {
     "ternary.twn": ("w", lambda: ternary.twn(W)),
     "ternary.ttq_delta": ("w", lambda: ternary.ttq_delta(W)),
     "ternary.ttq": ("w", lambda: ternary.ttq(W, torch.tensor(1.0), torch.tensor(1.0))),
-    "uniform.uniform_codes": ("x", lambda: uniform.uniform_codes(X, 0.1, 0, -8, 7)),
+    "uniform.uniform_encode": ("x", lambda: uniform.uniform_encode(X, 0.1, 0, -8, 7)),
     "uniform.uniform": ("x", lambda: uniform.uniform(X, 0.1, 0, -8, 7)),
     "uniform.minmax": ("x", lambda: uniform.minmax(X, None)),
 }
@@ -143,8 +143,9 @@ TABLE_CALLS = {
     "uniform.uniform": (
         lambda: uniform.uniform(TW, torch.tensor([0.1, 0.2]), torch.tensor([0, 1]), -8, 7, 0),
         lambda: uniform.uniform(TW, [0.1, 0.2], (0, 1), -8, 7, 0)),
-    "uniform.uniform_codes": (lambda: uniform.uniform_codes(T, torch.tensor(0.1), 0, -8, 7),
-                              lambda: uniform.uniform_codes(T, [0.1], [0], -8, 7)),
+    "uniform.uniform_encode": (
+        lambda: uniform.uniform_encode(T, torch.tensor(0.1), 0, -8, 7)[1].scale,
+        lambda: uniform.uniform_encode(T, [0.1], [0], -8, 7)[1].scale),
     "uniform.minmax_qparams": (
         lambda: uniform.minmax_qparams(torch.tensor(-1.0), torch.tensor(2.0), -8, 7, False),
         lambda: uniform.minmax_qparams(-1.0, 2.0, -8, 7, False)),

@@ -30,7 +30,7 @@ from lowbit.functional.stochastic import (
     wu_round,
 )
 from lowbit.functional.ternary import ttq, twn
-from lowbit.functional.uniform import minmax, minmax_qparams, uniform, uniform_codes
+from lowbit.functional.uniform import minmax, minmax_qparams, uniform, uniform_encode
 
 __all__ = [
     "HWGQBackward",
@@ -75,7 +75,7 @@ __all__ = [
     "ttq",
     "twn",
     "uniform",
-    "uniform_codes",
+    "uniform_encode",
     "wu_round",
     "xnor_activation",
     "xnor_weight",
