@@ -17,7 +17,14 @@ from lowbit.functional.checks import check_bits, check_finite, check_nonempty, t
 from lowbit.functional.codebook import decode
 from lowbit.functional.dorefa import dorefa_activation, dorefa_gradient, dorefa_weight
 from lowbit.functional.hwgq import HWGQBackward, hwgq, hwgq_levels, lloyd_half_normal
-from lowbit.functional.ivan import ivan_activation, ivan_scaled_weight, ivan_weight
+from lowbit.functional.ivan import (
+    ivan_activation,
+    ivan_activation_encode,
+    ivan_scaled_encode,
+    ivan_scaled_weight,
+    ivan_weight,
+    ivan_weight_encode,
+)
 from lowbit.functional.learned import lsq, pact
 from lowbit.functional.log2 import inq_quantize, log_quant, pow2
 from lowbit.functional.soft import hard_quantize, init_soft_params, levels_for, soft_quantize
@@ -54,8 +61,11 @@ __all__ = [
     "init_soft_params",
     "inq_quantize",
     "ivan_activation",
+    "ivan_activation_encode",
+    "ivan_scaled_encode",
     "ivan_scaled_weight",
     "ivan_weight",
+    "ivan_weight_encode",
     "levels_for",
     "lloyd_half_normal",
     "log_quant",
