@@ -15,7 +15,13 @@ from lowbit.functional.binary import (
 )
 from lowbit.functional.checks import check_bits, check_finite, check_nonempty, tensor_arg
 from lowbit.functional.codebook import decode
-from lowbit.functional.dorefa import dorefa_activation, dorefa_gradient, dorefa_weight
+from lowbit.functional.dorefa import (
+    dorefa_activation,
+    dorefa_activation_encode,
+    dorefa_gradient,
+    dorefa_weight,
+    dorefa_weight_encode,
+)
 from lowbit.functional.hwgq import HWGQBackward, hwgq, hwgq_levels, lloyd_half_normal
 from lowbit.functional.ivan import (
     ivan_activation,
@@ -51,8 +57,10 @@ __all__ = [
     "check_nonempty",
     "decode",
     "dorefa_activation",
+    "dorefa_activation_encode",
     "dorefa_gradient",
     "dorefa_weight",
+    "dorefa_weight_encode",
     "fixed_point_round",
     "floor_ste",
     "hard_quantize",
