@@ -31,7 +31,7 @@ from lowbit.functional.ivan import (
     ivan_weight,
     ivan_weight_encode,
 )
-from lowbit.functional.learned import lsq, pact
+from lowbit.functional.learned import lsq, lsq_encode, pact, pact_encode
 from lowbit.functional.log2 import inq_quantize, log_quant, pow2
 from lowbit.functional.soft import hard_quantize, init_soft_params, levels_for, soft_quantize
 from lowbit.functional.ste import ceil_ste, floor_ste, round_ste, ste
@@ -78,9 +78,11 @@ __all__ = [
     "lloyd_half_normal",
     "log_quant",
     "lsq",
+    "lsq_encode",
     "minmax",
     "minmax_qparams",
     "pact",
+    "pact_encode",
     "polino_uniform",
     "pow2",
     "round_ste",
