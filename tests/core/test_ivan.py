@@ -18,6 +18,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from lowbit import functional as F
+from lowbit.errors import LowbitError
+from lowbit.functional.codebook import IntegerGrid, LevelRange
 from lowbit.quantizers import IvanAct, IvanWeight
 
 WEIGHT_BITS = [1, 2, 3, 4, 5, 6, 7, 8, 16]
@@ -233,11 +235,13 @@ def test_ivan_weight_module_init_forward_encode_decode(b):
     codes, codebook = q.encode(w)
     assert codes.dtype == torch.int64 and codes.shape == w.shape
     assert int(codes.min()) >= 0 and int(codes.max()) < 2**b
-    assert codebook.shape == (2**b,)
+    assert isinstance(codebook, IntegerGrid) and codebook.num_codes == 2**b
+    assert codebook.levels == LevelRange(-s, s, skip_zero=True)
     k = torch.cat([torch.arange(-s, 0), torch.arange(1, s + 1)]).double()
-    torch.testing.assert_close(codebook.double(), k * q.alpha.item() / s, rtol=1e-7, atol=0)
+    table = codebook.decode(torch.arange(2**b)).double()
+    torch.testing.assert_close(table, k * q.alpha.item() / s, rtol=1e-7, atol=0)
     assert torch.equal(F.decode(codes, codebook), y.detach())  # bit-equal to forward
-    assert q.storage_scalars(w) == 1
+    assert q.storage_bytes(w) == (60 * b + 7) // 8 + 4 + 8  # codes, |alpha|/s, level range
 
 
 def test_ivan_weight_module_zero_weight_init_and_negative_alpha():
@@ -249,8 +253,51 @@ def test_ivan_weight_module_zero_weight_init_and_negative_alpha():
     w = torch.tensor([[1.0, -0.5], [0.2, -1.0]])
     assert q(w).tolist() == [[2.0, -1.0], [1.0, -2.0]]
     codes, codebook = q.encode(w)
-    assert codebook.tolist() == [-2.0, -1.0, 1.0, 2.0]
+    assert codebook.decode(torch.arange(4)).tolist() == [-2.0, -1.0, 1.0, 2.0]
     assert codes.tolist() == [[3, 1], [2, 0]]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("b", [1, 2, 3, 5, 8, 16, 24, 25, 31])
+def test_ivan_encode_decode_is_the_forward(b, dtype):
+    """Q_b, eq. (4) and A_b: decode(encode(x)) equals the forward bit for bit (float32: the
+    fused kernels signed_levels / ivan_act; float64: their torch paths), on level boundaries,
+    0, -0.0 and clip edges; the records are tableless LevelRange grids up to 31 bits."""
+    gen = torch.Generator().manual_seed(b)
+    s, n = 2 ** (b - 1), 2**b - 1
+    k = torch.randint(-s, s + 1, (300,), generator=gen, dtype=torch.long)  # level boundaries
+    x = torch.cat([torch.rand(500, generator=gen) * 2 - 1, k.double() / s,
+                   torch.tensor([0.0, -0.0, 1.0, -1.0])])
+    x = x.to(dtype)
+    codes, grid = F.ivan_weight_encode(x, b)
+    assert grid.levels == LevelRange(-s, s, skip_zero=True) and grid.bits == b
+    assert int(codes.min()) >= 0 and int(codes.max()) < 2**b
+    assert torch.equal(grid.decode(codes), F.ivan_weight(x, b))
+    w = x * 0.37
+    codes, grid = F.ivan_scaled_encode(w, torch.tensor(-0.8), b)
+    assert torch.equal(grid.decode(codes), F.ivan_scaled_weight(w, torch.tensor(-0.8), b))
+    a = torch.cat([torch.randn(800, generator=gen).to(dtype) * 3, torch.tensor(
+        [0.0, -0.0, float(n), float(n) + 1], dtype=dtype)])
+    for m in (None, torch.tensor(2.5), torch.tensor(0.0)):
+        codes, grid = F.ivan_activation_encode(a, b, m)
+        assert grid.levels == LevelRange(0, n) and int(codes.max()) < 2**b
+        assert torch.equal(grid.decode(codes), F.ivan_activation(a, b, m)), m
+
+
+def test_ivan_act_freeze_encode_31_bits():
+    """IvanAct freezes its running max; codebook()/encode decode to the frozen forward, 31 bits
+    included (no 2^31 table); an unfrozen IvanAct has no grid."""
+    q = IvanAct(31).train()
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        q(torch.randn(2, 3, 8, generator=gen) * 4)
+    with pytest.raises(LowbitError, match="freeze"):
+        q.encode(torch.ones(2))
+    q.freeze()
+    x = torch.cat([torch.randn(100, generator=gen) * 5, q.running_max.reshape(1)])
+    codes, grid = q.encode(x)
+    assert grid.num_codes == 2**31 and isinstance(grid.levels, LevelRange)
+    assert torch.equal(grid.decode(codes), q(x)) and torch.equal(q.codebook().decode(codes), q(x))
 
 
 # --- A_b (eq. 5) --------------------------------------------------------------------------------

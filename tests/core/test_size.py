@@ -1,4 +1,5 @@
-"""size.model_bytes: float32 size and packed size (codes at their bit width + codebook scalars)."""
+"""size.model_bytes: float32 size and packed size (codes at their bit width + what the codebook
+record stores: float32 scales, and 8 bytes for a level range (two int32: first and last))."""
 
 from __future__ import annotations
 
@@ -37,24 +38,26 @@ def test_ivan_weights_only(bits):
     model = quantize(stack(relu=False), all_layers(w_bits=bits))
     weights = [(7, 10), (5, 7), (3, 5)]
     codes = sum(math.ceil(o * i * bits / 8) for o, i in weights)
-    alphas = 4 * len(weights)
+    alphas = (4 + 8) * len(weights)  # alpha as the grid's scale + the level range
     biases = 4 * (7 + 5 + 3)
     assert model_bytes(model) == {"float_bytes": 540, "packed_bytes": codes + alphas + biases}
 
 
 def test_ivan_weights_and_activations_hand_computed():
     model = quantize(stack(), all_layers(w_bits=3, a_bits=2))
-    # codes: ceil(70*3/8)=27, ceil(35*3/8)=14, ceil(15*3/8)=6 -> 47; alphas 3*4; biases 15*4;
+    # codes: ceil(70*3/8)=27, ceil(35*3/8)=14, ceil(15*3/8)=6 -> 47; alphas + level ranges
+    # 3*(4+8); biases 15*4;
     # two IvanAct running_max buffers (float, 4 bytes each, on both sides; num_batches is
     # int64, not stored)
-    assert model_bytes(model) == {"float_bytes": 540 + 8, "packed_bytes": 47 + 12 + 60 + 8}
+    assert model_bytes(model) == {"float_bytes": 540 + 8, "packed_bytes": 47 + 36 + 60 + 8}
 
 
 def test_uniform_weights_and_activations():
     model = quantize(stack(), all_layers(weight="uniform", w_bits=4, act="uniform", a_bits=8))
-    # per-channel scale + zero point: 2 scalars per output channel
+    # per-channel symmetric: a scale per output channel (the zero points are 0: not stored) and
+    # the level range per layer
     codes = math.ceil(70 * 4 / 8) + math.ceil(35 * 4 / 8) + math.ceil(15 * 4 / 8)
-    scalars = 4 * 2 * (7 + 5 + 3)
+    scalars = 4 * (7 + 5 + 3) + 8 * 3
     act = 2 * 4 * 2  # two UniformActs, running_min and running_max
     assert model_bytes(model) == {"float_bytes": 540 + act,
                                   "packed_bytes": codes + scalars + 4 * 15 + act}
@@ -70,8 +73,8 @@ def test_mixed_recipe_with_float_layers_and_batchnorm():
     assert float_ == {"float_bytes": 4 * 358, "packed_bytes": 4 * 358}
     quantize(model, Recipe(w_bits=2, keep_bits=32, rules=(LayerRule("6", w_bits=8),)))  # "0" float
     packed = (4 * (108 + 4) + 4 * 8 + 4 * 8  # float conv, BN params + stats
-              + math.ceil(216 * 2 / 8) + 4  # conv 3: 2-bit codes + alpha
-              + math.ceil(12 * 8 / 8) + 4 + 4 * 2)  # linear 6: 8-bit codes + alpha + bias
+              + math.ceil(216 * 2 / 8) + 4 + 8  # conv 3: 2-bit codes + alpha + level range
+              + math.ceil(12 * 8 / 8) + 4 + 8 + 4 * 2)  # linear 6: the same + bias
     assert model_bytes(model) == {"float_bytes": 4 * 358, "packed_bytes": packed}
 
 
@@ -81,7 +84,7 @@ def test_ratio_approaches_bits_over_32(bits):
                      all_layers(w_bits=bits))
     sizes = model_bytes(model)
     assert sizes["float_bytes"] == 4 * 512 * 512
-    assert sizes["packed_bytes"] == 512 * 512 * bits // 8 + 4
+    assert sizes["packed_bytes"] == 512 * 512 * bits // 8 + 4 + 8
     assert sizes["packed_bytes"] / sizes["float_bytes"] == pytest.approx(bits / 32, rel=1e-3)
 
 

@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 from torch.ao.quantization import MinMaxObserver, PerChannelMinMaxObserver
 
 from lowbit import functional as F
+from lowbit.errors import LowbitError
+from lowbit.functional.codebook import IntegerGrid, LevelRange
 from lowbit.quantizers import UniformAct, UniformWeight
 
 HYP = settings(max_examples=50, deadline=None)
@@ -104,12 +106,30 @@ def test_uniform_concrete_values_and_mask():
     assert x.grad.tolist() == [0, 1, 1, 1, 1, 1, 1, 0, 0]
 
 
-def test_uniform_codes_match_forward():
-    x = torch.randn(4, 6, generator=torch.Generator().manual_seed(0))
-    s, z = torch.tensor([0.1, 0.2, 0.05, 0.3]), torch.tensor([0.0, 3.0, -2.0, 1.0])
-    q = F.uniform_codes(x, s, z, -8, 7, axis=0)
-    assert torch.equal(q, q.round()) and q.min() >= -8 and q.max() <= 7
-    assert torch.equal((q - z[:, None]) * s[:, None], F.uniform(x, s, z, -8, 7, axis=0))
+@HYP
+@given(grid=grids(), data=st.data(), seed=st.integers(0, 2**16),
+       per_channel=st.booleans(), double=st.booleans())
+def test_uniform_encode_decode_is_the_forward(grid, data, seed, per_channel, double):
+    """decode(encode(x)) == uniform(x) bit for bit, on exact levels, half-steps and clip edges;
+    the codes are q - qmin and the record an IntegerGrid over LevelRange(qmin, qmax)."""
+    qmin, qmax = grid
+    gen = np.random.default_rng(seed)
+    c = 4 if per_channel else 1
+    scale = np.exp(gen.uniform(np.log(1e-3), np.log(10.0), size=c)).astype(np.float32)
+    zp = gen.integers(qmin, qmax + 1, size=c)
+    x = inputs(seed, (4, 6), scale, zp, qmin, qmax, 0 if per_channel else None)
+    x = x.double() if double else x
+    s, z = torch.from_numpy(scale), torch.from_numpy(zp).float()
+    if not per_channel:
+        s, z = s[0], z[0]
+    axis = 0 if per_channel else None
+    codes, grid_ = F.uniform_encode(x, s, z, qmin, qmax, axis)
+    assert isinstance(grid_, IntegerGrid) and grid_.levels == LevelRange(qmin, qmax)
+    assert codes.dtype == torch.int64 and 0 <= int(codes.min()) and int(codes.max()) <= qmax - qmin
+    y = F.uniform(x, s, z, qmin, qmax, axis)
+    assert y.dtype == grid_.decode(codes).dtype and torch.equal(grid_.decode(codes), y)
+    with pytest.raises(ValueError, match="dim 0"):
+        F.uniform_encode(x, s, z, qmin, qmax, axis=1)
 
 
 # --- qparams vs torch.ao observers -------------------------------------------------------------
@@ -187,8 +207,9 @@ def test_uniform_weight_encode_decode_and_levels(bits, per_channel):
     codes, codebook = q.encode(w)
     assert codes.dtype == torch.int64 and codes.shape == w.shape
     assert int(codes.min()) >= 0 and int(codes.max()) < 2**bits
-    assert codebook.shape == ((5, 2**bits) if per_channel else (2**bits,))
-    assert torch.equal(F.decode(codes, codebook), y)
+    assert isinstance(codebook, IntegerGrid) and codebook.num_codes == 2**bits
+    assert codebook.granularity == ("channel" if per_channel else "tensor")
+    assert torch.equal(codebook.decode(codes), y)
     for c in range(5):
         assert torch.unique(y[c]).numel() <= 2**bits
     if per_channel:
@@ -219,8 +240,10 @@ def test_uniform_weight_hand_computed():
     assert y.tolist() == [[1.0, -2.0, 0.0, 1.0], [2.0, 0.0, -2.0, -4.0]]
     codes, codebook = q.encode(w)
     assert codes.tolist() == [[3, 0, 2, 3], [3, 2, 1, 0]]
-    assert codebook.tolist() == [[-2.0, -1.0, 0.0, 1.0], [-4.0, -2.0, 0.0, 2.0]]
-    assert q.storage_scalars(w) == 4
+    assert codebook.integers(codes).tolist() == [[1, -2, 0, 1], [1, 0, -1, -2]]
+    assert codebook.scale.tolist() == [1.0, 2.0] and not codebook.zero_point.any()
+    # 8 codes at 2 bits, two float32 scales, the level range (zero points all 0: not stored)
+    assert q.storage_bytes(w) == 2 + 2 * 4 + 8
 
 
 # --- UniformAct ---------------------------------------------------------------------------------
@@ -263,3 +286,24 @@ def test_uniform_act_eval_before_training_and_zero_range():
     # a constant non-zero tensor: range widened to contain 0, the constant is the top level
     y = UniformAct(4).train()(torch.full((6,), 2.0))
     assert torch.allclose(y, torch.full((6,), 2.0))
+
+
+def test_uniform_act_freeze_encode():
+    """freeze() fixes the moving range: training batches no longer move it, and codebook() /
+    encode(x) decode to the forward exactly; an unobserved quantizer refuses to freeze."""
+    with pytest.raises(LowbitError, match="no training batch"):
+        UniformAct(4).freeze()
+    gen = torch.Generator().manual_seed(0)
+    q = UniformAct(4).train()
+    with pytest.raises(LowbitError, match="freeze"):
+        q.codebook()
+    for _ in range(3):
+        q(torch.relu(torch.randn(2, 3, 4, generator=gen)) * 3)
+    q.freeze()
+    lo, hi = q.running_min.clone(), q.running_max.clone()
+    x = torch.randn(2, 3, 4, generator=gen) * 5  # beyond the range: clipped
+    y = q(x)  # training mode, frozen: no update
+    assert torch.equal(q.running_min, lo) and torch.equal(q.running_max, hi)
+    codes, grid_ = q.encode(x)
+    assert torch.equal(grid_.decode(codes), y) and torch.equal(q.codebook().decode(codes), y)
+    assert grid_.bits == 4 and grid_.levels == LevelRange(0, 15)

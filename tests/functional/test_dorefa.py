@@ -12,10 +12,10 @@ from hypothesis.extra.numpy import arrays
 from lowbit.errors import BitsError, EmptyTensorError, NonFiniteError
 from lowbit.functional.dorefa import (
     dorefa_activation,
+    dorefa_activation_encode,
     dorefa_gradient,
     dorefa_weight,
-    dorefa_weight_codes,
-    dorefa_weight_levels,
+    dorefa_weight_encode,
     quantize_gradient,
 )
 
@@ -83,10 +83,9 @@ def test_weight_one_bit_gradient_is_identity():
 def test_weight_levels_codes_and_monotone(w, k):
     x = torch.from_numpy(w)
     out = dorefa_weight(x, k)
-    levels = dorefa_weight_levels(x, k)
-    codes = dorefa_weight_codes(x, k)
-    assert levels.numel() == 2**k and out.unique().numel() <= 2**k
-    assert torch.equal(levels[codes], out)  # decode == forward, bit for bit
+    codes, grid = dorefa_weight_encode(x, k)
+    assert grid.num_codes == 2**k and out.unique().numel() <= 2**k
+    assert torch.equal(grid.decode(codes), out)  # decode == forward, bit for bit
     order = torch.argsort(x)
     assert bool((out[order].diff() >= 0).all())
 
@@ -115,7 +114,12 @@ def test_activation_reference_and_gradient(k):
     x = np.array([-1.0, -0.0, 0.0, 0.3, 1.0, 1.5, *half], dtype=f32)
     xt = torch.from_numpy(x).requires_grad_()
     out = dorefa_activation(xt, k)
-    np.testing.assert_array_equal(out.detach().numpy(), np_quantize_k(np.clip(x, 0, 1), k))
+    # the record's arithmetic j * float32(1/n), within half an ulp of 1 of eq. 5's j / n
+    n32 = f32(n)
+    ref = (np.round(np.clip(x, 0, 1) * n32) * f32(1.0 / n)).astype(f32)
+    np.testing.assert_array_equal(out.detach().numpy(), ref)
+    np.testing.assert_allclose(out.detach().numpy(), np_quantize_k(np.clip(x, 0, 1), k),
+                               rtol=0, atol=np.finfo(f32).eps / 2)
     out.sum().backward()
     np.testing.assert_array_equal(xt.grad.numpy(), ((x >= 0) & (x <= 1)).astype(f32))
 
@@ -181,3 +185,29 @@ def test_quantize_gradient_is_identity_forward_and_quantizes_backward():
     with pytest.raises(BitsError):
         dorefa_gradient(g, 17)
     assert dorefa_gradient(torch.zeros(0, 3), 4).shape == (0, 3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("k", range(1, 17))
+def test_dorefa_encode_decode_is_the_forward(k, dtype):
+    """decode(encode(.)) == forward bit for bit: weights on the odd-integer grid (2j - n) / n
+    (k >= 2) or +-E|w| (k = 1), activations j / n on LevelRange(0, n); inputs at level
+    half-steps, 0, -0.0 and the clip edges. The forward is within 1 ulp of 1 of the old
+    2 (j / n) - 1 and j / n (the product by float(1/n) instead of the division)."""
+    gen = torch.Generator().manual_seed(k)
+    n = 2**k - 1
+    w = torch.cat([torch.randn(400, generator=gen), torch.tensor([0.0, -0.0, 3.0, -3.0])])
+    w = w.to(dtype)
+    codes, grid = dorefa_weight_encode(w, k)
+    out = dorefa_weight(w, k)
+    assert grid.bits == k and int(codes.max()) < 2**k and torch.equal(grid.decode(codes), out)
+    if k > 1:
+        assert torch.equal(grid.integers(codes) % 2, torch.ones_like(codes))  # odd integers
+        old = 2 * (codes.to(dtype) / n) - 1
+        assert float((out - old).abs().max()) <= torch.finfo(dtype).eps
+    x = torch.cat([torch.rand(400, generator=gen) * 1.4 - 0.2,
+                   (torch.arange(n + 1) + 0.5) / n, torch.tensor([0.0, -0.0, 1.0])]).to(dtype)
+    codes, grid = dorefa_activation_encode(x, k)
+    out = dorefa_activation(x, k)
+    assert torch.equal(grid.decode(codes), out)
+    assert float((out - codes.to(dtype) / n).abs().max()) <= torch.finfo(dtype).eps / 2

@@ -12,13 +12,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lowbit.errors import BitsError
+from lowbit.functional.codebook import LevelRange
 from lowbit.functional.learned import (
     lsq,
-    lsq_codes,
+    lsq_encode,
     lsq_grad_scale,
     lsq_init_step,
     lsq_range,
     pact,
+    pact_encode,
 )
 
 SETTINGS = settings(max_examples=40, deadline=None)
@@ -82,8 +84,9 @@ def test_lsq_forward_equals_torch_fake_quantize(bits, signed):
         x = torch.randn(2000, generator=g) * s * (qn + qp) / 2
         peer = torch.fake_quantize_per_tensor_affine(x, s, 0, -qn, qp)
         assert torch.equal(lsq(x, torch.tensor(s), qn, qp), peer)
-        v_bar = lsq_codes(x, torch.tensor(s), qn, qp)
-        assert torch.equal(v_bar * torch.tensor(s), peer)
+        codes, grid = lsq_encode(x, torch.tensor(s), qn, qp)
+        assert grid.levels == LevelRange(-qn, qp) and grid.bits == bits
+        assert torch.equal(grid.decode(codes), peer)
 
 
 def test_lsq_per_channel_forward_equals_torch():
@@ -249,3 +252,38 @@ def test_pact_properties(bits, alpha, seed):
     # seed 17269 at 8 bits is 1.5e-5 relative above step / 2)
     tol = step / 2 + 4 * torch.finfo(torch.float32).eps * a
     assert ((xs - y[order]).abs()[inside] <= tol).all()
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("bits,signed", RANGES)
+def test_lsq_encode_decode_is_the_forward(bits, signed, fused):
+    """decode(lsq_encode(x)) == lsq(x) bit for bit: the fused float32 kernel (fused) and the
+    torch path (float64, and per channel), on exact levels, half-steps and the clip edges."""
+    qn, qp = lsq_range(bits, signed)
+    g = torch.Generator().manual_seed(bits)
+    dtype = torch.float32 if fused else torch.float64
+    s = torch.tensor(0.037, dtype=dtype)
+    k = torch.arange(-qn - 2, qp + 3, dtype=dtype)
+    x = torch.cat([torch.randn(3000, generator=g, dtype=dtype) * qp * 0.037, k * s,
+                   (k + 0.5) * s, torch.tensor([0.0, -0.0], dtype=dtype)])
+    codes, grid = lsq_encode(x, s, qn, qp)
+    assert torch.equal(grid.decode(codes), lsq(x, s, qn, qp))
+    w = x[:3000].reshape(6, 500)
+    step = torch.rand(6, generator=g, dtype=dtype) * 0.05 + 0.01
+    codes, grid = lsq_encode(w, step, qn, qp, axis=0)
+    assert grid.granularity == "channel"
+    assert torch.equal(grid.decode(codes), lsq(w, step, qn, qp, axis=0))
+
+
+@pytest.mark.parametrize("alpha", [0.7, 3.0, 0.0, -1.0])
+@pytest.mark.parametrize("bits", [1, 2, 4, 8, 16])
+def test_pact_encode_decode_is_the_forward(bits, alpha):
+    g = torch.Generator().manual_seed(bits)
+    n = 2**bits - 1
+    a = torch.tensor(alpha)
+    x = torch.cat([torch.randn(2000, generator=g) * 2,
+                   (torch.arange(n + 1) + 0.5) * (max(alpha, 1e-3) / n),
+                   torch.tensor([0.0, -0.0, alpha, alpha + 1])])
+    codes, grid = pact_encode(x, a, bits)
+    assert grid.levels == LevelRange(0, n) and int(codes.max()) <= n
+    assert torch.equal(grid.decode(codes), pact(x, a, bits))

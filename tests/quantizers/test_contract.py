@@ -18,7 +18,8 @@ import torch
 from lowbit.functional.codebook import BitPlanes, IntegerGrid, Table
 from lowbit.quantizers import METHODS
 
-TYPED = {"binaryconnect", "bnn", "xnor", "abc", "twn", "ttq", "hwgq"}  # families converted
+TYPED = {"binaryconnect", "bnn", "xnor", "abc", "twn", "ttq", "hwgq",  # families converted
+         "ivan", "uniform", "dorefa", "lsq", "pact"}
 PENDING: set[tuple[str, str]] = set() if os.environ.get("LOWBIT_CONTRACT_ALL") else {
     (name, role) for name, m in METHODS.items() if name not in TYPED
     for role, cls in (("weight", m.weight), ("act", m.act)) if cls is not None

@@ -15,7 +15,7 @@ from lowbit.errors import (
     MethodError,
     NonFiniteError,
 )
-from lowbit.functional.codebook import decode
+from lowbit.functional.codebook import IntegerGrid, decode
 from lowbit.functional.stochastic import fixed_point_round, pow2_step
 from lowbit.nn.layers import QuantLinear
 from lowbit.quantizers.dorefa import DoReFaAct, DoReFaGradient, DoReFaWeight
@@ -23,13 +23,24 @@ from lowbit.quantizers.log2 import INQWeight, Pow2Act, Pow2Weight
 from lowbit.quantizers.registry import validate
 from lowbit.quantizers.stochastic import StochasticAct, StochasticWeight, WuWeight
 
-WEIGHT_CLASSES = [DoReFaWeight, Pow2Weight, INQWeight, StochasticWeight, WuWeight]
+WEIGHT_CLASSES = [Pow2Weight, INQWeight, StochasticWeight, WuWeight]  # DoReFa: typed, below
 
 
 def _weights(seed: int) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return [torch.randn(6, 5, generator=g) * 0.2, torch.randn(4, 3, 3, 3, generator=g),
             torch.tensor([[0.0, 0.0], [0.0, 1e-3]])]
+
+
+def test_dorefa_weight_encode_is_an_integer_grid_decoding_to_the_forward():
+    for bits in DoReFaWeight.BITS:
+        for seed, w in enumerate(_weights(bits)):
+            q = DoReFaWeight(bits)
+            codes, grid = q.encode(w)
+            assert isinstance(grid, IntegerGrid) and grid.num_codes == 2**bits == 2**grid.bits
+            assert codes.dtype == torch.int64 and int(codes.max()) < 2**bits
+            assert torch.equal(grid.decode(codes), q(w)), (bits, seed)
+            assert q.storage_bytes(w) == grid.storage_bytes(w.numel())
 
 
 @pytest.mark.parametrize("cls", WEIGHT_CLASSES)

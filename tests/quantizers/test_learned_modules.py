@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 import lowbit
-from lowbit.errors import BitsError, EmptyTensorError, MethodError, NonFiniteError
-from lowbit.functional.codebook import decode
+from lowbit.errors import BitsError, EmptyTensorError, LowbitError, MethodError, NonFiniteError
+from lowbit.functional.codebook import IntegerGrid, decode
 from lowbit.functional.learned import lsq
 from lowbit.quantizers.learned import LSQAct, LSQWeight, PACTAct
 from lowbit.quantizers.registry import make_act_quantizer, make_weight_quantizer
@@ -34,9 +34,11 @@ def test_lsq_weight_encode_decode_exact(bits, per_channel, seed, jitter):
         q.step.mul_(jitter)  # a step that training moved away from its initial value
     codes, codebook = q.encode(w)
     assert codes.dtype == torch.int64 and codes.min() >= 0 and codes.max() < 2**bits
-    assert codebook.shape == ((8, 2**bits) if per_channel else (2**bits,))
+    assert isinstance(codebook, IntegerGrid) and codebook.num_codes == 2**bits
+    assert codebook.scale.shape == ((8,) if per_channel else ())
     assert torch.equal(decode(codes, codebook), q(w))
-    assert q.storage_scalars(w) == (8 if per_channel else 1)
+    # codes at `bits`, one float32 step per block, the level range
+    assert q.storage_bytes(w) == (w.numel() * bits + 7) // 8 + 4 * (8 if per_channel else 1) + 8
 
 
 @pytest.mark.parametrize("bits", [2, 4, 8])
@@ -192,3 +194,23 @@ def test_end_to_end(act, w_bits, a_bits):
     assert any(n.endswith("alpha") for n in named) == (act == "pact")
     for name, p in named.items():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
+@pytest.mark.parametrize("cls", [LSQAct, PACTAct])
+def test_learned_act_freeze_codebook_encode(cls):
+    """Frozen, the learned step / alpha is the grid: codebook().decode(encode(x)) == q(x);
+    an unfrozen one has no grid, an LSQAct that never trained refuses to freeze."""
+    if cls is LSQAct:
+        with pytest.raises(LowbitError, match="no .*training batch"):
+            cls(4).freeze()
+    q = cls(4).train()
+    g = torch.Generator().manual_seed(0)
+    for _ in range(2):
+        q(torch.randn(2, 3, 5, generator=g) * 3)
+    with pytest.raises(LowbitError, match="freeze"):
+        q.codebook()
+    q.freeze().eval()
+    x = torch.randn(2, 3, 5, generator=g) * 3
+    codes, grid = q.encode(x)
+    assert isinstance(grid, IntegerGrid) and grid.bits == 4
+    assert torch.equal(grid.decode(codes), q(x)) and torch.equal(q.codebook().decode(codes), q(x))

@@ -15,10 +15,23 @@ from lowbit.functional.binary import (
 )
 from lowbit.functional.checks import check_bits, check_finite, check_nonempty, tensor_arg
 from lowbit.functional.codebook import decode
-from lowbit.functional.dorefa import dorefa_activation, dorefa_gradient, dorefa_weight
+from lowbit.functional.dorefa import (
+    dorefa_activation,
+    dorefa_activation_encode,
+    dorefa_gradient,
+    dorefa_weight,
+    dorefa_weight_encode,
+)
 from lowbit.functional.hwgq import HWGQBackward, hwgq, hwgq_levels, lloyd_half_normal
-from lowbit.functional.ivan import ivan_activation, ivan_scaled_weight, ivan_weight
-from lowbit.functional.learned import lsq, pact
+from lowbit.functional.ivan import (
+    ivan_activation,
+    ivan_activation_encode,
+    ivan_scaled_encode,
+    ivan_scaled_weight,
+    ivan_weight,
+    ivan_weight_encode,
+)
+from lowbit.functional.learned import lsq, lsq_encode, pact, pact_encode
 from lowbit.functional.log2 import inq_quantize, log_quant, pow2
 from lowbit.functional.soft import hard_quantize, init_soft_params, levels_for, soft_quantize
 from lowbit.functional.ste import ste
@@ -30,7 +43,7 @@ from lowbit.functional.stochastic import (
     wu_round,
 )
 from lowbit.functional.ternary import ttq, twn
-from lowbit.functional.uniform import minmax, minmax_qparams, uniform, uniform_codes
+from lowbit.functional.uniform import minmax, minmax_qparams, uniform, uniform_encode
 
 __all__ = [
     "HWGQBackward",
@@ -43,8 +56,10 @@ __all__ = [
     "check_nonempty",
     "decode",
     "dorefa_activation",
+    "dorefa_activation_encode",
     "dorefa_gradient",
     "dorefa_weight",
+    "dorefa_weight_encode",
     "fixed_point_round",
     "hard_quantize",
     "hwgq",
@@ -52,15 +67,20 @@ __all__ = [
     "init_soft_params",
     "inq_quantize",
     "ivan_activation",
+    "ivan_activation_encode",
+    "ivan_scaled_encode",
     "ivan_scaled_weight",
     "ivan_weight",
+    "ivan_weight_encode",
     "levels_for",
     "lloyd_half_normal",
     "log_quant",
     "lsq",
+    "lsq_encode",
     "minmax",
     "minmax_qparams",
     "pact",
+    "pact_encode",
     "polino_uniform",
     "pow2",
     "ste",
@@ -72,7 +92,7 @@ __all__ = [
     "ttq",
     "twn",
     "uniform",
-    "uniform_codes",
+    "uniform_encode",
     "wu_round",
     "xnor_activation",
     "xnor_weight",

@@ -32,6 +32,14 @@ PACT: J. Choi, Z. Wang, S. Venkataramani, P. I-J. Chuang, V. Srinivasan, K. Gopa
   so every output is exactly an integer times one step (the levels an encoder would store).
   Deviation: alpha <= 0 is used as float32 eps in the forward (eq. 3 gradient unchanged).
 
+Records: :func:`lsq_encode` gives codes v_bar + Q_N and ``IntegerGrid(LevelRange(-Q_N, Q_P),
+s)`` (per tensor, or per output channel (dim 0)); :func:`pact_encode` codes k and
+``IntegerGrid(LevelRange(0, 2^k - 1), alpha / (2^k - 1))``. Integer grids because both store
+integers times one learned step. The forwards (torch paths and the fused LSQ kernel) compute
+the same integers and multiply by the same step tensor as decode: decode(encode(x)) is the
+forward bit for bit (tests: test_lsq_encode_decode_is_the_forward, test_pact_encode_decode_is_
+the_forward). No numerics change.
+
 Tests: tests/functional/test_learned.py (numpy references of LSQ eq. 1-3 and PACT eq. 1-3,
 torch peers for LSQ forward and gradients, closed-form gradients, properties);
 tests/functional/test_fused_kernels.py (LSQ's fused float32 CPU path == its torch path).
@@ -44,7 +52,8 @@ import math
 import torch
 
 from lowbit.functional import kernels
-from lowbit.functional.checks import check_bits, tensor_arg
+from lowbit.functional.checks import check_bits, check_finite, tensor_arg
+from lowbit.functional.codebook import IntegerGrid, LevelRange
 
 _EPS = torch.finfo(torch.float32).eps
 
@@ -57,13 +66,20 @@ def _broadcast(p: torch.Tensor, x: torch.Tensor, axis: int | None) -> torch.Tens
     return p.reshape(shape)
 
 
-def lsq_codes(x: torch.Tensor, step: torch.Tensor, qn: int, qp: int,
-              axis: int | None = None) -> torch.Tensor:
-    """v_bar of eq. (1) as float: integers in [-qn, qp], with v_hat = v_bar * step."""
+def lsq_encode(x: torch.Tensor, step: torch.Tensor, qn: int, qp: int,
+               axis: int | None = None) -> tuple[torch.Tensor, IntegerGrid]:
+    """Eq. (1): codes v_bar + qn (int64) and ``IntegerGrid(LevelRange(-qn, qp), s)``, s the
+    step clamped to float32 eps as the forward uses it; ``axis`` None or 0 (per channel)."""
     x = tensor_arg(x, "x")
-    step = tensor_arg(step, "step", like=x, table=True)
-    s = torch.clamp(_broadcast(step.detach(), x, axis), min=_EPS)
-    return torch.clamp(torch.round(x * (1.0 / s)), -qn, qp)
+    check_finite(x, "x")
+    step = tensor_arg(step, "step", like=x, table=True).detach()
+    if axis is not None and axis % max(x.dim(), 1) != 0:
+        raise ValueError(f"lsq_encode: per-channel grids are along dim 0, got axis={axis}")
+    s = torch.clamp(_broadcast(step, x, axis), min=_EPS)
+    v_bar = torch.clamp(torch.round(x.detach() * (1.0 / s)), -qn, qp)
+    grid = IntegerGrid(LevelRange(-qn, qp), torch.clamp(step, min=_EPS),
+                       (qn + qp).bit_length())
+    return (v_bar + qn).long(), grid
 
 
 class _LSQ(torch.autograd.Function):
@@ -152,12 +168,28 @@ def lsq_init_step(x: torch.Tensor, qp: int, axis: int | None = None) -> torch.Te
     return torch.where(s > 0, s, torch.ones_like(s))
 
 
+def _pact_levels(x: torch.Tensor, a: torch.Tensor, n: float) -> torch.Tensor:
+    """k = round(clip(x, 0, a) * (n / a)) (float), the integer of eq. (2)."""
+    return torch.clamp(x, min=0.0).clamp_max_(a).mul_(n / a).round_()
+
+
+def pact_encode(x: torch.Tensor, alpha: torch.Tensor, bits: int
+                ) -> tuple[torch.Tensor, IntegerGrid]:
+    """Eq. (1)-(2): codes k and ``IntegerGrid(LevelRange(0, n), a / n)``, a = max(alpha, eps),
+    n = 2^bits - 1, decoding to :func:`pact` bit for bit."""
+    bits = check_bits(bits)
+    check_finite(tensor_arg(x, "x"), "x")
+    a = torch.clamp(tensor_arg(alpha, "alpha", like=x, table=True).detach(), min=_EPS)
+    n = float(2**bits - 1)
+    grid = IntegerGrid(LevelRange(0, 2**bits - 1), a / n, bits)
+    return _pact_levels(x.detach(), a, n).long(), grid
+
+
 class _PACT(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, alpha, n):
         a = torch.clamp(alpha, min=_EPS)
-        y = torch.clamp(x, min=0.0).clamp_max_(a)
-        out = y.mul_(n / a).round_().mul_(a / n)
+        out = _pact_levels(x, a, n).mul_(a / n)  # = grid.decode(codes) of pact_encode
         ctx.save_for_backward(x, a)
         return out
 

@@ -4,17 +4,29 @@ Reference: Jacob et al., "Quantization and Training of Neural Networks for Effic
 Integer-Arithmetic-Only Inference", CVPR 2018, arXiv:1712.05877, eq. (1)-(2); the same
 function as ``torch.fake_quantize_per_tensor_affine`` / ``_per_channel_affine``.
 
-Forward:  q = clamp(round(x * (1/scale)) + zero_point, qmin, qmax);  y = (q - zero_point) * scale
-          (round half to even; 1/scale computed in float32, as torch's kernel does).
+Encode:   q = clamp(round(x * (1/scale)) + zero_point, qmin, qmax)   (:func:`uniform_encode`)
+          (round half to even; 1/scale computed in float32, as torch's kernel does);
+          code = q - qmin, record ``IntegerGrid(LevelRange(qmin, qmax), scale, zero_point)``.
+Forward:  y = (q - zero_point) * scale = record.decode(codes), bit for bit.
 Backward: dy/dx = 1 where qmin <= round(x/scale) + zero_point <= qmax, else 0 (clipped STE).
-Test: tests/functional/test_uniform.py (bit-equal to torch's ops, forward and gradient).
+
+Record: an :class:`~lowbit.functional.codebook.IntegerGrid` because the stored values *are*
+integers q - zero_point times one scale per tensor or per output channel (dim 0); the levels
+are the range qmin..qmax (a ``LevelRange``, no table), the zero point an int64 per block.
+The training forward computes the integers q once (:func:`_integers`, shared with the encoder)
+and multiplies ``(q - zero_point) * scale`` in float, which is IntegerGrid.decode's arithmetic
+on the same integers (|q - zero_point| < 2^24, so exact in float32): no record is built per
+training step, and decode(encode(x)) equals the forward bit for bit.
+Tests: tests/core/test_uniform.py (bit-equal to torch's ops, forward and gradient;
+test_uniform_encode_decode_is_the_forward, test_uniform_act_freeze_encode).
 """
 
 from __future__ import annotations
 
 import torch
 
-from lowbit.functional.checks import check_nonempty, tensor_arg
+from lowbit.functional.checks import check_finite, check_nonempty, tensor_arg
+from lowbit.functional.codebook import IntegerGrid, LevelRange
 
 
 def _broadcast(
@@ -28,32 +40,49 @@ def _broadcast(
     return p.reshape(shape)
 
 
-def uniform_codes(
+def _integers(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor) -> torch.Tensor:
+    """round(x * (1/scale)) + zero_point, unclamped (1/scale in float32, as torch's kernel)."""
+    return torch.round(x * (1.0 / scale)) + zp
+
+
+def _checked(x, scale, zero_point, qmin: int, qmax: int, axis: int | None):
+    if qmin >= qmax:
+        raise ValueError(f"qmin ({qmin}) must be < qmax ({qmax})")
+    s = _broadcast(scale, tensor_arg(x, "x"), axis, "scale")
+    if bool((s <= 0).any()):  # a NaN scale (from NaN activations) propagates NaN instead
+        raise ValueError("scale must be > 0")
+    return s, _broadcast(zero_point, x, axis, "zero_point").round()
+
+
+def uniform_encode(
     x: torch.Tensor,
     scale: torch.Tensor | float,
     zero_point: torch.Tensor | int,
     qmin: int,
     qmax: int,
     axis: int | None = None,
-) -> torch.Tensor:
-    """The integer grid values q in [qmin, qmax] (as float32) that :func:`uniform` decodes."""
-    x = tensor_arg(x, "x")
-    zp = _broadcast(zero_point, x, axis, "zero_point").round()
-    return torch.clamp(_grid(x, _broadcast(scale, x, axis, "scale"), zp), qmin, qmax)
-
-
-def _grid(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor) -> torch.Tensor:
-    """round(x * (1/scale)) + zero_point, unclamped (1/scale in float32, as torch's kernel)."""
-    return torch.round(x * (1.0 / scale)) + zp
+) -> tuple[torch.Tensor, IntegerGrid]:
+    """Codes ``q - qmin`` (int64, shaped like ``x``) and the IntegerGrid whose decode is
+    :func:`uniform` of ``x``; ``axis`` None (per tensor) or 0 (per output channel). The grid
+    has ``(qmax - qmin).bit_length()`` bits (b for the 2^b levels of a b-bit grid)."""
+    check_finite(x, "x")
+    if axis is not None and axis % max(x.dim(), 1) != 0:
+        raise ValueError(f"uniform_encode: per-channel grids are along dim 0, got axis={axis}")
+    s, zp = _checked(x, scale, zero_point, qmin, qmax, axis)
+    q = torch.clamp(_integers(x.detach(), s, zp), qmin, qmax)
+    per = (-1,) if axis is not None and s.dim() else ()
+    dtype = torch.promote_types(x.dtype, torch.float32)  # the forward's output dtype
+    grid = IntegerGrid(LevelRange(qmin, qmax), s.reshape(per).to(dtype),
+                       (qmax - qmin).bit_length(), zero_point=zp.reshape(per).long())
+    return (q - qmin).long(), grid
 
 
 class _Uniform(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, scale, zero_point, qmin, qmax):
-        zp = zero_point.round()
-        q = _grid(x, scale, zp)
+        q = _integers(x, scale, zero_point)
         ctx.save_for_backward((q >= qmin) & (q <= qmax))
-        return (torch.clamp(q, qmin, qmax) - zp) * scale
+        return (torch.clamp(q, qmin, qmax) - zero_point) * scale  # = grid.decode(codes)
 
     @staticmethod
     def backward(ctx, grad):
@@ -75,15 +104,12 @@ def uniform(
     Equal to ``torch.fake_quantize_per_tensor_affine(x, scale, zero_point, qmin, qmax)`` and to
     ``torch.fake_quantize_per_channel_affine(x, scale, zero_point, axis, qmin, qmax)``.
     Gradient flows to ``x`` only (the observer-driven scale is a statistic, not a parameter).
+    Equal to ``uniform_encode``'s ``grid.decode(codes)`` (per tensor or along axis 0).
     """
-    if qmin >= qmax:
-        raise ValueError(f"qmin ({qmin}) must be < qmax ({qmax})")
-    if tensor_arg(x, "x").numel() == 0:
+    s, zp = _checked(x, scale, zero_point, qmin, qmax, axis)
+    if x.numel() == 0:
         return x.clone()
-    s = _broadcast(scale, x, axis, "scale")
-    if bool((s <= 0).any()):  # a NaN scale (from NaN activations) propagates NaN instead
-        raise ValueError("scale must be > 0")
-    return _Uniform.apply(x, s, _broadcast(zero_point, x, axis, "zero_point"), qmin, qmax)
+    return _Uniform.apply(x, s, zp, qmin, qmax)
 
 
 def minmax_qparams(

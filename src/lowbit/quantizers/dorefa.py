@@ -1,7 +1,11 @@
 """DoReFa-Net modules: k-bit weights (eq. 9, or eq. 7 at 1 bit), k-bit activations
 quantize_k(clip(x, 0, 1)) and k-bit gradients (survey eq. 31-32 with DoReFa's noise).
 
-Formulas and deviations: :mod:`lowbit.functional.dorefa`.
+Formulas, deviations and records (IntegerGrid: odd integers -n..n times 1/n for k >= 2
+weights, +-1 times E|w| at 1 bit, 0..n times 1/n for activations): :mod:`lowbit.functional.
+dorefa`. Deterministic and stateless: ``freeze()`` changes nothing, DoReFaAct's codebook() is
+available at any time. Tests: tests/functional/test_dorefa.py,
+tests/quantizers/test_dorefa_log2_stochastic.py, tests/quantizers/test_contract.py.
 """
 
 from __future__ import annotations
@@ -10,12 +14,13 @@ import torch
 from torch import nn
 
 from lowbit.functional.checks import check_bits
+from lowbit.functional.codebook import IntegerGrid
 from lowbit.functional.dorefa import (
     DOREFA_GRAD_BITS,
     dorefa_activation,
+    dorefa_activation_encode,
     dorefa_weight,
-    dorefa_weight_codes,
-    dorefa_weight_levels,
+    dorefa_weight_encode,
     quantize_gradient,
 )
 from lowbit.quantizers.base import ActQuantizer, WeightQuantizer
@@ -33,12 +38,8 @@ class DoReFaWeight(WeightQuantizer):
         return dorefa_weight(weight, self.bits)
 
     @torch.no_grad()
-    def encode(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        dorefa_weight(weight, self.bits)  # same checks as forward
-        return dorefa_weight_codes(weight, self.bits), dorefa_weight_levels(weight, self.bits)
-
-    def storage_scalars(self, weight: torch.Tensor) -> int:
-        return 1 if self.bits == 1 else 0  # E(|w|) at 1 bit; fixed levels otherwise
+    def encode(self, weight: torch.Tensor) -> tuple[torch.Tensor, IntegerGrid]:
+        return dorefa_weight_encode(weight, self.bits)
 
 
 class DoReFaAct(ActQuantizer):
@@ -49,6 +50,13 @@ class DoReFaAct(ActQuantizer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return dorefa_activation(x, self.bits)
+
+    def codebook(self) -> IntegerGrid:
+        return self.encode(torch.zeros(0))[1]
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, IntegerGrid]:
+        return dorefa_activation_encode(x, self.bits)
 
 
 class DoReFaGradient(nn.Module):

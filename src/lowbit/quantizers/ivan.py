@@ -1,6 +1,9 @@
 """Modules for ivan's Q_b weights with trainable scale alpha (eq. 3-4) and A_b activations (eq. 5).
 
-Formulas and deviations: :mod:`lowbit.functional.ivan`.
+Formulas, deviations and records (IntegerGrid over LevelRange: +-1..+-2^(b-1) times
+|alpha|/2^(b-1) for weights, 0..2^b-1 times M/(2^b-1) for activations, M the running max once
+frozen): :mod:`lowbit.functional.ivan`. Tests: tests/core/test_ivan.py,
+tests/quantizers/test_contract.py.
 """
 
 from __future__ import annotations
@@ -8,9 +11,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lowbit.functional.checks import check_nonempty
-from lowbit.functional.codebook import signed_to_codes
-from lowbit.functional.ivan import ivan_activation, ivan_scaled_levels, ivan_scaled_weight
+from lowbit.errors import LowbitError
+from lowbit.functional.codebook import IntegerGrid
+from lowbit.functional.ivan import (
+    ivan_activation,
+    ivan_activation_encode,
+    ivan_scaled_encode,
+    ivan_scaled_weight,
+)
 from lowbit.quantizers.base import RunningMaxAct, WeightQuantizer
 
 
@@ -34,15 +42,8 @@ class IvanWeight(WeightQuantizer):
         return ivan_scaled_weight(weight, self.alpha, self.bits)
 
     @torch.no_grad()
-    def encode(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        check_nonempty(weight, "weight")
-        s = 2 ** (self.bits - 1)
-        k, _ = ivan_scaled_levels(weight, self.bits)  # the same levels the forward computes
-        levels = torch.cat([torch.arange(-s, 0), torch.arange(1, s + 1)]).to(weight)
-        return signed_to_codes(k, s), levels * (self.alpha.abs() / float(s))
-
-    def storage_scalars(self, weight: torch.Tensor) -> int:
-        return 1  # alpha: the levels are alpha * k / 2^(b-1)
+    def encode(self, weight: torch.Tensor) -> tuple[torch.Tensor, IntegerGrid]:
+        return ivan_scaled_encode(weight, self.alpha, self.bits)
 
 
 class IvanAct(RunningMaxAct):
@@ -51,9 +52,20 @@ class IvanAct(RunningMaxAct):
     Training uses the batch's M, as the paper. Inference uses a running average of the batch
     maxima (momentum 0.1), so a test prediction does not depend on the rest of its batch.
     Deviation: the paper does not say what M is at inference.
+    ``freeze()`` fixes M to the running value (RunningMaxAct); then ``codebook()`` is
+    ``IntegerGrid(LevelRange(0, 2^b - 1), M / (2^b - 1))`` and ``encode(x)`` its codes.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.numel() == 0:
             return x.clone()
         return ivan_activation(x, self.bits, self.observed_max(x, float(2**self.bits - 1)))
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, IntegerGrid]:
+        if not self.is_frozen:
+            raise LowbitError("IvanAct: freeze() it before asking for its grid")
+        return ivan_activation_encode(x, self.bits, self.running_max)
+
+    def codebook(self) -> IntegerGrid:
+        return self.encode(torch.zeros(0))[1]

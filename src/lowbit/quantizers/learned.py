@@ -1,6 +1,10 @@
 """Modules for the learned-range quantizers LSQ (weights and activations) and PACT (activations).
 
-Formulas, equation numbers and deviations: :mod:`lowbit.functional.learned`.
+Formulas, equation numbers, deviations and records (IntegerGrid over LevelRange times the
+learned step: -Q_N..Q_P for LSQ weights, 0..Q_P for LSQ activations, 0..2^b-1 times alpha/n
+for PACT): :mod:`lowbit.functional.learned`. ``freeze()``: the learned step / alpha simply
+become the grid (an LSQAct that never saw a training batch has no step and refuses).
+Tests: tests/quantizers/test_learned_modules.py, tests/quantizers/test_contract.py.
 """
 
 from __future__ import annotations
@@ -8,18 +12,24 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lowbit.errors import LowbitError
 from lowbit.functional.checks import check_finite, check_nonempty
+from lowbit.functional.codebook import IntegerGrid
 from lowbit.functional.learned import (
     lsq,
-    lsq_codes,
+    lsq_encode,
     lsq_grad_scale,
     lsq_init_step,
     lsq_range,
     pact,
+    pact_encode,
 )
 from lowbit.quantizers.base import ActQuantizer, WeightQuantizer
 
-_EPS = torch.finfo(torch.float32).eps
+
+def _need_frozen(q: ActQuantizer) -> None:
+    if not q.is_frozen:
+        raise LowbitError(f"{type(q).__name__}: freeze() it before asking for its grid")
 
 
 class LSQWeight(WeightQuantizer):
@@ -56,19 +66,9 @@ class LSQWeight(WeightQuantizer):
         return lsq(weight, self.step, self.qn, self.qp, lsq_grad_scale(n, self.qp), axis)
 
     @torch.no_grad()
-    def encode(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(self, weight: torch.Tensor) -> tuple[torch.Tensor, IntegerGrid]:
         check_nonempty(weight, "weight")
-        check_finite(weight, "weight")
-        axis = self._axis()
-        codes = (lsq_codes(weight, self.step, self.qn, self.qp, axis) + self.qn).long()
-        grid = torch.arange(-self.qn, self.qp + 1, dtype=torch.float32, device=weight.device)
-        s = torch.clamp(self.step.detach(), min=_EPS)  # the same s the forward multiplies by
-        if axis is None:
-            return codes, grid * s
-        return codes, grid[None, :] * s[:, None]
-
-    def storage_scalars(self, weight: torch.Tensor) -> int:
-        return self.step.numel()  # the levels are k * s, k = -Q_N..Q_P
+        return lsq_encode(weight, self.step, self.qn, self.qp, self._axis())
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, per_channel={self.per_channel}"
@@ -112,6 +112,19 @@ class LSQAct(ActQuantizer):
         n = x.numel() // x.shape[0] if x.dim() > 1 else x.numel()
         return lsq(x, step, self.qn, self.qp, lsq_grad_scale(n, self.qp))
 
+    def _freeze(self) -> None:
+        if not bool(self.initialized):
+            raise LowbitError("LSQAct has seen no (non-zero) training batch: its step is not "
+                              "initialised; train or calibrate it before freeze()")
+
+    def codebook(self) -> IntegerGrid:
+        return self.encode(torch.zeros(0))[1]
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, IntegerGrid]:
+        _need_frozen(self)
+        return lsq_encode(x, self.step, self.qn, self.qp)
+
 
 class PACTAct(ActQuantizer):
     """PACT (eq. 1-3): clip(x, 0, alpha), quantized to 2^b levels; replaces the ReLU.
@@ -138,6 +151,14 @@ class PACTAct(ActQuantizer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return pact(x, self.alpha, self.bits)
+
+    def codebook(self) -> IntegerGrid:
+        return self.encode(torch.zeros(0))[1]
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, IntegerGrid]:
+        _need_frozen(self)
+        return pact_encode(x, self.alpha, self.bits)
 
     def regularization(self) -> torch.Tensor:
         """lambda_alpha * alpha^2, to be added to the training loss."""

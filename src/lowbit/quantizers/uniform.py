@@ -2,14 +2,20 @@
 
 Formula: :func:`lowbit.functional.uniform` (Jacob et al. 2018, eq. 1-2) with the scale and zero
 point of :func:`lowbit.functional.minmax_qparams` (torch.ao MinMaxObserver's rule).
+Records: :func:`lowbit.functional.uniform.uniform_encode`'s IntegerGrid (signed levels
+-2^(b-1)..2^(b-1)-1 per output channel for weights; unsigned 0..2^b-1 with a zero point per
+tensor for activations). Deterministic: ``freeze()`` fixes UniformAct's moving min/max.
+Tests: tests/core/test_uniform.py, tests/quantizers/test_contract.py.
 """
 
 from __future__ import annotations
 
 import torch
 
+from lowbit.errors import LowbitError
 from lowbit.functional.checks import check_finite
-from lowbit.functional.uniform import minmax, minmax_qparams, uniform, uniform_codes
+from lowbit.functional.codebook import IntegerGrid
+from lowbit.functional.uniform import minmax, minmax_qparams, uniform, uniform_encode
 from lowbit.quantizers.base import ActQuantizer, WeightQuantizer
 
 UNIFORM_BITS = tuple(range(2, 17))
@@ -40,17 +46,9 @@ class UniformWeight(WeightQuantizer):
         return uniform(weight, scale, zero_point, self.qmin, self.qmax, axis)
 
     @torch.no_grad()
-    def encode(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(self, weight: torch.Tensor) -> tuple[torch.Tensor, IntegerGrid]:
         scale, zero_point, axis = self.qparams(weight)
-        q = uniform_codes(weight, scale, zero_point, self.qmin, self.qmax, axis)
-        grid = torch.arange(self.qmin, self.qmax + 1, dtype=torch.float32, device=weight.device)
-        if axis is None:
-            return (q - self.qmin).long(), (grid - zero_point.round()) * scale
-        codebook = (grid[None, :] - zero_point.round()[:, None]) * scale[:, None]
-        return (q - self.qmin).long(), codebook
-
-    def storage_scalars(self, weight: torch.Tensor) -> int:
-        return 2 * (weight.shape[0] if self.per_channel else 1)
+        return uniform_encode(weight, scale, zero_point, self.qmin, self.qmax, axis)
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, per_channel={self.per_channel}, symmetric={self.symmetric}"
@@ -58,7 +56,9 @@ class UniformWeight(WeightQuantizer):
 
 class UniformAct(ActQuantizer):
     """Unsigned affine grid [0, 2^b - 1] on the output of the float activation, range from a
-    moving average of batch min/max (torch.ao MovingAverageMinMaxObserver, momentum 0.01)."""
+    moving average of batch min/max (torch.ao MovingAverageMinMaxObserver, momentum 0.01).
+    ``freeze()`` fixes the moving range (it refuses an unobserved quantizer): no more updates in
+    training mode, and ``codebook()`` / ``encode(x)`` give the grid the forward uses."""
 
     BITS = UNIFORM_BITS
     REPLACES_ACTIVATION = False
@@ -74,7 +74,7 @@ class UniformAct(ActQuantizer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.numel() == 0:
             return x.clone()
-        if self.training:
+        if self.training and not self.is_frozen:
             self._observe(x)
         if int(self.num_batches) == 0:  # eval before any training batch: observe this one
             lo, hi = minmax(x, None)
@@ -82,6 +82,25 @@ class UniformAct(ActQuantizer):
             lo, hi = self.running_min, self.running_max
         scale, zero_point = minmax_qparams(lo, hi, self.qmin, self.qmax, symmetric=False)
         return uniform(x, scale, zero_point, self.qmin, self.qmax)
+
+    def _freeze(self) -> None:
+        if int(self.num_batches) == 0:
+            raise LowbitError("UniformAct has seen no training batch: its range is unknown; "
+                              "train or calibrate it before freeze()")
+
+    def _qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_frozen:
+            raise LowbitError("UniformAct: freeze() it before asking for its grid")
+        return minmax_qparams(self.running_min, self.running_max, self.qmin, self.qmax,
+                              symmetric=False)
+
+    def codebook(self) -> IntegerGrid:
+        return self.encode(torch.zeros(0))[1]
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, IntegerGrid]:
+        scale, zero_point = self._qparams()
+        return uniform_encode(x, scale, zero_point, self.qmin, self.qmax)
 
     @torch.no_grad()
     def _observe(self, x: torch.Tensor) -> None:
