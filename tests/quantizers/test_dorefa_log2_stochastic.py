@@ -133,9 +133,14 @@ def test_inq_encode_needs_full_partition():
     w = torch.randn(4, 4)
     q = INQWeight(3)
     q.init_from(w)
+    size = q.storage_bytes(w)  # the final record's size, before the schedule ends
     q.partition_(w, 0.5)
     with pytest.raises(LowbitError, match="50.0% quantized"):
         q.encode(w)
+    q.freeze()  # portion 1.0: the weights still float are INQ-quantized
+    codes, grid = q.encode(w)
+    assert size == grid.storage_bytes(16) and torch.equal(grid.decode(codes), q(w))
+    assert torch.equal(q(w)[q.frozen_mask], q.frozen_values[q.frozen_mask])
     with pytest.raises(LowbitError, match="init_from"):
         INQWeight(3)(w)
 

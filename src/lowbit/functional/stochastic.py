@@ -81,12 +81,12 @@ def _check_step(step: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
     return s.reshape(())
 
 
-def _grid_integers(x, step, u, qmin, qmax, bits):
-    """(k, record): k = r(x / step + offset) as exact integers in x's float dtype, clamped to
-    [qmin, qmax] (given or, when None, the range of k); record IntegerGrid(LevelRange(qmin,
-    qmax), step, bits). ``u`` None: r = ceil, offset -1/2 (eq. 6, ties down); else r = floor,
-    offset u (stochastic rounding). The one rounding of this family: the codes are k - qmin,
-    the value k * step is the record's formula on these same integers (decode, bit for bit)."""
+def _grid_integers(x, step, u, qmin, qmax):
+    """(k, step, qmin, qmax): k = r(x / step + offset) as exact integers in x's float dtype,
+    clamped to [qmin, qmax] (given or, when None, the range of k). ``u`` None: r = ceil,
+    offset -1/2 (eq. 6, ties down); else r = floor, offset u (stochastic rounding). The one
+    rounding of this family: the codes are k - qmin of IntegerGrid(LevelRange(qmin, qmax),
+    step), and the value k * step is that record's formula on the same integers."""
     s = _check_step(step, x)
     z = x.detach() / s
     k = torch.ceil_(z.sub_(0.5)) if u is None else torch.floor_(z.add_(u))
@@ -94,8 +94,14 @@ def _grid_integers(x, step, u, qmin, qmax, bits):
         qmin = int(k.min()) if qmin is None else qmin
         qmax = int(k.max()) if qmax is None else qmax
     qmin, qmax = (0, 0) if qmin is None or qmax is None else (int(qmin), int(qmax))
+    return k.clamp_(qmin, qmax), s, qmin, qmax
+
+
+def _grid_record(k, s, qmin, qmax, bits):
+    """(codes k - qmin, IntegerGrid(LevelRange(qmin, qmax), s, bits)); bits default
+    ceil(log2(qmax - qmin + 1))."""
     bits = max(1, math.ceil(math.log2(qmax - qmin + 1))) if bits is None else bits
-    return k.clamp_(qmin, qmax), IntegerGrid(LevelRange(qmin, qmax), s, bits)
+    return _codes(k, qmin), IntegerGrid(LevelRange(qmin, qmax), s, bits)
 
 
 def _codes(k: torch.Tensor, lo: int) -> torch.Tensor:
@@ -105,10 +111,10 @@ def _codes(k: torch.Tensor, lo: int) -> torch.Tensor:
     return k.long().sub_(lo)
 
 
-def _value(x: torch.Tensor, k: torch.Tensor, grid: IntegerGrid) -> torch.Tensor:
-    """ste(x, k * scale): the record's (l - 0) * scale on the float integers k, which is
-    ``grid.decode(codes)`` bit for bit (int -> float of an integer-valued float is exact)."""
-    return ste(x, k.mul_(grid.scale))
+def _value(x: torch.Tensor, k: torch.Tensor, scale: torch.Tensor, *_) -> torch.Tensor:
+    """ste(x, k * scale): IntegerGrid's (l - 0) * scale on the float integers k, which is
+    ``record.decode(codes)`` bit for bit (int -> float of an integer-valued float is exact)."""
+    return ste(x, k.mul_(scale))
 
 
 def fixed_point_encode(
@@ -122,8 +128,7 @@ def fixed_point_encode(
     k step, k = ceil(x / step - 1/2) clamped to [qmin, qmax] (Gupta's saturation; an omitted
     bound is the range of k). Record: IntegerGrid(LevelRange(qmin, qmax), step, bits), bits
     default ceil(log2(qmax - qmin + 1)): the integers k are the fixed-point words."""
-    k, grid = _grid_integers(x, step, None, qmin, qmax, bits)
-    return _codes(k, grid.levels.lo), grid
+    return _grid_record(*_grid_integers(x, step, None, qmin, qmax), bits)
 
 
 def stochastic_encode(
@@ -138,8 +143,7 @@ def stochastic_encode(
     (E[k step] = x before the clamp to [qmin, qmax]); the record as :func:`fixed_point_encode`.
     A training-time draw: deployment rounds with :func:`fixed_point_encode` (Gupta et al.
     train with stochastic rounding and evaluate with round to nearest, sec. 4)."""
-    k, grid = _grid_integers(x, step, _noise(x, generator), qmin, qmax, bits)
-    return _codes(k, grid.levels.lo), grid
+    return _grid_record(*_grid_integers(x, step, _noise(x, generator), qmin, qmax), bits)
 
 
 def _noise(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -158,7 +162,7 @@ def fixed_point_round(
     s = _check_step(step, x)
     if x.numel() == 0:
         return x.clone()
-    return _value(x, *_grid_integers(x, s, None, qmin, qmax, None))
+    return _value(x, *_grid_integers(x, s, None, qmin, qmax))
 
 
 def stochastic_round(
@@ -173,7 +177,7 @@ def stochastic_round(
     s = _check_step(step, x)
     if x.numel() == 0:
         return x.clone()
-    return _value(x, *_grid_integers(x, s, _noise(x, generator), qmin, qmax, None))
+    return _value(x, *_grid_integers(x, s, _noise(x, generator), qmin, qmax))
 
 
 def pow2_step(m: torch.Tensor, bits: int) -> torch.Tensor:
@@ -245,4 +249,5 @@ def wu_round(x: torch.Tensor, bits: int, scale: torch.Tensor | float = 1.0) -> t
     bits = check_bits(bits, 2, 16)
     if tensor_arg(x, "x").numel() == 0:
         return x.clone()
-    return _value(x, *_wu_integers(x, bits, scale))
+    j, grid = _wu_integers(x, bits, scale)
+    return _value(x, j, grid.scale)

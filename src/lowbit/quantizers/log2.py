@@ -16,7 +16,7 @@ import torch
 from lowbit.errors import LowbitError
 from lowbit.functional.checks import check_finite, check_nonempty
 from lowbit.functional.codebook import Codebook
-from lowbit.functional.log2 import inq_encode, inq_exponents, pow2_encode, round_log2
+from lowbit.functional.log2 import inq_encode, inq_exponents, pow2_encode, pow2_grid, round_log2
 from lowbit.functional.ste import ste
 from lowbit.functional.stochastic import finite_absmax
 from lowbit.quantizers.base import RunningMaxAct, WeightQuantizer
@@ -183,6 +183,13 @@ class INQWeight(WeightQuantizer):
             )
         w = torch.where(self.frozen_mask, self.frozen_values, weight)
         return inq_encode(w, int(self.n1), self.n2, self.bits)
+
+    def storage_bytes(self, weight: torch.Tensor) -> int:
+        """Bytes of the record INQ ends with (it depends on n1 and bits only), at any portion:
+        model_bytes is asked before the schedule has run."""
+        self._check_shape(weight)
+        grid = pow2_grid(self.n2, int(self.n1) - self.n2 + 1, True, self.bits, weight.dtype)
+        return grid.storage_bytes(weight.numel())
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         for name in ("frozen_mask", "frozen_values"):  # shapes follow the stored weight
