@@ -30,7 +30,18 @@
    alpha < beta adjacent in P+ = {0, 2^n2, ..., 2^n1}: nearest level in the *linear* domain,
    ties up; |w| < 2^(n2-1) -> 0. Above 3/2 2^n1 (impossible at s = max|W|) saturates to 2^n1.
 
-Tests: tests/functional/test_log2.py.
+Records (issue 8): :func:`pow2_encode` and :func:`inq_encode` are the primary functions and
+return (codes, :func:`pow2_grid`): an IntegerGrid of the integer levels {0, (+-)2^j} times the
+scale 2^e_min (e_min = the smallest exponent: a runtime shifts, the exponents stay integer),
+codes in ascending value order. A Table only where that cannot be exact: 2^j beyond int64
+(more than 63 magnitudes: 8-bit signed LogQuant, 7/8-bit unsigned, 8-bit INQ) or 2^e_min
+below the dtype's range. :func:`pow2`, :func:`log_quant` and :func:`inq_quantize` are the
+decode of those records (straight-through for the first two).
+
+Tests: tests/functional/test_log2.py (references above, test_pow2_properties: decode(encode) is
+the forward, test_pow2_grid_integer_levels_and_table_fallback,
+test_pow2_wide_codes_decode_to_the_forward, test_inq_matches_paper);
+tests/quantizers/test_contract.py (pow2, inq: every bit width, frozen).
 """
 
 from __future__ import annotations

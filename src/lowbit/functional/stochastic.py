@@ -31,7 +31,17 @@ Neural Networks", ICLR 2018, arXiv:1802.04680, eq. (5) (survey eq. 10, "Shuang e
     straight-through gradient dQ/dx = 1 (WAGE keeps weights inside the range by clipping
     them in the update, not in this gradient). 2..16 bits (k = 1 would map everything to 0).
 
-Tests: tests/functional/test_stochastic.py.
+Records (issue 8): :func:`fixed_point_encode`, :func:`stochastic_encode` and :func:`wu_encode`
+return IntegerGrid(LevelRange(lo, hi), step): the fixed-point words k are integers in a range
+(no table), times the step (WAGE: sigma times the layer scale). Each method rounds once
+(``_grid_integers`` / ``_wu_integers``); the codes are k - lo and the value is k * step, the
+record's formula on those same integers, so decode(encode(x)) is the forward bit for bit.
+Stochastic rounding is a training-time draw: deployment uses round to nearest (Gupta et al.
+2015 evaluate with it; quantizers switch at ``freeze()``).
+
+Tests: tests/functional/test_stochastic.py (test_fixed_point_round_eq6_ties_down,
+test_wu_round_eq10, test_stochastic_encode_is_the_training_draw_and_decode_lookup_is_decode);
+tests/quantizers/test_contract.py (stochastic, wu: every bit width, frozen).
 """
 
 from __future__ import annotations
@@ -49,7 +59,8 @@ from lowbit.functional.ste import ste
 def decode_lookup(codes: torch.Tensor, codebook: IntegerGrid | Table) -> torch.Tensor:
     """``codebook.decode(codes)`` for a per-tensor record, as one gather: decode is elementwise,
     so decoding the ``num_codes`` codes once and indexing gives the same values bit for bit
-    (tests/functional/test_stochastic.py::test_decode_lookup_is_decode), in one pass instead
+    (tests/functional/test_stochastic.py::
+    test_stochastic_encode_is_the_training_draw_and_decode_lookup_is_decode), in one pass instead
     of the record's several (range check, level lookup, int -> float, scale)."""
     codes = tensor_arg(codes, "codes")
     table = _TABLES.get(codebook)
