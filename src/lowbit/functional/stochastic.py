@@ -36,8 +36,8 @@ return IntegerGrid(LevelRange(lo, hi), step): the fixed-point words k are intege
 (no table), times the step (WAGE: sigma times the layer scale). Each method rounds once
 (``_grid_integers`` / ``_wu_integers``); the codes are k - lo and the value is k * step, the
 record's formula on those same integers, so decode(encode(x)) is the forward bit for bit.
-Stochastic rounding is a training-time draw: deployment uses round to nearest (Gupta et al.
-2015 evaluate with it; quantizers switch at ``freeze()``).
+Stochastic rounding is a training-time draw: deployment uses eq. 6, round to nearest (the
+quantizers switch at ``freeze()``; see quantizers/stochastic.py for the reading).
 
 Tests: tests/functional/test_stochastic.py (test_fixed_point_round_eq6_ties_down,
 test_wu_round_eq10, test_stochastic_encode_is_the_training_draw_and_decode_lookup_is_decode);
@@ -152,8 +152,7 @@ def stochastic_encode(
 ) -> tuple[torch.Tensor, IntegerGrid]:
     """Gupta et al. 2015 eq. (2)-(3), stochastic rounding: k = floor(x / step + u), u ~ U[0, 1)
     (E[k step] = x before the clamp to [qmin, qmax]); the record as :func:`fixed_point_encode`.
-    A training-time draw: deployment rounds with :func:`fixed_point_encode` (Gupta et al.
-    train with stochastic rounding and evaluate with round to nearest, sec. 4)."""
+    A training-time draw: deployment rounds with :func:`fixed_point_encode` (eq. 6)."""
     return _grid_record(*_grid_integers(x, step, _noise(x, generator), qmin, qmax), bits)
 
 

@@ -4,8 +4,11 @@ Formulas and deviations: :mod:`lowbit.functional.stochastic`. Every encode retur
 :class:`~lowbit.functional.codebook.IntegerGrid` over a :class:`LevelRange` (the fixed-point
 words k) times the step; the deployed forward is its decode (tests/quantizers/test_contract.py).
 Stochastic rounding is the training forward until :meth:`freeze`, which switches to round to
-nearest for good (Gupta et al. 2015 train with stochastic rounding and test with round to
-nearest; the survey, shared/papers/guo2018-survey-quantized-neural-networks, sec. 3.2).
+nearest for good: survey eq. 6 (shared/papers/guo2018-survey-quantized-neural-networks, sec.
+3.1), Gupta et al.'s deterministic rounding to the nearest fixed-point word; stochastic rounding
+(Gupta et al. 2015, eq. 2-3; survey sec. 3.2, "random rounding") is their training-time
+rounding. Reading: neither text fixes a deployment rule; a deterministic file needs one, and
+eq. 6 is the one the method defines (and what eval used before freeze() existed).
 """
 
 from __future__ import annotations
