@@ -119,14 +119,14 @@ def _log_index(x: torch.Tensor, e_min: int, n_mag: int) -> torch.Tensor:
     """t = clamp(Round(log2 x) - e_min + 1, 0, n_mag) (int32) for x >= 0; 0 for x <= 0.
 
     float32 reads the bits as :func:`round_log2` does (Round(log2 x) = E - 127 + up, the same
-    expression), in a few int32 passes; zero, negatives and (e_min < -126) subnormals
-    need no special case except below e_min = -126, where zero would otherwise count.
+    expression), in a few int32 passes; zero and negatives fall below t = 0 by themselves
+    while e_min >= -126, and are masked below that (7/8-bit grids).
     Other dtypes: :func:`round_log2` (frexp)."""
     if x.dtype == torch.float32:
         i = x.view(torch.int32)
         r = (i >> 23).add_((i & 0x7FFFFF) >= SQRT2_MANTISSA)  # E + up, E = biased exponent
         t = r.sub_(126 + e_min).clamp_(0, n_mag)
-        return t if e_min >= -126 else torch.where(x > 0, t, torch.zeros_like(t))
+        return t if e_min >= -126 else t.mul_(x > 0)
     r, nonzero = round_log2(torch.clamp(x, min=0.0))
     t = (r - (e_min - 1)).clamp(0, n_mag).to(torch.int32)
     return torch.where(nonzero, t, torch.zeros_like(t))
@@ -152,6 +152,9 @@ def pow2_encode(x: torch.Tensor, bits: int, fsr: torch.Tensor | int, signed: boo
     if not signed:
         return _log_index(x, e_min, n_mag).long(), grid
     t = _log_index(x.abs(), e_min, n_mag)
+    if x.dtype == torch.float32:  # n + sign(x) t from the sign bit s = 0 / -1: (t ^ s) - s
+        sign = x.view(torch.int32) >> 31
+        return t.bitwise_xor_(sign).sub_(sign).add_(n_mag).long(), grid
     return torch.where(x < 0, n_mag - t, t.add_(n_mag)).long(), grid
 
 
