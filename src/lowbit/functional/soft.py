@@ -206,8 +206,7 @@ def soft_quantize(
     scalars (floats or 0-d tensors; tensors that require grad get eq. 8/9 gradients, biases
     eq. 10). Backward: exact derivatives, eq. (7)-(10) (see the module doc).
     """
-    x, levels, biases = _check_args(x, levels, biases)
-    steps, offset = _steps_offset(levels)
+    x, levels, biases, steps, offset = _check_args(x, levels, biases)
     if x.numel() == 0:
         return x.clone()
     a, b, t = (_as_scalar(v, x, name) for v, name in
@@ -268,14 +267,14 @@ def _integer_levels(levels: tuple[float, ...]) -> LevelRange | torch.Tensor | No
 
 
 def _check_args(x, levels, biases):
-    """x, levels and biases, checked: ascending levels, one bias per step."""
+    """x, levels, biases, steps, offset, checked: ascending levels, one bias per step."""
     x = tensor_arg(x, "x")
     levels = tensor_arg(levels, "levels", like=x, table=True)
     biases = tensor_arg(biases, "biases", like=x, table=True)
-    steps, _ = _steps_offset(levels)
+    steps, offset = _steps_offset(levels)
     if biases.numel() != len(steps):
         raise ValueError(f"{len(steps) + 1} levels need {len(steps)} biases, got {biases.numel()}")
-    return x, levels, biases
+    return x, levels, biases, steps, offset
 
 
 def hard_encode(
@@ -288,7 +287,7 @@ def hard_encode(
 ) -> tuple[torch.Tensor, IntegerGrid | Table]:
     """Eq. (11) as (codes, codebook): k = #{i : beta x - b_i >= 0} (A(0) = 1; ascending
     biases) and :func:`hard_grid` (alpha detached: what a file stores)."""
-    x, levels, biases = _check_args(x, levels, biases)
+    x, levels, biases, _, _ = _check_args(x, levels, biases)
     alpha = alpha.detach() if torch.is_tensor(alpha) else alpha
     return _hard_codes(x, biases, beta), hard_grid(levels.to(x.dtype), alpha, bits)
 
@@ -305,7 +304,7 @@ def hard_quantize(
     No gradient to x or the biases (the step's derivative is 0 almost everywhere); eq. (8)'s
     d/dalpha = Y_k flows through the decoded level table alpha * Y.
     """
-    x, levels, biases = _check_args(x, levels, biases)
+    x, levels, biases, _, _ = _check_args(x, levels, biases)
     return decode_lookup(_hard_codes(x, biases, beta), hard_grid(levels.to(x.dtype), alpha))
 
 
