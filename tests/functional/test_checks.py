@@ -63,7 +63,7 @@ CALLS = {
     "log_quant": lambda b: F.log_quant(W, b, 0),
     "polino_uniform": lambda b: F.polino_uniform(W, b),
     "wu_round": lambda b: F.wu_round(W, b),
-    "wu_codes": lambda b: stochastic.wu_codes(W, b),
+    "wu_encode": lambda b: stochastic.wu_encode(W, b)[0],
     "pow2_step": lambda b: stochastic.pow2_step(torch.tensor(1.5), b),
     "hwgq": lambda b: F.hwgq(W, b),
     "abc_weight": lambda b: F.abc_weight(W, b),

@@ -12,15 +12,15 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from lowbit.errors import BitsError, NonFiniteError
+from lowbit.functional.codebook import IntegerGrid, Table
 from lowbit.functional.log2 import (
-    inq_codes,
+    inq_encode,
     inq_exponents,
-    inq_levels,
     inq_quantize,
     log_quant,
     pow2,
-    pow2_codes,
-    pow2_levels,
+    pow2_encode,
+    pow2_grid,
     round_log2,
 )
 
@@ -91,14 +91,15 @@ def test_pow2_gradient_is_identity():
 def test_pow2_properties(x, bits, fsr):
     xt = torch.from_numpy(x)
     q = pow2(xt, bits, fsr)
-    levels = pow2_levels(bits, fsr)
-    assert levels.numel() == 2**bits - 1 and q.unique().numel() <= 2**bits
-    assert torch.equal(levels[pow2_codes(q, bits, fsr)], q)  # codes round trip, bit-exact
+    codes, grid = pow2_encode(xt, bits, fsr)
+    assert grid.num_codes == 2**bits - 1 and q.unique().numel() <= 2**bits
+    assert torch.equal(grid.decode(codes), q)  # the forward is decode(encode), bit-exact
+    assert torch.equal(pow2_encode(q, bits, fsr)[0], codes)  # codes of q are q's codes
     assert torch.equal(pow2(q, bits, fsr), q)  # idempotent
     order = torch.argsort(xt)
     assert bool((q[order].diff() >= 0).all())  # monotone
     assert bool((q * xt >= 0).all())  # keeps the sign
-    inside = (xt.abs() >= 2.0 ** (fsr - levels.numel() // 2 + 1)) & (xt.abs() <= 2.0**fsr)
+    inside = (xt.abs() >= 2.0 ** (fsr - grid.num_codes // 2 + 1)) & (xt.abs() <= 2.0**fsr)
     ratio = (q[inside] / xt[inside]).abs()  # log-domain rounding: within a factor sqrt(2)
     assert bool(((ratio >= 2**-0.5 - 1e-6) & (ratio <= 2**0.5 + 1e-6)).all())
 
@@ -135,8 +136,11 @@ def test_inq_matches_paper(bits, s):
     w = np.array(pts + [-p for p in pts], dtype=np.float32)
     out = inq_quantize(torch.from_numpy(w), n1, n2)
     np.testing.assert_array_equal(out.numpy(), np_inq(w, n1, n2))
-    assert torch.equal(inq_levels(n1, n2)[inq_codes(out, n1, n2)], out)
-    assert inq_levels(n1, n2).numel() == 2 ** (bits - 1) + 1 <= 2**bits
+    codes, grid = inq_encode(torch.from_numpy(w), n1, n2)
+    assert isinstance(grid, IntegerGrid) and grid.bits == bits
+    assert torch.equal(grid.decode(codes), out)
+    assert grid.num_codes == 2 ** (bits - 1) + 1 <= 2**bits
+    assert float(grid.scale) == 2.0**n2  # levels 0, +-2^j, j = 0..n1-n2: shifts of 2^n2
 
 
 def test_inq_known_values_and_checks():
@@ -157,3 +161,28 @@ def test_sqrt2_mantissa_threshold_and_float64_path():
     assert (1 + Fraction(T, 2**23)) ** 2 >= 2 > (1 + Fraction(T - 1, 2**23)) ** 2
     a = torch.rand(5000, generator=torch.Generator().manual_seed(0)) * 50 + 1e-3
     assert torch.equal(round_log2(a)[0].double(), round_log2(a.double())[0])
+
+
+def test_pow2_grid_integer_levels_and_table_fallback():
+    g = pow2_grid(-3, 3, True, 3)  # {0, +-2^-3, +-2^-2, +-2^-1}
+    assert isinstance(g, IntegerGrid) and g.levels.tolist() == [-4, -2, -1, 0, 1, 2, 4]
+    assert float(g.scale) == 2.0**-3 and g.decode(torch.arange(7)).tolist() == [
+        -0.5, -0.25, -0.125, 0.0, 0.125, 0.25, 0.5]
+    u = pow2_grid(0, 3, False, 2)  # unsigned: {0, 1, 2, 4}
+    assert isinstance(u, IntegerGrid) and u.levels.tolist() == [0, 1, 2, 4]
+    big = pow2_grid(-200, 127, True, 8)  # 2^126 outgrows int64; 2^-200 underflows float32
+    small = pow2_grid(-150, 3, False, 2)  # scale 2^-150 is below float32's subnormals
+    assert isinstance(big, Table) and isinstance(small, Table)
+    assert big.values[127 + 127].item() == 2.0**-74 and small.values.tolist()[1] == 0.0
+
+
+@pytest.mark.parametrize("bits,signed", [(8, True), (7, False), (8, False), (6, False)])
+def test_pow2_wide_codes_decode_to_the_forward(bits, signed):
+    x = torch.randn(2000, generator=torch.Generator().manual_seed(bits)) * 3
+    x = torch.cat([x, torch.tensor([0.0, 2.0**-120, 2.0**-126, 1e30])])
+    f = pow2 if signed else log_quant
+    ref = (np_pow2 if signed else lambda v, b, e: np_logquant(v, b, e + 1))(
+        x.numpy(), bits, 2)
+    codes, grid = pow2_encode(x, bits, 2, signed=signed)
+    assert torch.equal(grid.decode(codes), f(x, bits, 2))
+    np.testing.assert_array_equal(f(x, bits, 2).numpy(), ref.astype(np.float32))

@@ -9,12 +9,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lowbit.errors import BitsError
+from lowbit.functional.codebook import IntegerGrid, LevelRange, Table
 from lowbit.functional.soft import (
     ACT_LEVELS,
     WEIGHT_LEVELS,
-    hard_codes,
+    hard_encode,
+    hard_grid,
     hard_quantize,
-    hard_table,
     init_soft_params,
     kmeans_1d,
     levels_for,
@@ -162,8 +163,9 @@ def test_hard_properties(name, seed):
     assert len(torch.unique(y)) <= 2**bits
     assert bool((y[1:] >= y[:-1]).all())  # monotone
     assert set(torch.unique(y / 0.5).tolist()) <= set(levels)
-    codes = hard_codes(x, b)
-    assert torch.equal(hard_table(lv, 0.5)[codes], y)
+    codes, grid = hard_encode(x, lv, b, 0.5)
+    assert isinstance(grid, IntegerGrid) and grid.bits == bits
+    assert torch.equal(grid.decode(codes), y)  # the forward is decode(encode)
     # idempotent for integer level sets with midpoint biases at alpha = beta = 1
     z = hard_quantize(x, lv, b)
     assert torch.equal(hard_quantize(z, lv, b), z)
@@ -225,3 +227,25 @@ def test_init_follows_section_4_1():
     assert b1.tolist() == [0.0] and be1 == pytest.approx(5 / (4 * q))
     b0, _, _ = init_soft_params(torch.zeros(10), lv)  # q = 0: no division by zero
     assert torch.isfinite(b0).all()
+
+
+def test_hard_encode_records():
+    x = torch.linspace(-3, 3, 61)
+    for levels, kind in (((-1.0, 1.0), torch.Tensor), ((0.0, 1.0, 2.0, 3.0), LevelRange),
+                         (WEIGHT_LEVELS["3(±4)"], torch.Tensor)):
+        lv = torch.tensor(levels)
+        codes, grid = hard_encode(x, lv, torch.tensor(mid(levels)), 0.25, 2.0)
+        assert isinstance(grid, IntegerGrid) and isinstance(grid.levels, kind)
+        assert float(grid.scale) == 0.25 and grid.integers(codes).unique().tolist() == [
+            int(v) for v in levels]
+        assert torch.equal(grid.decode(codes), hard_quantize(x, lv, torch.tensor(mid(levels)),
+                                                             0.25, 2.0))
+    frac = torch.tensor([-0.5, 0.25, 1.0])  # not integer: a Table of alpha * Y
+    codes, grid = hard_encode(x, frac, torch.tensor([0.0, 0.5]), 2.0)
+    assert isinstance(grid, Table) and grid.values.tolist() == [-1.0, 0.5, 2.0]
+    assert torch.equal(grid.decode(codes), hard_quantize(x, frac, torch.tensor([0.0, 0.5]), 2.0))
+    alpha = torch.tensor(0.5, requires_grad=True)  # eq. (8) through the hard table: dy/da = Y_k
+    y = hard_quantize(x, frac, torch.tensor([0.0, 0.5]), alpha)
+    y.sum().backward()
+    assert float(alpha.grad) == float((y.detach() / 0.5).sum())
+    assert hard_grid(torch.tensor([0.0, 1.0])).bits == 1

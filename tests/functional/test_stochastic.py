@@ -11,14 +11,17 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from lowbit.errors import BitsError
+from lowbit.functional.codebook import LevelRange
 from lowbit.functional.stochastic import (
-    fixed_point_codes,
+    decode_lookup,
+    fixed_point_encode,
     fixed_point_round,
     polino_uniform,
     pow2_step,
+    stochastic_encode,
     stochastic_round,
     stochastic_uniform,
-    wu_codes,
+    wu_encode,
     wu_round,
 )
 
@@ -40,8 +43,10 @@ def test_fixed_point_round_eq6_ties_down():
     np.testing.assert_array_equal(out, np_eq6(x.astype(np.float64), eps).astype(f32))
     sat = fixed_point_round(torch.tensor([5.0, -5.0, 0.3]), eps, -4, 3)  # Gupta's saturation
     assert sat.tolist() == [0.75, -1.0, 0.25]
-    codes = fixed_point_codes(torch.tensor([5.0, -5.0, 0.3]), eps, -4, 3)
-    assert codes.tolist() == [3, -4, 1]
+    codes, grid = fixed_point_encode(torch.tensor([5.0, -5.0, 0.3]), eps, -4, 3)
+    assert grid.integers(codes).tolist() == [3, -4, 1] and codes.tolist() == [7, 0, 5]
+    assert isinstance(grid.levels, LevelRange) and grid.bits == 3 and float(grid.scale) == eps
+    assert grid.decode(codes).tolist() == sat.tolist()
 
 
 def test_rounding_gradients_are_identity():
@@ -140,10 +145,10 @@ def test_wu_round_eq10(k):
     ref = np.clip(sigma * np.round(x / sigma), -1 + sigma, 1 - sigma).astype(f32)  # eq. 10
     out = wu_round(torch.from_numpy(x), k)
     np.testing.assert_array_equal(out.numpy(), ref)
-    codes = wu_codes(torch.from_numpy(x), k)
+    codes, grid = wu_encode(torch.from_numpy(x), k)
     top = 2 ** (k - 1) - 1
-    levels = torch.arange(-top, top + 1, dtype=torch.float32) * sigma
-    assert torch.equal(levels[codes], out) and levels.numel() == 2**k - 1
+    assert grid.levels == LevelRange(-top, top) and float(grid.scale) == sigma
+    assert torch.equal(grid.decode(codes), out) and grid.num_codes == 2**k - 1
     with pytest.raises(BitsError):
         wu_round(torch.ones(2), 1)
 
@@ -156,3 +161,15 @@ def test_pow2_step_and_bad_step():
     with pytest.raises(ValueError):
         fixed_point_round(torch.ones(2), float("nan"))
     assert stochastic_round(torch.ones(0), 0.5).shape == (0,)
+
+
+def test_stochastic_encode_is_the_training_draw_and_decode_lookup_is_decode():
+    x = torch.randn(300, generator=torch.Generator().manual_seed(3)) * 2
+    codes, grid = stochastic_encode(x, 0.125, torch.Generator().manual_seed(5), -16, 15)
+    q = stochastic_round(x, 0.125, torch.Generator().manual_seed(5), -16, 15)
+    assert torch.equal(grid.decode(codes), q) and torch.equal(decode_lookup(codes, grid), q)
+    assert grid.bits == 5 and int(codes.min()) >= 0 and int(codes.max()) < 32
+    free, g2 = fixed_point_encode(x, 0.25)  # no bounds: the range of k
+    assert torch.equal(g2.decode(free), fixed_point_round(x, 0.25))
+    with pytest.raises(ValueError):
+        fixed_point_round(x, torch.tensor([0.25, 0.5]))  # one step per tensor

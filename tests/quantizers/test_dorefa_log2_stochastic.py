@@ -55,7 +55,8 @@ def test_encode_decode_is_forward_bit_for_bit(cls):
             codes, codebook = q.encode(w)
             assert codes.dtype == torch.int64, (cls, bits, seed)
             assert int(codes.min()) >= 0 and int(codes.max()) < 2**bits
-            assert codebook.numel() <= 2**bits
+            size = codebook.num_codes if hasattr(codebook, "num_codes") else codebook.numel()
+            assert size <= 2**bits
             assert torch.equal(decode(codes, codebook), q(w)), (cls, bits, seed)
             assert q(w).unique().numel() <= 2**bits
 
@@ -86,7 +87,11 @@ def test_pow2_weight_fsr_from_weight():
     assert int(q.fsr) == -2
     assert float(q(torch.tensor([0.3]))) == 0.25
     q.init_from(torch.tensor([0.36]))  # log2 0.36 = -1.47 -> -1
-    assert int(q.fsr) == -1 and q.storage_scalars(torch.ones(1)) == 1
+    assert int(q.fsr) == -1
+    codes, grid = q.encode(torch.tensor([0.36, -0.1, 0.0]))  # levels +-2^j x 2^(fsr - 6)
+    assert isinstance(grid, IntegerGrid) and float(grid.scale) == 2.0**-7
+    assert grid.integers(codes).tolist() == [64, -16, 0]
+    assert q.storage_bytes(torch.ones(10)) == 5 + 4 + 15  # codes, scale, 15 int8 levels
 
 
 def test_stochastic_weight_train_unbiased_eval_deterministic():
@@ -139,9 +144,14 @@ def test_inq_encode_needs_full_partition():
     w = torch.randn(4, 4)
     q = INQWeight(3)
     q.init_from(w)
+    size = q.storage_bytes(w)  # the final record's size, before the schedule ends
     q.partition_(w, 0.5)
     with pytest.raises(LowbitError, match="50.0% quantized"):
         q.encode(w)
+    q.freeze()  # portion 1.0: the weights still float are INQ-quantized
+    codes, grid = q.encode(w)
+    assert size == grid.storage_bytes(16) and torch.equal(grid.decode(codes), q(w))
+    assert torch.equal(q(w)[q.frozen_mask], q.frozen_values[q.frozen_mask])
     with pytest.raises(LowbitError, match="init_from"):
         INQWeight(3)(w)
 

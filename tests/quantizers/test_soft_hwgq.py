@@ -38,7 +38,7 @@ def test_soft_weight_encode_decode_equals_hard_forward(bits):
     q.hard = True
     codes, codebook = q.encode(w)
     assert codes.dtype == torch.int64 and 0 <= int(codes.min()) and int(codes.max()) < 2**bits
-    assert codebook.numel() <= 2**bits
+    assert codebook.num_codes <= 2**bits and codebook.bits == bits
     assert torch.equal(decode(codes, codebook), q(w))
     q.hard = False
     q.temperature.fill_(1e4)

@@ -80,7 +80,7 @@ def test_fit_inq_quantizes_everything_and_resumes_exactly(tmp_path):
     for _, layer, q in inq_layers(model):
         codes, codebook = q.encode(layer.weight)
         assert torch.equal(decode(codes, codebook), layer.quantized_weight())
-        assert codebook.numel() == 2 ** (5 - 1) + 1
+        assert codebook.num_codes == 2 ** (5 - 1) + 1
     # resume after the run finished: nothing retrains, the same model comes back
     again = inq_model()
     out2 = fit_inq(again, train, test, config, tmp_path / "a", portions=(0.5, 0.875, 1.0),

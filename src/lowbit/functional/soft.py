@@ -25,6 +25,10 @@ Gradients, eq. (7)-(10), with sigma_i = sigmoid(T (beta x - b_i)):
   ``grad_temperature`` (default: T) replaces T in the backward only: sec. 4.1, "freezing T = 1 for
   the back-propagation of binary quantization achieves better performance".
 
+Records (:func:`hard_encode`, :func:`hard_grid`): eq. (11) is code k -> alpha * Y_k, an
+  IntegerGrid of the integer level set Y times alpha (every set of table 2 is integer), or a
+  Table for a fractional ``levels=``; :func:`hard_quantize` is its decode.
+
 Hard function: no gradient w.r.t. x or the biases (the step's derivative is 0 almost everywhere);
   d/dalpha flows through the level table alpha * Y. The biases must be ascending (k-means gives
   ascending biases and the paper freezes them), so that code k = #{i : beta x >= b_i} indexes Y.
@@ -39,17 +43,23 @@ Initialisation (sec. 4.1), :func:`init_soft_params`: beta = 5p / (4q), p = max |
 Level sets (table 2 notation), :func:`levels_for`: see WEIGHT_LEVELS and ACT_LEVELS below.
 
 Tests: tests/functional/test_soft.py (numpy reference of eq. 6/11, eq. 7-10 vs x.grad,
-gradcheck, soft -> hard as T grows, k-means and init); tests/functional/test_fused_kernels.py
-(the fused float32 CPU path of eq. 6-10 == the torch path == float64).
+gradcheck, soft -> hard as T grows, k-means and init, test_hard_encode_records);
+tests/functional/test_fused_kernels.py (the fused float32 CPU path of eq. 6-10 == the torch
+path == float64).
 """
 
 from __future__ import annotations
+
+import functools
+import math
 
 import torch
 
 from lowbit.errors import BitsError
 from lowbit.functional import kernels
 from lowbit.functional.checks import tensor_arg
+from lowbit.functional.codebook import IntegerGrid, LevelRange, Table
+from lowbit.functional.stochastic import decode_lookup
 
 # Weight level sets, by the paper's table 2 column names (sec. 4.1). "4" is ours: the paper has no
 # 4-bit column; {-7..7} is the symmetric integer set that fits 4 bits, as "5" = {-15..15} fits 5.
@@ -196,12 +206,7 @@ def soft_quantize(
     scalars (floats or 0-d tensors; tensors that require grad get eq. 8/9 gradients, biases
     eq. 10). Backward: exact derivatives, eq. (7)-(10) (see the module doc).
     """
-    x = tensor_arg(x, "x")
-    levels = tensor_arg(levels, "levels", like=x, table=True)
-    biases = tensor_arg(biases, "biases", like=x, table=True)
-    steps, offset = _steps_offset(levels)
-    if biases.numel() != len(steps):
-        raise ValueError(f"{len(steps) + 1} levels need {len(steps)} biases, got {biases.numel()}")
+    x, levels, biases, steps, offset = _check_args(x, levels, biases)
     if x.numel() == 0:
         return x.clone()
     a, b, t = (_as_scalar(v, x, name) for v, name in
@@ -210,10 +215,9 @@ def soft_quantize(
     return _SoftQuantize.apply(x, biases.to(x.dtype).reshape(-1), a, b, steps, offset, t, tg)
 
 
-def hard_codes(x: torch.Tensor, biases: torch.Tensor, beta: torch.Tensor | float = 1.0):
+def _hard_codes(x: torch.Tensor, biases: torch.Tensor, beta: torch.Tensor | float = 1.0):
     """k = #{i : beta x - b_i >= 0} in 0..n (int64): the index of x's level in eq. (11)."""
-    x = tensor_arg(x, "x")
-    b = tensor_arg(biases, "biases", like=x, table=True).detach().to(x.dtype).reshape(-1)
+    b = biases.detach().to(x.dtype).reshape(-1)
     if b.numel() > 1 and not bool((b[1:] >= b[:-1]).all()):
         raise ValueError("hard_quantize needs ascending biases (k-means gives them; the paper "
                          "freezes them after initialisation)")
@@ -226,13 +230,66 @@ def hard_codes(x: torch.Tensor, biases: torch.Tensor, beta: torch.Tensor | float
     return k.long()
 
 
-def hard_table(levels: torch.Tensor, alpha: torch.Tensor | float = 1.0) -> torch.Tensor:
-    """alpha * (sum_{i <= k} s_i - o) for k = 0..n: the output values of eq. (11), the codebook."""
+def hard_grid(levels: torch.Tensor, alpha: torch.Tensor | float = 1.0, bits: int | None = None
+              ) -> IntegerGrid | Table:
+    """The codebook of eq. (11): code k -> alpha * (sum_{i <= k} s_i - o) = alpha * Y_k.
+
+    Integer level sets (every set of the paper, table 2, and the activations' {0..2^b - 1}):
+    :class:`IntegerGrid` of the integers Y (the offset o = -Y_1 applied: Y = cumsum(s) - o; a
+    :class:`LevelRange` when consecutive) times the scale alpha, so a runtime multiplies
+    integers and scales once. Other sets (``levels=`` with fractions): a :class:`Table` of
+    alpha * (cumsum(s) - o), the values as eq. (11) sums them. ``bits`` default: the fewest
+    holding n + 1 codes. ``alpha`` may require grad (the hard forward's eq. 8 gradient).
+    """
     levels = tensor_arg(levels, "levels", table=True)
+    lv = levels.detach().reshape(-1)
+    ints = _integer_levels(tuple(lv.tolist()))
+    bits = max(1, math.ceil(math.log2(lv.numel()))) if bits is None else bits
+    a = _as_scalar(alpha, lv, "alpha").reshape(())
+    if ints is not None:
+        return IntegerGrid(ints, a, bits)
     steps, offset = _steps_offset(levels)
-    lv = levels.reshape(-1)
     cum = torch.cat([lv.new_zeros(1), torch.cumsum(lv.new_tensor(steps), 0)]) - offset
-    return cum * _as_scalar(alpha, lv, "alpha")
+    return Table(cum * a, bits)
+
+
+@functools.lru_cache(maxsize=64)
+def _integer_levels(levels: tuple[float, ...]) -> LevelRange | torch.Tensor | None:
+    """Y as a LevelRange (consecutive integers) or an int64 tensor (other integers), None if
+    a level is not an integer (cached: the level set of a layer never changes)."""
+    _steps_offset(torch.tensor(levels))  # >= 2 strictly ascending values
+    if not all(float(v).is_integer() and abs(v) < 2**53 for v in levels):
+        return None
+    y = [int(v) for v in levels]
+    if all(b - a == 1 for a, b in zip(y, y[1:], strict=False)):
+        return LevelRange(y[0], y[-1])
+    return torch.tensor(y, dtype=torch.long)
+
+
+def _check_args(x, levels, biases):
+    """x, levels, biases, steps, offset, checked: ascending levels, one bias per step."""
+    x = tensor_arg(x, "x")
+    levels = tensor_arg(levels, "levels", like=x, table=True)
+    biases = tensor_arg(biases, "biases", like=x, table=True)
+    steps, offset = _steps_offset(levels)
+    if biases.numel() != len(steps):
+        raise ValueError(f"{len(steps) + 1} levels need {len(steps)} biases, got {biases.numel()}")
+    return x, levels, biases, steps, offset
+
+
+def hard_encode(
+    x: torch.Tensor,
+    levels: torch.Tensor,
+    biases: torch.Tensor,
+    alpha: torch.Tensor | float = 1.0,
+    beta: torch.Tensor | float = 1.0,
+    bits: int | None = None,
+) -> tuple[torch.Tensor, IntegerGrid | Table]:
+    """Eq. (11) as (codes, codebook): k = #{i : beta x - b_i >= 0} (A(0) = 1; ascending
+    biases) and :func:`hard_grid` (alpha detached: what a file stores)."""
+    x, levels, biases, _, _ = _check_args(x, levels, biases)
+    alpha = alpha.detach() if torch.is_tensor(alpha) else alpha
+    return _hard_codes(x, biases, beta), hard_grid(levels.to(x.dtype), alpha, bits)
 
 
 def hard_quantize(
@@ -242,15 +299,13 @@ def hard_quantize(
     alpha: torch.Tensor | float = 1.0,
     beta: torch.Tensor | float = 1.0,
 ) -> torch.Tensor:
-    """Eq. (11): alpha * (sum_i s_i A(beta x - b_i) - o), A(0) = 1; = hard_table[hard_codes]."""
-    x = tensor_arg(x, "x")
-    levels = tensor_arg(levels, "levels", like=x, table=True)
-    biases = tensor_arg(biases, "biases", like=x, table=True)
-    steps, _ = _steps_offset(levels)
-    if biases.numel() != len(steps):
-        raise ValueError(f"{len(steps) + 1} levels need {len(steps)} biases, got {biases.numel()}")
-    table = hard_table(levels.to(x.dtype), alpha)
-    return table.take(hard_codes(x, biases, beta))
+    """Eq. (11): alpha * (sum_i s_i A(beta x - b_i) - o), A(0) = 1: decode(:func:`hard_encode`).
+
+    No gradient to x or the biases (the step's derivative is 0 almost everywhere); eq. (8)'s
+    d/dalpha = Y_k flows through the decoded level table alpha * Y.
+    """
+    x, levels, biases, _, _ = _check_args(x, levels, biases)
+    return decode_lookup(_hard_codes(x, biases, beta), hard_grid(levels.to(x.dtype), alpha))
 
 
 def kmeans_1d(x: torch.Tensor, k: int, iters: int = 100) -> torch.Tensor:

@@ -1,7 +1,10 @@
 """Power-of-two modules: Miyashita's logarithmic weights and activations, and INQ's weights.
 
 Formulas and deviations: :mod:`lowbit.functional.log2`; the INQ procedure that drives
-:class:`INQWeight`: :mod:`lowbit.train.inq`.
+:class:`INQWeight`: :mod:`lowbit.train.inq`. Every encode returns the record of
+:func:`lowbit.functional.log2.pow2_grid`: an :class:`~lowbit.functional.codebook.IntegerGrid`
+of levels {0, (+-)2^j} times 2^e_min (a :class:`~lowbit.functional.codebook.Table` where 2^j
+outgrows int64), and the forward is its ``decode`` (contract: tests/quantizers/test_contract.py).
 """
 
 from __future__ import annotations
@@ -12,17 +15,9 @@ import torch
 
 from lowbit.errors import LowbitError
 from lowbit.functional.checks import check_finite, check_nonempty
-from lowbit.functional.log2 import (
-    inq_codes,
-    inq_exponents,
-    inq_levels,
-    inq_quantize,
-    log_quant,
-    pow2,
-    pow2_codes,
-    pow2_levels,
-    round_log2,
-)
+from lowbit.functional.codebook import Codebook
+from lowbit.functional.log2 import inq_encode, inq_exponents, pow2_encode, pow2_grid, round_log2
+from lowbit.functional.ste import ste
 from lowbit.functional.stochastic import finite_absmax
 from lowbit.quantizers.base import RunningMaxAct, WeightQuantizer
 
@@ -40,6 +35,7 @@ class Pow2Weight(WeightQuantizer):
     the largest float weight rounds to, and kept fixed during training like the paper's FSR.
     Deviation (from the issue's ceil(log2 max|w|)): with ceil the top level is never reached
     whenever max|w| < 2^(fsr - 1/2), wasting one of the few magnitudes.
+    forward = straight-through decode(encode(w)); deterministic, so ``freeze`` changes nothing.
     """
 
     BITS = tuple(range(2, 9))
@@ -53,18 +49,13 @@ class Pow2Weight(WeightQuantizer):
         self.fsr.copy_(_top_exponent(weight.detach().abs().max()))
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        finite_absmax(weight, "weight")
-        return pow2(weight, self.bits, self.fsr)
+        codes, codebook = self.encode(weight)
+        return ste(weight, codebook.decode(codes))
 
     @torch.no_grad()
-    def encode(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        q = self.forward(weight)
-        fsr = int(self.fsr)
-        levels = pow2_levels(self.bits, fsr, dtype=q.dtype, device=q.device)
-        return pow2_codes(q, self.bits, fsr), levels
-
-    def storage_scalars(self, weight: torch.Tensor) -> int:
-        return 1  # fsr
+    def encode(self, weight: torch.Tensor) -> tuple[torch.Tensor, Codebook]:
+        finite_absmax(weight, "weight")
+        return pow2_encode(weight, self.bits, int(self.fsr))
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, fsr={int(self.fsr)}"
@@ -74,16 +65,36 @@ class Pow2Act(RunningMaxAct):
     """Unsigned LogQuant(x, b, FSR) of the ReLU output: {0} U {2^e : e = fsr - 2^b + 2 .. fsr}.
 
     fsr = Round(log2 M), M the batch max in training and a running average of batch maxima
-    (momentum 0.1) at inference. Deviation: Miyashita et al. pick FSR per layer by hand.
+    (momentum 0.1) at inference; ``freeze()`` fixes M (and so the grid) at the running value.
+    Deviation: Miyashita et al. pick FSR per layer by hand.
     """
 
     BITS = tuple(range(1, 9))
     REPLACES_ACTIVATION = False
 
+    def _encode(self, x: torch.Tensor) -> tuple[torch.Tensor, Codebook]:
+        return pow2_encode(x, self.bits, int(_top_exponent(self.observed_max(x))), signed=False)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.numel() == 0:
             return x.clone()
-        return log_quant(x, self.bits, _top_exponent(self.observed_max(x)))
+        codes, codebook = self._encode(x)
+        return ste(x, codebook.decode(codes))
+
+    def codebook(self) -> Codebook:
+        self._check_frozen()
+        return pow2_encode(torch.zeros(0), self.bits, int(_top_exponent(self.running_max)),
+                           signed=False)[1]
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, Codebook]:
+        self._check_frozen()
+        return self._encode(x)
+
+    def _check_frozen(self) -> None:
+        if not self.is_frozen:
+            raise LowbitError(f"{type(self).__name__}: freeze() before codebook()/encode() "
+                              "(its range is the running max until then)")
 
 
 class INQWeight(WeightQuantizer):
@@ -93,8 +104,11 @@ class INQWeight(WeightQuantizer):
     forward(w) = where(frozen_mask, frozen_values, w). The frozen entries get a zero gradient
     (the ``where``), and the forward reads the stored ``frozen_values``, so an optimizer's
     weight decay on the float copy cannot move them. n1 = floor(log2(4 max|w| / 3)) is fixed by
-    ``init_from`` (the pre-trained weight), n2 = n1 + 1 - 2^(b-2). ``encode`` is valid only once
-    every weight is frozen (portion 1.0).
+    ``init_from`` (the pre-trained weight), n2 = n1 + 1 - 2^(b-2).
+    ``freeze()`` is portion 1.0: the weights still float are quantized by INQ eq. (4) in every
+    forward from then on (what ``partition_(w, 1.0)`` would store for them), so the frozen
+    forward is decode(encode(w)) and ``encode`` is valid. Unfrozen, ``encode`` needs every
+    weight partitioned (portion 1.0).
     """
 
     BITS = tuple(range(2, 9))
@@ -124,7 +138,11 @@ class INQWeight(WeightQuantizer):
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         self._check_shape(weight)
-        return torch.where(self.frozen_mask, self.frozen_values, weight)
+        if not self.is_frozen:
+            return torch.where(self.frozen_mask, self.frozen_values, weight)
+        codes, codebook = self.encode(weight)
+        q = codebook.decode(codes)
+        return torch.where(self.frozen_mask, q, ste(weight, q))  # zero gradient where frozen
 
     @property
     def frozen_fraction(self) -> float:
@@ -146,7 +164,8 @@ class INQWeight(WeightQuantizer):
         if k > 0:
             score = torch.where(mask, torch.full_like(flat, -1.0), flat.abs())
             idx = torch.topk(score, k).indices
-            values[idx] = inq_quantize(flat[idx], int(self.n1), self.n2)
+            codes, codebook = inq_encode(flat[idx], int(self.n1), self.n2, self.bits)
+            values[idx] = codebook.decode(codes)
             mask[idx] = True
             self.frozen_mask.copy_(mask.view(self.frozen_mask.shape))
             self.frozen_values.copy_(values.view(self.frozen_values.shape))
@@ -154,19 +173,23 @@ class INQWeight(WeightQuantizer):
         return max(k, 0)
 
     @torch.no_grad()
-    def encode(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(self, weight: torch.Tensor) -> tuple[torch.Tensor, Codebook]:
+        """INQ eq. (4) codes of the frozen values, and (once frozen) of the weights still float."""
         self._check_shape(weight)
-        if not bool(self.frozen_mask.all()):
+        if not self.is_frozen and not bool(self.frozen_mask.all()):
             raise LowbitError(
                 f"INQ weight is only {100 * self.frozen_fraction:.1f}% quantized; encode needs "
-                "every weight frozen (run the INQ schedule to portion 1.0)"
+                "every weight frozen (run the INQ schedule to portion 1.0, or freeze())"
             )
-        q = self.forward(weight)
-        n1, n2 = int(self.n1), self.n2
-        return inq_codes(q, n1, n2), inq_levels(n1, n2, dtype=q.dtype, device=q.device)
+        w = torch.where(self.frozen_mask, self.frozen_values, weight)
+        return inq_encode(w, int(self.n1), self.n2, self.bits)
 
-    def storage_scalars(self, weight: torch.Tensor) -> int:
-        return 1  # n1
+    def storage_bytes(self, weight: torch.Tensor) -> int:
+        """Bytes of the record INQ ends with (it depends on n1 and bits only), at any portion:
+        model_bytes is asked before the schedule has run."""
+        self._check_shape(weight)
+        grid = pow2_grid(self.n2, int(self.n1) - self.n2 + 1, True, self.bits, weight.dtype)
+        return grid.storage_bytes(weight.numel())
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         for name in ("frozen_mask", "frozen_values"):  # shapes follow the stored weight

@@ -14,6 +14,11 @@ alpha and beta are trained; the biases are frozen buffers, as in every experimen
 (sec. 4.3, "we freeze the biases after the initialization"); ``learn_biases=True`` trains them
 with eq. (10) instead.
 
+``freeze()`` is the way into inference: it sets ``hard`` and the saved ``frozen`` flag, and a
+frozen quantizer computes eq. (11) whatever ``hard`` says later (``set_hard`` of the training
+schedule keeps working on unfrozen ones). Records: :func:`lowbit.functional.soft.hard_grid`,
+an IntegerGrid of the integer level set times alpha (contract: tests/quantizers/test_contract.py).
+
 State: ``hard`` (eq. 11 vs eq. 6) is a plain bool for the forward, and is saved in the state
 dict as the 0-dim bool tensor ``<prefix>hard`` so that a saved model evaluates with the function
 it was evaluated with (issue 7 item 5). A state dict written before (without the key) loads and
@@ -29,11 +34,13 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from lowbit.errors import LowbitError
 from lowbit.functional.checks import check_finite, check_nonempty
+from lowbit.functional.codebook import Codebook
 from lowbit.functional.soft import (
-    hard_codes,
+    hard_encode,
+    hard_grid,
     hard_quantize,
-    hard_table,
     init_soft_params,
     levels_for,
     soft_quantize,
@@ -70,10 +77,17 @@ class _SoftMixin:
         self.beta.fill_(beta)
 
     def _quantize(self, x: torch.Tensor) -> torch.Tensor:
-        if self.hard:
+        if self.hard or self.is_frozen:
             return hard_quantize(x, self.levels, self.biases, self.alpha, self.beta)
         return soft_quantize(x, self.levels, self.biases, self.temperature, self.alpha,
                              self.beta, grad_temperature=self.grad_temperature)
+
+    def _freeze(self) -> None:
+        self.hard = True  # eq. (11) from now on, whatever set_hard says
+
+    def _encode(self, x: torch.Tensor) -> tuple[torch.Tensor, Codebook]:
+        """codes k = #{i : beta x >= b_i}, record alpha * Y (eq. 11, as the hard forward)."""
+        return hard_encode(x, self.levels, self.biases, self.alpha, self.beta, self.bits)
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)
@@ -101,7 +115,8 @@ class SoftWeight(_SoftMixin, WeightQuantizer):
     1-bit: b = 0, and the backward uses T = 1 ("freezing T = 1 for the back-propagation of
     binary quantization", sec. 4.1); set ``grad_temperature = None`` to use T.
     ``encode`` describes the hard (inference) function: decode(encode(w)) equals forward(w)
-    exactly when ``hard`` is True; in soft mode forward is the smooth eq. (6) and differs.
+    exactly when ``hard`` is True or after ``freeze()`` (which sets ``hard`` for good); in soft
+    mode forward is the smooth eq. (6) and differs.
     """
 
     BITS: ClassVar[tuple[int, ...]] = (1, 2, 3, 4, 5)
@@ -126,15 +141,12 @@ class SoftWeight(_SoftMixin, WeightQuantizer):
         return self._quantize(weight)
 
     @torch.no_grad()
-    def encode(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """codes k = #{i : beta w >= b_i}, codebook alpha * Y (eq. 11, as computed by forward)."""
+    def encode(self, weight: torch.Tensor) -> tuple[torch.Tensor, Codebook]:
+        """Eq. (11): codes k = #{i : beta w >= b_i}, IntegerGrid alpha * Y (Table for a
+        fractional ``levels=``); decode equals the forward once hard (or frozen)."""
         check_nonempty(weight, "weight")
         check_finite(weight, "weight")
-        codes = hard_codes(weight, self.biases, self.beta)
-        return codes, hard_table(self.levels.to(weight.dtype), self.alpha)
-
-    def storage_scalars(self, weight: torch.Tensor) -> int:
-        return 1  # alpha: the codebook is alpha times the fixed level set
+        return self._encode(weight)
 
     def extra_repr(self) -> str:
         return self._repr()
@@ -164,6 +176,21 @@ class SoftAct(_SoftMixin, ActQuantizer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._quantize(x)
+
+    def codebook(self) -> Codebook:
+        """alpha * {0..2^b - 1}: IntegerGrid(LevelRange(0, 2^b - 1), alpha), once frozen."""
+        self._check_frozen()
+        return hard_grid(self.levels, self.alpha.detach(), self.bits)
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, Codebook]:
+        self._check_frozen()
+        return self._encode(x)
+
+    def _check_frozen(self) -> None:
+        if not self.is_frozen:
+            raise LowbitError("SoftAct: freeze() before codebook()/encode() (eq. 6 is not a "
+                              "grid; freeze switches to eq. 11)")
 
     def extra_repr(self) -> str:
         return self._repr()
