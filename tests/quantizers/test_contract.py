@@ -3,14 +3,9 @@ and activations (issue 8): after ``freeze()``, ``encode`` gives int64 codes in r
 codebook record whose ``decode(codes)`` is the frozen forward bit for bit, whose storage size
 is what ``storage_bytes`` reports, and which survives a state-dict round trip. New methods get
 this test by being registered.
-
-``PENDING`` lists the (method, role) pairs not yet on the typed protocol (skipped, and named
-in the skip reason); converting a family means removing its pairs from it.
 """
 
 from __future__ import annotations
-
-import os
 
 import pytest
 import torch
@@ -18,12 +13,6 @@ import torch
 from lowbit.functional.codebook import BitPlanes, IntegerGrid, Table
 from lowbit.quantizers import METHODS
 
-TYPED = {"binaryconnect", "bnn", "xnor", "abc", "twn", "ttq", "hwgq",  # families converted
-         "ivan", "uniform", "dorefa", "lsq", "pact"}
-PENDING: set[tuple[str, str]] = set() if os.environ.get("LOWBIT_CONTRACT_ALL") else {
-    (name, role) for name, m in METHODS.items() if name not in TYPED
-    for role, cls in (("weight", m.weight), ("act", m.act)) if cls is not None
-}  # LOWBIT_CONTRACT_ALL=1 runs every pair (while families are being converted)
 RECORDS = (IntegerGrid, BitPlanes, Table)
 
 
@@ -32,10 +21,8 @@ def _cases(role: str):
         cls = m.weight if role == "weight" else m.act
         if cls is None:
             continue
-        marks = [pytest.mark.skip(reason=f"{name} {role}: not on the typed protocol yet")] if (
-            name, role) in PENDING else []
         for bits in cls.BITS:
-            yield pytest.param(cls, bits, id=f"{name}-{bits}", marks=marks)
+            yield pytest.param(cls, bits, id=f"{name}-{bits}")
 
 
 def _weights(seed: int) -> list[torch.Tensor]:
