@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -64,8 +65,14 @@ def _run(src: Path, case: list, args) -> dict:
             f"sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); "
             "from protocol_step_cost import worker; "
             f"print(json.dumps(worker({case!r}, {args.rounds}, {args.steps}, {args.threads})))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, cwd=ROOT)
+    env = dict(os.environ)
+    shared = ROOT.parent / "shared" / "data"  # the old tree lives elsewhere: same data
+    if "LOWBIT_DATA" not in env and shared.is_dir():
+        env["LOWBIT_DATA"] = str(shared)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                         env=env)
+    if out.returncode:
+        raise RuntimeError(f"worker failed for {case[0]} {case[1]} ({src}):\n{out.stderr}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
