@@ -125,11 +125,15 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--out", type=Path, default=HERE / "results" / "ivan_fig5")
     p.add_argument("--work", type=Path, default=HERE.parent / "runs" / "ivan_fig5")
+    p.add_argument("--cells", nargs="+", metavar="W/A",
+                   help="only these (weight bits/activation bits) cells, e.g. 32/32 4/4 1/32")
     a = p.parse_args()
+    wanted = None if a.cells is None else {tuple(map(int, c.split("/"))) for c in a.cells}
     cells_dir = a.out / "cells"
     cells_dir.mkdir(parents=True, exist_ok=True)
     todo = [(w, x, s) for s in a.seeds for w, x in itertools.product(BITS, BITS)
-            if not (cells_dir / f"w{w}a{x}s{s}.json").exists()]
+            if not (cells_dir / f"w{w}a{x}s{s}.json").exists()
+            and (wanted is None or (w, x) in wanted)]
     with ProcessPoolExecutor(a.jobs) as pool:
         futures = [pool.submit(run_cell, w, x, s, a.epochs, a.work, cells_dir) for w, x, s in todo]
         for f in tqdm(as_completed(futures), total=len(futures), desc="fig5 cells"):
