@@ -1,4 +1,4 @@
-"""The speed cost of exact kernels (issue 7, item 1): lowbit.functional.kernels as it is against
+"""The speed cost of exact kernels (issue 7, item 1): lowbit.kernels.fused as it is against
 the fast-math version of an older revision (arcp/ninf/contract in the soft quantizer's sigmoid
 and exp, reassoc in the float64 sums), on ResNet-20-sized activations, one thread, interleaved
 in one run (rounds alternate old and new; medians and their ratio new / old), as wall time
@@ -24,7 +24,7 @@ from pathlib import Path
 os.environ.setdefault("NUMBA_NUM_THREADS", "1")
 import torch  # noqa: E402
 
-from lowbit.functional import kernels  # noqa: E402
+from lowbit.kernels import fused as kernels  # noqa: E402
 from lowbit.report.provenance import meta_header, provenance  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "kernel_exactness_cost"

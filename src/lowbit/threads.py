@@ -30,7 +30,7 @@ Not measured: a quiet machine (none was available), AMD Zen 4.
 
 ``lowbit/__init__.py`` also sets ``OMP_WAIT_POLICY=PASSIVE`` (unless the user set it) before
 torch loads its OpenMP runtime: a thread that waits at a barrier sleeps instead of spinning, so it
-gives its core to the thread it waits for. numba's parallel kernels (``functional/kernels.py``)
+gives its core to the thread it waits for. numba's parallel kernels (``kernels/fused.py``)
 follow ``torch.get_num_threads()``, so the choice made here reaches them too.
 Test: tests/core/test_threads.py.
 """

@@ -1,6 +1,6 @@
-"""Imports point downward only (GUIDE.md, "Layout"): functional <- quantizers <- nn <- convert
-<- train/ptq <- cli. Parsed with ``ast``; nothing is imported. ``lowbit.errors`` is importable
-from anywhere."""
+"""Imports point downward only (GUIDE.md, "Layout"): kernels <- functional <- quantizers <- nn
+<- convert <- train/ptq <- cli. Parsed with ``ast``; nothing is imported. ``lowbit.errors`` is
+importable from anywhere."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "lowbit"
 ABOVE_CONVERT = ("train", "ptq", "cli", "experiment", "demo")
 FORBIDDEN: dict[str, tuple[str, ...]] = {
     "errors": ("functional", "quantizers", "nn", "recipe", "convert", "size") + ABOVE_CONVERT,
+    "kernels": ("functional", "quantizers", "nn", "recipe", "convert", "size") + ABOVE_CONVERT,
     "functional": ("quantizers", "nn", "recipe", "convert", "size") + ABOVE_CONVERT,
     "quantizers": ("nn", "recipe", "convert", "size") + ABOVE_CONVERT,
     "nn": ("convert", "recipe") + ABOVE_CONVERT,

@@ -102,8 +102,8 @@ def test_fit_picks_one_thread_for_lenet300_on_a_busy_two_core_machine(tmp_path, 
 
 
 def test_numba_kernels_follow_the_choice(monkeypatch):
-    """functional/kernels.py's _launch takes the serial compile when torch has one thread."""
-    kernels = pytest.importorskip("lowbit.functional.kernels")
+    """kernels/fused.py's _launch takes the serial compile when torch has one thread."""
+    kernels = pytest.importorskip("lowbit.kernels.fused")
     if kernels.numba is None:
         pytest.skip("numba not installed")
     calls = []

@@ -50,8 +50,8 @@ import torch
 
 from lowbit.functional.checks import check_bits, check_finite, check_nonempty, tensor_arg
 from lowbit.functional.codebook import IntegerGrid, LevelRange
-from lowbit.functional.kernels import ivan_act, ivan_act_grad, signed_levels
 from lowbit.functional.ste import ste
+from lowbit.kernels.fused import ivan_act, ivan_act_grad, signed_levels
 
 
 def _signed_grid(bits: int, scale: torch.Tensor) -> IntegerGrid:

@@ -51,9 +51,9 @@ import math
 
 import torch
 
-from lowbit.functional import kernels
 from lowbit.functional.checks import check_bits, check_finite, tensor_arg
 from lowbit.functional.codebook import IntegerGrid, LevelRange
+from lowbit.kernels import fused as kernels
 
 _EPS = torch.finfo(torch.float32).eps
 

@@ -56,10 +56,10 @@ import math
 import torch
 
 from lowbit.errors import BitsError
-from lowbit.functional import kernels
 from lowbit.functional.checks import tensor_arg
 from lowbit.functional.codebook import IntegerGrid, LevelRange, Table
 from lowbit.functional.stochastic import decode_lookup
+from lowbit.kernels import fused as kernels
 
 # Weight level sets, by the paper's table 2 column names (sec. 4.1). "4" is ours: the paper has no
 # 4-bit column; {-7..7} is the symmetric integer set that fits 4 bits, as "5" = {-15..15} fits 5.
@@ -109,7 +109,7 @@ class _SoftQuantize(torch.autograd.Function):
     """Eq. (6) forward and the exact eq. (7)-(10) backward.
 
     float32 CPU tensors, with or without ``grad_temperature``: fused numba kernels
-    (:func:`lowbit.functional.kernels.soft_forward`, ``soft_backward``). The forward computes eq.
+    (:func:`lowbit.kernels.fused.soft_forward`, ``soft_backward``). The forward computes eq.
     (6) in one pass and keeps only x; the backward recomputes the sigmoids (at T, and at the
     backward temperature if it differs) in one pass over (g, x) giving gx and the float64 sums
     of eq. (8)-(10). Same formulas; they differ from this torch path by float32 rounding only

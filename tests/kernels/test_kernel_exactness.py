@@ -1,4 +1,4 @@
-"""The exactness that lowbit.functional.kernels declares, tested where code generation makes it
+"""The exactness that lowbit.kernels.fused declares, tested where code generation makes it
 fail: bit-exact kernels == their torch fallback (``torch.equal``); the soft quantizer's sigmoid
 within SIGMOID_ULPS ulp of torch.sigmoid; every kernel's result independent of where an element
 lands (the vector main loop, the vector tail or the scalar remainder, for vector widths 4, 8
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from lowbit.functional import kernels
+from lowbit.kernels import fused as kernels
 
 pytestmark = pytest.mark.skipif(kernels.numba is None, reason="numba not installed")
 

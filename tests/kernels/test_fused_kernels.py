@@ -1,4 +1,4 @@
-"""The fused numba training kernels (lowbit.functional.kernels: lsq_*, soft_*) against the torch
+"""The fused numba training kernels (lowbit.kernels.fused: lsq_*, soft_*) against the torch
 paths they replace: LSQ (Esser et al. 2020, eq. 1-3) bit for bit, with the step's sum to rtol
 1e-5; the soft quantizer of Quantization Networks (Yang et al. 2019, eq. 6-10) to float32
 rounding. Also: channels-last layout kept, float64 / per-channel fallbacks, parallel == serial
@@ -15,9 +15,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lowbit.functional import kernels
 from lowbit.functional.learned import lsq, lsq_grad_scale, lsq_range
 from lowbit.functional.soft import ACT_LEVELS, WEIGHT_LEVELS, soft_quantize
+from lowbit.kernels import fused as kernels
 
 pytestmark = pytest.mark.skipif(kernels.numba is None, reason="numba not installed")
 SETTINGS = settings(max_examples=25, deadline=None)

@@ -1,4 +1,4 @@
-"""The fused numba kernels equal their torch fallbacks bit for bit (lowbit.functional.kernels)."""
+"""The fused numba kernels equal their torch fallbacks bit for bit (lowbit.kernels.fused)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lowbit.functional import kernels
+from lowbit.kernels import fused as kernels
 
 
 @pytest.mark.skipif(kernels.numba is None, reason="numba not installed")
