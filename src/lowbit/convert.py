@@ -58,8 +58,8 @@ class LayerPlan:
     """What quantize() does to one module: ``method`` at ``bits`` (32 = left in float).
 
     ``kind``: "weight" (the layer's weight quantizer), "activation" (a QuantAct in place of the
-    module), "gradient" (the ``grad_quant`` of a weight layer, listed right after it; only when
-    the recipe's ``g_bits < 32``) or "input" (the ``input_quant`` of a weight layer, from
+    module), "gradient" (the ``output_grad_quant`` of a weight layer, listed right after it;
+    only when the recipe's ``g_bits < 32``) or "input" (the ``input_quant`` of a weight layer, from
     :func:`add_input_quantizers` / :func:`requantize`). ``aliases``: other names of the same
     module (see module doc).
     """
@@ -232,7 +232,7 @@ def quantize(model: nn.Module, recipe: Recipe) -> nn.Module:
     """Swap ``model``'s layers in place as ``recipe`` says and return the model.
 
     With ``recipe.g_bits < 32`` every weight layer that is not kept also gets the recipe's
-    gradient quantizer in its ``grad_quant`` slot (applied to the gradient w.r.t. the layer
+    gradient quantizer in its ``output_grad_quant`` slot (applied to the gradient w.r.t. the layer
     output); a layer whose weight stays in float becomes a QuantLinear/QuantConv2d with
     ``weight_quant=None`` to carry it. Each new layer's ``layer_name`` is its qualified name
     (named in errors, e.g. on non-finite input). Shared modules and the limit on modules called
@@ -248,7 +248,7 @@ def quantize(model: nn.Module, recipe: Recipe) -> nn.Module:
             wq = make_weight_quantizer(p.method, p.bits) if p.quantized else None
             new = WEIGHT_LAYERS[type(old)].from_float(old, wq)
             if p.name in grads:
-                new.grad_quant = make_grad_quantizer(recipe.grad, recipe.g_bits)
+                new.output_grad_quant = make_grad_quantizer(recipe.grad, recipe.g_bits)
         else:
             new = QuantAct(make_act_quantizer(p.method, p.bits), old)
             new.train(old.training)

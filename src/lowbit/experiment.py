@@ -243,7 +243,7 @@ def run(job: Job, out_dir: str | Path, resume: bool = False, progress: bool = Tr
         "test_accuracy": result["test_accuracy"], "test_loss": result["test_loss"],
         "epochs": result["epochs"], "wall_seconds": result["wall_seconds"],
         "w_bits": job.recipe.w_bits, "a_bits": job.recipe.a_bits,
-        "g_bits": job.recipe.g_bits if any(getattr(m, "grad_quant", None) is not None
+        "g_bits": job.recipe.g_bits if any(getattr(m, "output_grad_quant", None) is not None
                                            for m in net.modules()) else 32,
         "method": describe(job.recipe, bits=False),
         "model": job.model, "dataset": job.dataset, **model_bytes(net),

@@ -132,7 +132,7 @@ def test_method_procedures_from_a_float_init(tmp_path, method, w, a):
     s = json.loads((out / "summary.json").read_text())
     assert s["init"].endswith("model.pt") and s["g_bits"] == 8
     net, _ = load_model(out / "model.pt")
-    assert any(getattr(m, "grad_quant", None) is not None for m in net.modules())
+    assert any(getattr(m, "output_grad_quant", None) is not None for m in net.modules())
     from lowbit.data import load_dataset
     from lowbit.train import evaluate
 

@@ -304,7 +304,7 @@ def test_quant_layers_can_be_built_directly():
 
     conv = QuantConv2d(3, 4, 3, padding=1, weight_quant=IvanWeight(2))
     lin = QuantLinear(3, 4, weight_quant=IvanWeight(2))
-    assert conv(torch.rand(1, 3, 5, 5)).shape == (1, 4, 5, 5) and conv.grad_quant is None
+    assert conv(torch.rand(1, 3, 5, 5)).shape == (1, 4, 5, 5) and conv.output_grad_quant is None
     assert lin(torch.rand(2, 3)).shape == (2, 4)
     levels = conv.quantized_weight().unique()
     assert len(levels) <= 4  # 2-bit weights: at most 4 values
@@ -327,7 +327,7 @@ def test_g_bits_with_float_weights_attaches_gradient_quantizers():
     quantize(model, recipe)
     layers = [model[0], model[2], model[4]]
     assert all(type(m) is QuantLinear and m.weight_quant is None for m in layers)
-    assert all(isinstance(m.grad_quant, DoReFaGradient) and m.grad_quant.bits == 4
+    assert all(isinstance(m.output_grad_quant, DoReFaGradient) and m.output_grad_quant.bits == 4
                for m in layers)
     x = x_mlp()
     assert torch.equal(model(x), reference(x))  # forward unchanged; the backward is quantized
@@ -343,8 +343,8 @@ def test_g_bits_skips_kept_layers_and_lists_them():
          if k == "gradient"]
     assert s == [("0", 32, "keep_first"), ("2", 8, "recipe"), ("4", 32, "keep_last")]
     quantize(model, Recipe(w_bits=4, g_bits=8))
-    assert model[0].grad_quant is None and model[4].grad_quant is None
-    assert model[2].grad_quant is not None and model[2].weight_quant.bits == 4
+    assert model[0].output_grad_quant is None and model[4].output_grad_quant is None
+    assert model[2].output_grad_quant is not None and model[2].weight_quant.bits == 4
 
 
 def test_g_bits_with_nothing_to_attach_to_raises():

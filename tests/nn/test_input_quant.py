@@ -152,3 +152,4 @@ def test_add_input_quantizers_twice_raises():
 def test_add_input_quantizers_rule_matching_nothing_raises():
     with pytest.raises(LowbitError, match="'conv' matches no weight layer"):
         add_input_quantizers(net(), "uniform", 8, rules=[LayerRule("conv", a_bits=4)])
+

@@ -124,12 +124,12 @@ def test_act_running_max_and_eval(cls):
 def test_dorefa_gradient_module_in_grad_slot():
     torch.manual_seed(0)
     lin = QuantLinear(5, 4, weight_quant=DoReFaWeight(2))
-    lin.grad_quant = DoReFaGradient(4, generator=torch.Generator().manual_seed(0))
+    lin.output_grad_quant = DoReFaGradient(4, generator=torch.Generator().manual_seed(0))
     x = torch.randn(8, 5)
     y = lin(x)
-    lin.grad_quant = None
+    lin.output_grad_quant = None
     assert torch.equal(y, lin(x))  # identity forward
-    lin.grad_quant = DoReFaGradient(4, generator=torch.Generator().manual_seed(0))
+    lin.output_grad_quant = DoReFaGradient(4, generator=torch.Generator().manual_seed(0))
     g = torch.randn(8, 4)
     lin(x).backward(g)
     m = g.abs().amax(dim=1, keepdim=True)
@@ -137,7 +137,7 @@ def test_dorefa_gradient_module_in_grad_slot():
         (g / (2 * m) + 0.5 + (torch.rand(8, 4, generator=torch.Generator().manual_seed(0))
                               - 0.5) / 15) * 15).clamp(0, 15) / 15 - 0.5)).sum(0)
     torch.testing.assert_close(lin.bias.grad, expect_bias)
-    assert "bits=4" in repr(lin.grad_quant)
+    assert "bits=4" in repr(lin.output_grad_quant)
 
 
 def test_inq_encode_needs_full_partition():

@@ -14,8 +14,10 @@ non-finite check below runs before it. :class:`QuantAct` remains the place of qu
 *are* the non-linearity. ``to_float`` returns a plain float layer: it has no input slot, so the
 input quantizer is not carried (a caller that needs it keeps the quantized layer).
 
-``grad_quant`` is an optional module applied to the layer output whose backward quantizes the
-gradient flowing into the layer (DoReFa eq. 31).
+``output_grad_quant`` is an optional module applied to the layer output whose backward
+quantizes the gradient flowing into the layer: an *activation* gradient (DoReFa-Net eq. 12),
+not the parameter-gradient compression of distributed training (it holds no state: renaming
+it from ``grad_quant`` changed no saved file).
 
 Non-finite input: while quantizing, every layer checks its input once and raises
 :class:`~lowbit.errors.NonFiniteError` naming the layer (``layer_name``, the qualified name
@@ -61,14 +63,14 @@ class _FiniteInput:
 class _QuantWeightMixin(_FiniteInput):
     weight_quant: WeightQuantizer | None
     input_quant: ActQuantizer | None
-    grad_quant: nn.Module | None
+    output_grad_quant: nn.Module | None
     quant_enabled: bool
 
     def _setup(self, weight_quant: WeightQuantizer | None,
                input_quant: ActQuantizer | None = None) -> None:
         self.register_module("weight_quant", weight_quant)
         self.register_module("input_quant", input_quant)
-        self.register_module("grad_quant", None)
+        self.register_module("output_grad_quant", None)
         self.quant_enabled = True
 
     def _in(self, x: torch.Tensor) -> torch.Tensor:
@@ -84,8 +86,8 @@ class _QuantWeightMixin(_FiniteInput):
         return self.weight_quant(self.weight)
 
     def _out(self, y: torch.Tensor) -> torch.Tensor:
-        if self.grad_quant is not None and self.quant_enabled:
-            return self.grad_quant(y)
+        if self.output_grad_quant is not None and self.quant_enabled:
+            return self.output_grad_quant(y)
         return y
 
 

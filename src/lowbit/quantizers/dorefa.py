@@ -61,7 +61,7 @@ class DoReFaAct(ActQuantizer):
 
 class DoReFaGradient(nn.Module):
     """Identity forward; backward quantizes the incoming gradient to ``bits`` (2..16) with
-    :func:`lowbit.functional.dorefa.dorefa_gradient`. For the ``grad_quant`` slot of
+    :func:`lowbit.functional.dorefa.dorefa_gradient`. For the ``output_grad_quant`` slot of
     QuantLinear / QuantConv2d (the gradient w.r.t. the layer output, as DoReFa quantizes dr).
 
     DoReFa reports that gradients need 6+ bits in practice (their Table 1); 2..5 are allowed for

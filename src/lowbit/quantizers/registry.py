@@ -34,7 +34,7 @@ class Method:
     description: str
     weight: type[WeightQuantizer] | None = None
     act: type[ActQuantizer] | None = None
-    grad: type | None = None  # identity forward, quantized backward (for ``grad_quant``)
+    grad: type | None = None  # identity forward, quantized backward (for ``output_grad_quant``)
 
 
 METHODS: dict[str, Method] = {
