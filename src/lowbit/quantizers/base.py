@@ -50,6 +50,13 @@ class Quantizer(nn.Module):
     def _freeze(self) -> None:
         """What freezing changes for this method (default: nothing; deterministic methods)."""
 
+    def require_frozen(self, why: str = "") -> None:
+        """Raise unless frozen: what an ``encode``/``codebook`` whose grid is only fixed by
+        :meth:`freeze` calls first (``why``: what the grid is until then)."""
+        if not self.is_frozen:
+            raise LowbitError(f"{type(self).__name__}: freeze() it before asking for its grid"
+                              + (f" ({why})" if why else ""))
+
     def regularization(self) -> torch.Tensor | None:
         """A term the trainer adds to the loss (e.g. PACT's L2 on alpha); None: no term."""
         return None

@@ -11,7 +11,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lowbit.errors import LowbitError
 from lowbit.functional.codebook import IntegerGrid
 from lowbit.functional.ivan import (
     ivan_activation,
@@ -63,8 +62,7 @@ class IvanAct(RunningMaxAct):
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, IntegerGrid]:
-        if not self.is_frozen:
-            raise LowbitError("IvanAct: freeze() it before asking for its grid")
+        self.require_frozen("its range is the batch max until then")
         return ivan_activation_encode(x, self.bits, self.running_max)
 
     def codebook(self) -> IntegerGrid:

@@ -27,11 +27,6 @@ from lowbit.functional.learned import (
 from lowbit.quantizers.base import ActQuantizer, WeightQuantizer
 
 
-def _need_frozen(q: ActQuantizer) -> None:
-    if not q.is_frozen:
-        raise LowbitError(f"{type(q).__name__}: freeze() it before asking for its grid")
-
-
 class LSQWeight(WeightQuantizer):
     """LSQ weights: signed grid [-2^(b-1), 2^(b-1) - 1] times a learned step (eq. 1-3).
 
@@ -122,7 +117,7 @@ class LSQAct(ActQuantizer):
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, IntegerGrid]:
-        _need_frozen(self)
+        self.require_frozen()
         return lsq_encode(x, self.step, self.qn, self.qp)
 
 
@@ -157,7 +152,7 @@ class PACTAct(ActQuantizer):
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, IntegerGrid]:
-        _need_frozen(self)
+        self.require_frozen()
         return pact_encode(x, self.alpha, self.bits)
 
     def regularization(self) -> torch.Tensor:

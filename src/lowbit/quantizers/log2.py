@@ -92,9 +92,7 @@ class Pow2Act(RunningMaxAct):
         return self._encode(x)
 
     def _check_frozen(self) -> None:
-        if not self.is_frozen:
-            raise LowbitError(f"{type(self).__name__}: freeze() before codebook()/encode() "
-                              "(its range is the running max until then)")
+        self.require_frozen("its range is the running max until then")
 
 
 class INQWeight(WeightQuantizer):

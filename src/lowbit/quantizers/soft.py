@@ -34,7 +34,6 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from lowbit.errors import LowbitError
 from lowbit.functional.checks import check_finite, check_nonempty
 from lowbit.functional.codebook import Codebook
 from lowbit.functional.soft import (
@@ -188,9 +187,7 @@ class SoftAct(_SoftMixin, ActQuantizer):
         return self._encode(x)
 
     def _check_frozen(self) -> None:
-        if not self.is_frozen:
-            raise LowbitError("SoftAct: freeze() before codebook()/encode() (eq. 6 is not a "
-                              "grid; freeze switches to eq. 11)")
+        self.require_frozen("eq. 6 is not a grid; freeze switches to eq. 11")
 
     def extra_repr(self) -> str:
         return self._repr()

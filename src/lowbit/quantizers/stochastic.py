@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import torch
 
-from lowbit.errors import LowbitError
 from lowbit.functional.codebook import IntegerGrid
 from lowbit.functional.stochastic import (
     finite_absmax,
@@ -90,9 +89,7 @@ class StochasticAct(RunningMaxAct):
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, IntegerGrid]:
-        if not self.is_frozen:
-            raise LowbitError(f"{type(self).__name__}: freeze() before codebook()/encode() "
-                               "(its range is the running max until then)")
+        self.require_frozen("its range is the running max until then")
         return fixed_point_encode(x, self._step(self.running_max), 0, 2**self.bits - 1,
                                   self.bits)
 

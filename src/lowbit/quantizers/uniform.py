@@ -89,8 +89,7 @@ class UniformAct(ActQuantizer):
                               "train or calibrate it before freeze()")
 
     def _qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self.is_frozen:
-            raise LowbitError("UniformAct: freeze() it before asking for its grid")
+        self.require_frozen("its range moves with every training batch until then")
         return minmax_qparams(self.running_min, self.running_max, self.qmin, self.qmax,
                               symmetric=False)
 
