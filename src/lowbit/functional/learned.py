@@ -83,8 +83,8 @@ def lsq_encode(x: torch.Tensor, step: torch.Tensor, qn: int, qp: int,
 
 
 class _LSQ(torch.autograd.Function):
-    """Eq. (1)-(3). One step, float32 CPU: fused numba kernels (:func:`lowbit.functional.
-    kernels.lsq_forward`, ``lsq_backward``), bit-equal to the torch path below (the step's sum
+    """Eq. (1)-(3). One step, float32 CPU: fused numba kernels (:func:`lowbit.kernels.fused.
+    lsq_forward`, ``lsq_backward``), bit-equal to the torch path below (the step's sum
     in float64, so equal to summation order): the forward keeps only x, the backward recomputes
     v/s and gives the x and step gradients in one pass. Otherwise (per channel, float64, GPU):
     the torch path, which keeps the range mask and eq. (3) per element."""
