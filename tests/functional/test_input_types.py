@@ -44,6 +44,7 @@ DATA_CALLS = {
     "binary.abc_activation": ("x", lambda: binary.abc_activation(X, [0.0], [1.0])),
     "checks.check_finite": ("tensor", lambda: checks.check_finite(X)),
     "checks.check_nonempty": ("tensor", lambda: checks.check_nonempty(X)),
+    "checks.along": ("p", lambda: checks.along(X, torch.zeros(4), 0)),
     "codebook.decode": ("codes", lambda: codebook.decode([0, 1], torch.tensor([-1.0, 1.0]))),
     "codebook.signed_to_codes": ("k", lambda: codebook.signed_to_codes([-1, 1], 1)),
     "dorefa.quantize_k": ("r", lambda: dorefa.quantize_k(X, 2)),

@@ -86,3 +86,14 @@ def check_nonempty(x: torch.Tensor, what: str = "tensor") -> torch.Tensor:
     if x.numel() == 0:
         raise EmptyTensorError(f"{what} is empty (shape {tuple(x.shape)}); nothing to quantize")
     return x
+
+
+def along(p: torch.Tensor, x: torch.Tensor, axis: int | None) -> torch.Tensor:
+    """``p`` shaped to broadcast over ``x``: as it is per tensor (``axis`` None or 0-d ``p``),
+    else its values along dimension ``axis`` of ``x`` (per channel)."""
+    tensor_arg(p, "p")
+    if axis is None or p.dim() == 0:
+        return p
+    shape = [1] * x.dim()
+    shape[axis] = -1
+    return p.reshape(shape)

@@ -42,7 +42,7 @@ the_forward). No numerics change.
 
 Tests: tests/functional/test_learned.py (numpy references of LSQ eq. 1-3 and PACT eq. 1-3,
 torch peers for LSQ forward and gradients, closed-form gradients, properties);
-tests/functional/test_fused_kernels.py (LSQ's fused float32 CPU path == its torch path).
+tests/kernels/test_fused_kernels.py (LSQ's fused float32 CPU path == its torch path).
 """
 
 from __future__ import annotations
@@ -51,19 +51,11 @@ import math
 
 import torch
 
-from lowbit.functional.checks import check_bits, check_finite, tensor_arg
+from lowbit.functional.checks import along, check_bits, check_finite, tensor_arg
 from lowbit.functional.codebook import IntegerGrid, LevelRange
 from lowbit.kernels import fused as kernels
 
 _EPS = torch.finfo(torch.float32).eps
-
-
-def _broadcast(p: torch.Tensor, x: torch.Tensor, axis: int | None) -> torch.Tensor:
-    if axis is None or p.dim() == 0:
-        return p
-    shape = [1] * x.dim()
-    shape[axis] = -1
-    return p.reshape(shape)
 
 
 def lsq_encode(x: torch.Tensor, step: torch.Tensor, qn: int, qp: int,
@@ -75,7 +67,7 @@ def lsq_encode(x: torch.Tensor, step: torch.Tensor, qn: int, qp: int,
     step = tensor_arg(step, "step", like=x, table=True).detach()
     if axis is not None and axis % max(x.dim(), 1) != 0:
         raise ValueError(f"lsq_encode: per-channel grids are along dim 0, got axis={axis}")
-    s = torch.clamp(_broadcast(step, x, axis), min=_EPS)
+    s = torch.clamp(along(step, x, axis), min=_EPS)
     v_bar = torch.clamp(torch.round(x.detach() * (1.0 / s)), -qn, qp)
     grid = IntegerGrid(LevelRange(-qn, qp), torch.clamp(step, min=_EPS),
                        (qn + qp).bit_length())
@@ -91,7 +83,7 @@ class _LSQ(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, step, qn, qp, grad_scale, axis):
-        s = torch.clamp(_broadcast(step, x, axis), min=_EPS)
+        s = torch.clamp(along(step, x, axis), min=_EPS)
         ctx.meta = (grad_scale, axis, step.shape)
         ctx.fused = s.numel() == 1 and kernels.fusable(x, s)
         if ctx.fused:

@@ -44,7 +44,7 @@ Level sets (table 2 notation), :func:`levels_for`: see WEIGHT_LEVELS and ACT_LEV
 
 Tests: tests/functional/test_soft.py (numpy reference of eq. 6/11, eq. 7-10 vs x.grad,
 gradcheck, soft -> hard as T grows, k-means and init, test_hard_encode_records);
-tests/functional/test_fused_kernels.py (the fused float32 CPU path of eq. 6-10 == the torch
+tests/kernels/test_fused_kernels.py (the fused float32 CPU path of eq. 6-10 == the torch
 path == float64).
 """
 

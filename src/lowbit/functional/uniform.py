@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from lowbit.functional.checks import check_finite, check_nonempty, tensor_arg
+from lowbit.functional.checks import along, check_finite, check_nonempty, tensor_arg
 from lowbit.functional.codebook import IntegerGrid, LevelRange
 
 
@@ -33,11 +33,7 @@ def _broadcast(
     p: torch.Tensor | float, x: torch.Tensor, axis: int | None, what: str
 ) -> torch.Tensor:
     p = torch.as_tensor(tensor_arg(p, what, table=True), dtype=torch.float32, device=x.device)
-    if axis is None or p.dim() == 0:
-        return p
-    shape = [1] * x.dim()
-    shape[axis] = -1
-    return p.reshape(shape)
+    return along(p, x, axis)
 
 
 def _integers(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor) -> torch.Tensor:

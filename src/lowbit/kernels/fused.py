@@ -2,7 +2,7 @@
 expressions they replace as the reference. Used only for contiguous float32 CPU tensors; anything
 else (GPU, float64, no numba) takes the torch fallback.
 
-Exactness, as declared and tested (tests/functional/test_kernel_exactness.py):
+Exactness, as declared and tested (tests/kernels/test_kernel_exactness.py):
 - Bit-exact vs the torch fallback (``torch.equal``): signed_levels, ivan_act, ivan_act_grad,
   lsq_forward and lsq_backward's input gradient. IEEE float32 division, rint, ceil and clamp.
 - Within a stated bound of torch: the soft quantizer (own exp, see below): each sigmoid within
@@ -21,7 +21,7 @@ vdivps for 1 / (1 + e) and vaddpd trees, and no vrcp14ps, vrcpps, vrsqrt14ps or 
 The cost against the fast-math kernels, one thread, (128, 16, 32, 32): soft forward 1.08-1.09x
 (the division), soft backward 1.17-1.20x, LSQ backward 1.02-1.11x (the sums' trees), LSQ
 forward unchanged (benchmarks/results/kernel_exactness_cost).
-Test: tests/functional/test_kernels.py, test_fused_kernels.py, test_kernel_exactness.py.
+Test: tests/kernels/test_kernels.py, test_fused_kernels.py, test_kernel_exactness.py.
 """
 
 from __future__ import annotations
