@@ -70,6 +70,7 @@ class LayerPlan:
     bits: int
     why: str
     aliases: tuple[str, ...] = ()
+    options: tuple[tuple[str, object], ...] = ()  # the quantizer's constructor options
 
     @property
     def quantized(self) -> bool:
@@ -181,7 +182,8 @@ def plan(model: nn.Module, recipe: Recipe) -> list[LayerPlan]:
             if recipe.g_bits != FLOAT_BITS:
                 out.append(_grad_plan(p, recipe))
     _check_plan(model, recipe, out)
-    return out
+    return [replace(p, options=recipe.options_for(p.kind, p.name, p.method)) if p.quantized
+            and p.kind != "gradient" else p for p in out]
 
 
 def _check_stands_for(p: LayerPlan, act: nn.Module) -> None:
@@ -245,12 +247,12 @@ def quantize(model: nn.Module, recipe: Recipe) -> nn.Module:
             continue
         old = model.get_submodule(p.name)
         if p.kind == "weight":
-            wq = make_weight_quantizer(p.method, p.bits) if p.quantized else None
+            wq = make_weight_quantizer(p.method, p.bits, p.options) if p.quantized else None
             new = WEIGHT_LAYERS[type(old)].from_float(old, wq)
             if p.name in grads:
                 new.output_grad_quant = make_grad_quantizer(recipe.grad, recipe.g_bits)
         else:
-            new = QuantAct(make_act_quantizer(p.method, p.bits), old)
+            new = QuantAct(make_act_quantizer(p.method, p.bits, p.options), old)
             new.train(old.training)
         new.layer_name = p.name + (f" (also {', '.join(p.aliases)})" if p.aliases else "")
         if not p.name:

@@ -14,7 +14,32 @@ from dataclasses import asdict, dataclass, field
 
 from lowbit.errors import BitsError
 from lowbit.functional.checks import FLOAT_BITS, check_bits
-from lowbit.quantizers.registry import KEEP_FALLBACK, accepts, allowed_bits, validate
+from lowbit.quantizers import options
+from lowbit.quantizers.options import Options
+from lowbit.quantizers.registry import (
+    KEEP_FALLBACK,
+    accepts,
+    allowed_bits,
+    get_method,
+    validate,
+)
+
+
+def _pairs(value) -> Options:
+    if isinstance(value, dict):
+        value = value.items()
+    return tuple(sorted((str(k), v) for k, v in (value or ())))
+
+
+def _checked(method: str, role: str, value) -> Options:
+    """``value`` as options of ``method``'s ``role`` quantizer (none allowed without one)."""
+    pairs = _pairs(value)
+    cls = getattr(get_method(method), "weight" if role == "weight" else "act")
+    if cls is None:
+        if pairs:
+            raise ValueError(f"{method!r} has no {role} quantizer to take options {dict(pairs)}")
+        return ()
+    return options.normalize(cls, pairs)
 
 
 @dataclass(frozen=True)
@@ -30,8 +55,12 @@ class LayerRule:
     w_bits: int | None = None
     act: str | None = None
     a_bits: int | None = None
+    weight_options: Options = ()
+    act_options: Options = ()
 
     def __post_init__(self) -> None:
+        for name in ("weight_options", "act_options"):  # checked by the Recipe (the method)
+            object.__setattr__(self, name, _pairs(getattr(self, name)))
         if not isinstance(self.pattern, str) or not self.pattern:
             raise ValueError("LayerRule.pattern must be a non-empty string")
         for bits, what in ((self.w_bits, "w_bits"), (self.a_bits, "a_bits")):
@@ -52,11 +81,17 @@ class Recipe:
     Esser et al. 2020, Choi et al. 2018) instead of ``w_bits``; ``keep_bits=32`` keeps them in
     float, XNOR-Net's practice (Rastegari et al. 2016, sec. 4). A kept layer uses the recipe's
     weight method when it takes ``keep_bits``, else the fallback ``registry.KEEP_FALLBACK``
-    (``uniform``: per-channel symmetric min-max, 2..16 bits). When ``w_bits >= keep_bits``
-    (e.g. W8 or float recipes) keeping changes nothing: the kept layers stay in float as
-    before. Set keep_first/keep_last to False to quantize those layers like the others, as
-    Ivan's experiments do. ``grad``/``g_bits``: quantize the gradient flowing back into every
-    weight layer that is not kept (DoReFa-Net eq. 12; 32 = float).
+    (``uniform``: per-channel symmetric min-max, 2..16 bits). A kept layer never gets fewer
+    bits than the others: when ``w_bits >= keep_bits`` (e.g. W8) it is quantized like them, in
+    a float recipe it stays float. Set keep_first/keep_last to False to quantize those layers
+    like the others, as Ivan's experiments do. ``grad``/``g_bits``: quantize the gradient
+    flowing back into every weight layer that is not kept (DoReFa-Net eq. 12; 32 = float).
+
+    ``weight_options``/``act_options``: the method's constructor options beyond bits (e.g.
+    ``{"per_channel": True}`` for lsq, ``{"momentum": 0.05}`` for uniform activations:
+    :mod:`lowbit.quantizers.options`), for the layers quantized with the recipe's own method;
+    a LayerRule's options apply to the layers it matches. Given as dicts, kept as sorted
+    tuples of pairs (checked against the method's signature), saved as dicts by :meth:`to_dict`.
 
     :meth:`from_dict` of a dict without ``keep_bits`` (written before it existed) gives
     ``keep_bits=32``, the meaning those files were written with.
@@ -72,9 +107,14 @@ class Recipe:
     grad: str = "dorefa"
     g_bits: int = FLOAT_BITS
     keep_bits: int = 8
+    weight_options: Options = ()
+    act_options: Options = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "rules", tuple(self.rules))
+        object.__setattr__(self, "weight_options",
+                           _checked(self.weight, "weight", self.weight_options))
+        object.__setattr__(self, "act_options", _checked(self.act, "activation", self.act_options))
         for name in ("w_bits", "a_bits", "g_bits", "keep_bits"):  # plain ints from here on
             object.__setattr__(self, name, check_bits(getattr(self, name), what=name))
         validate(self.weight, "weight", self.w_bits)
@@ -95,6 +135,22 @@ class Recipe:
             a = rule.act or self.act
             validate(w, "weight", rule.w_bits if rule.w_bits is not None else self.w_bits)
             validate(a, "activation", rule.a_bits if rule.a_bits is not None else self.a_bits)
+            object.__setattr__(rule, "weight_options", _checked(w, "weight", rule.weight_options))
+            object.__setattr__(rule, "act_options", _checked(a, "activation", rule.act_options))
+
+    def options_for(self, kind: str, name: str, method: str) -> Options:
+        """The options of the ``kind`` ("weight"/"activation"/"input") quantizer of module
+        ``name`` using ``method``: the recipe's for its own method, then each matching rule's
+        (the last wins) when given for that method."""
+        weight = kind == "weight"
+        own = self.weight if weight else self.act
+        out = (self.weight_options if weight else self.act_options) if method == own else ()
+        for rule in self.rules:
+            given = rule.weight_options if weight else rule.act_options
+            ruled = (rule.weight if weight else rule.act) or own
+            if given and rule.matches(name) and ruled == method:
+                out = given
+        return out
 
     @property
     def is_float(self) -> bool:
@@ -102,7 +158,11 @@ class Recipe:
         return all(b == FLOAT_BITS for b in bits) and not self.rules
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        for holder in (d, *d["rules"]):
+            for name in ("weight_options", "act_options"):
+                holder[name] = options.plain(holder[name])
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> Recipe:

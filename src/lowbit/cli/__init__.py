@@ -29,13 +29,21 @@ def _recipe_flags(p) -> None:
     p.add_argument("--keep-bits", type=int,
                    help="bits of the kept first/last layers (default: 8; 32 keeps them in "
                         "float, XNOR-Net's practice)")
+    p.add_argument("--w-option", action="append", metavar="NAME=VALUE",
+                   help="an option of the weight method, e.g. per_channel=true for lsq "
+                        "(repeatable; 'lowbit methods --json' lists each method's options)")
+    p.add_argument("--a-option", action="append", metavar="NAME=VALUE",
+                   help="an option of the activation method, e.g. momentum=0.05 (repeatable)")
 
 
 def _recipe(a, **fields):
+    from lowbit.quantizers.options import parse_assignments
     from lowbit.recipe import Recipe
 
     keep = {} if a.keep_bits is None else {"keep_bits": a.keep_bits}
-    return Recipe(keep_first=a.keep_first, keep_last=a.keep_last, **keep, **fields)
+    return Recipe(keep_first=a.keep_first, keep_last=a.keep_last, **keep,
+                  weight_options=parse_assignments(a.w_option),
+                  act_options=parse_assignments(a.a_option), **fields)
 
 
 def _train_parser(sub) -> None:
@@ -152,9 +160,16 @@ def _cmd_methods(a) -> int:
 
 def _method_record(m) -> dict:
     """A registered method as JSON: name, description, roles and accepted bit widths."""
+    from lowbit.quantizers.options import signature_options
+
+    def opts(cls):
+        return {name: {"type": kind.__name__, "default": getattr(d, "name", d)}
+                for name, (kind, d) in signature_options(cls).items()} if cls else None
+
     return {"name": m.name, "description": m.description,
             "weight_bits": list(m.weight.BITS) if m.weight else None,
             "activation_bits": list(m.act.BITS) if m.act else None,
+            "weight_options": opts(m.weight), "activation_options": opts(m.act),
             "gradient": m.grad is not None}
 
 

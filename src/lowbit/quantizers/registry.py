@@ -22,6 +22,7 @@ from lowbit.quantizers.hwgq import HWGQAct
 from lowbit.quantizers.ivan import IvanAct, IvanWeight
 from lowbit.quantizers.learned import LSQAct, LSQWeight, PACTAct
 from lowbit.quantizers.log2 import INQWeight, Pow2Act, Pow2Weight
+from lowbit.quantizers.options import normalize
 from lowbit.quantizers.soft import SoftAct, SoftWeight
 from lowbit.quantizers.stochastic import StochasticAct, StochasticWeight, WuWeight
 from lowbit.quantizers.ternary import TTQWeight, TWNWeight
@@ -215,14 +216,18 @@ def validate(name: str, role: str, bits: int) -> None:
     _check(cls, name, role, bits)
 
 
-def make_weight_quantizer(name: str, bits: int) -> WeightQuantizer:
+def make_weight_quantizer(name: str, bits: int, options=()) -> WeightQuantizer:
+    """Method ``name``'s weight quantizer at ``bits`` with its constructor ``options``."""
     validate(name, "weight", bits)
-    return get_method(name).weight(bits)
+    cls = get_method(name).weight
+    return cls(bits, **dict(normalize(cls, options)))
 
 
-def make_act_quantizer(name: str, bits: int) -> ActQuantizer:
+def make_act_quantizer(name: str, bits: int, options=()) -> ActQuantizer:
+    """Method ``name``'s activation quantizer at ``bits`` with its constructor ``options``."""
     validate(name, "activation", bits)
-    return get_method(name).act(bits)
+    cls = get_method(name).act
+    return cls(bits, **dict(normalize(cls, options)))
 
 
 def make_grad_quantizer(name: str, bits: int):
