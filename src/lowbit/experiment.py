@@ -246,8 +246,8 @@ def run(job: Job, out_dir: str | Path, resume: bool = False, progress: bool = Tr
         "g_bits": job.recipe.g_bits if any(getattr(m, "output_grad_quant", None) is not None
                                            for m in net.modules()) else 32,
         "method": describe(job.recipe, bits=False),
-        "model": job.model, "dataset": job.dataset, **model_bytes(net),
-        "size_ratio": sizes["packed_bytes"] / sizes["float_bytes"],
+        "model": job.model, "dataset": job.dataset, **(sizes := model_bytes(net)),
+        "size_ratio": sizes["packed_bytes"] / sizes["float_bytes"],  # of the trained model
         "layers": [asdict(p) for p in layers],
         "recipe": job.recipe.to_dict(), "config": asdict(effective_config(job, net)),
         "procedure": procedure(net).value, "init": job.init,

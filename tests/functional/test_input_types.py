@@ -46,7 +46,6 @@ DATA_CALLS = {
     "checks.check_nonempty": ("tensor", lambda: checks.check_nonempty(X)),
     "checks.along": ("p", lambda: checks.along(X, torch.zeros(4), 0)),
     "codebook.decode": ("codes", lambda: codebook.decode([0, 1], torch.tensor([-1.0, 1.0]))),
-    "codebook.signed_to_codes": ("k", lambda: codebook.signed_to_codes([-1, 1], 1)),
     "dorefa.quantize_k": ("r", lambda: dorefa.quantize_k(X, 2)),
     "dorefa.dorefa_weight_encode": ("w", lambda: dorefa.dorefa_weight_encode(W, 2)),
     "dorefa.dorefa_activation_encode": ("x", lambda: dorefa.dorefa_activation_encode(X, 2)),
@@ -88,7 +87,7 @@ DATA_CALLS = {
     "stochastic.stochastic_round": ("x", lambda: stochastic.stochastic_round(X, 0.25)),
     "stochastic.fixed_point_encode": ("x", lambda: stochastic.fixed_point_encode(X, 0.25, -4, 4)),
     "stochastic.stochastic_encode": ("x", lambda: stochastic.stochastic_encode(X, 0.25)),
-    "stochastic.decode_lookup": ("codes", lambda: stochastic.decode_lookup(
+    "codebook.decode_lookup": ("codes", lambda: codebook.decode_lookup(
         [0, 1], stochastic.wu_encode(torch.zeros(2), 2)[1])),
     "stochastic.polino_uniform": ("x", lambda: stochastic.polino_uniform(X, 2)),
     "stochastic.stochastic_uniform": ("x", lambda: stochastic.stochastic_uniform(X, 2)),
@@ -180,7 +179,7 @@ NO_TENSOR = {
     "binary.abc_shifts", "binary.abc_activation_init", "checks.check_bits", "checks.tensor_arg",
     "hwgq.hwgq_levels", "hwgq.lloyd_half_normal", "hwgq.hwgq_thresholds",
     "hwgq.uniform_half_normal", "learned.lsq_range", "learned.lsq_grad_scale",
-    "codebook.signed_levels_without_zero", "log2.pow2_grid", "log2.inq_exponents",
+    "log2.pow2_grid", "log2.inq_exponents",
     "soft.levels_for",
     "ternary.check_ttq_scale_grad",
 }

@@ -11,9 +11,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from lowbit.errors import BitsError
-from lowbit.functional.codebook import LevelRange
+from lowbit.functional.codebook import LevelRange, decode_lookup
 from lowbit.functional.stochastic import (
-    decode_lookup,
     fixed_point_encode,
     fixed_point_round,
     polino_uniform,

@@ -23,6 +23,7 @@ Test: tests/functional/test_codebook.py (decode against independent formulas, st
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -324,12 +325,18 @@ def decode(codes: torch.Tensor, codebook: Codebook | torch.Tensor) -> torch.Tens
     return _gather(codebook, codes.long())
 
 
-def signed_to_codes(k: torch.Tensor, s: int) -> torch.Tensor:
-    """Map signed level indices k in {-s..-1, 1..s} (no zero) to codes 0..2s-1."""
-    k = tensor_arg(k, "k").to(torch.int64)
-    return torch.where(k < 0, k + s, k + s - 1)
+def decode_lookup(codes: torch.Tensor, codebook: IntegerGrid | Table) -> torch.Tensor:
+    """``codebook.decode(codes)`` for a per-tensor record, as one gather: decode is elementwise,
+    so decoding the ``num_codes`` codes once and indexing gives the same values bit for bit
+    (tests/functional/test_stochastic.py::
+    test_stochastic_encode_is_the_training_draw_and_decode_lookup_is_decode), in one pass instead
+    of the record's several (range check, level lookup, int -> float, scale)."""
+    codes = tensor_arg(codes, "codes")
+    table = _TABLES.get(codebook)
+    if table is None or table.device != codes.device:
+        table = codebook.decode(torch.arange(codebook.num_codes, device=codes.device))
+        _TABLES[codebook] = table
+    return table.take(codes)
 
 
-def signed_levels_without_zero(s: int) -> torch.Tensor:
-    """The integers -s..-1, 1..s in code order of :func:`signed_to_codes` (int64)."""
-    return torch.cat([torch.arange(-s, 0), torch.arange(1, s + 1)])
+_TABLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # record -> decoded codes

@@ -52,9 +52,8 @@ import math
 import torch
 
 from lowbit.functional.checks import check_bits, check_finite, check_nonempty, tensor_arg
-from lowbit.functional.codebook import IntegerGrid, Table
+from lowbit.functional.codebook import IntegerGrid, Table, decode_lookup
 from lowbit.functional.ste import ste
-from lowbit.functional.stochastic import decode_lookup
 
 SQRT2_MANTISSA = 3474676  # smallest 23-bit m with (1 + m 2^-23)^2 >= 2 (checked in the tests)
 INT64_EXPONENTS = 63  # 2^62 is the largest power of two an int64 level holds

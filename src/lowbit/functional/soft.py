@@ -57,8 +57,7 @@ import torch
 
 from lowbit.errors import BitsError
 from lowbit.functional.checks import tensor_arg
-from lowbit.functional.codebook import IntegerGrid, LevelRange, Table
-from lowbit.functional.stochastic import decode_lookup
+from lowbit.functional.codebook import IntegerGrid, LevelRange, Table, decode_lookup
 from lowbit.kernels import fused as kernels
 
 # Weight level sets, by the paper's table 2 column names (sec. 4.1). "4" is ours: the paper has no

@@ -47,30 +47,12 @@ tests/quantizers/test_contract.py (stochastic, wu: every bit width, frozen).
 from __future__ import annotations
 
 import math
-import weakref
 
 import torch
 
 from lowbit.functional.checks import check_bits, check_finite, check_nonempty, tensor_arg
-from lowbit.functional.codebook import IntegerGrid, LevelRange, Table
+from lowbit.functional.codebook import IntegerGrid, LevelRange
 from lowbit.functional.ste import ste
-
-
-def decode_lookup(codes: torch.Tensor, codebook: IntegerGrid | Table) -> torch.Tensor:
-    """``codebook.decode(codes)`` for a per-tensor record, as one gather: decode is elementwise,
-    so decoding the ``num_codes`` codes once and indexing gives the same values bit for bit
-    (tests/functional/test_stochastic.py::
-    test_stochastic_encode_is_the_training_draw_and_decode_lookup_is_decode), in one pass instead
-    of the record's several (range check, level lookup, int -> float, scale)."""
-    codes = tensor_arg(codes, "codes")
-    table = _TABLES.get(codebook)
-    if table is None or table.device != codes.device:
-        table = codebook.decode(torch.arange(codebook.num_codes, device=codes.device))
-        _TABLES[codebook] = table
-    return table.take(codes)
-
-
-_TABLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # record -> decoded codes
 
 
 def finite_absmax(w: torch.Tensor, what: str = "weight") -> torch.Tensor:

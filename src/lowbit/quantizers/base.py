@@ -7,7 +7,6 @@ anything else is a :class:`~lowbit.errors.BitsError` at construction.
 
 from __future__ import annotations
 
-import math
 from typing import ClassVar
 
 import torch
@@ -94,15 +93,8 @@ class WeightQuantizer(Quantizer):
     def storage_bytes(self, weight: torch.Tensor) -> int:
         """Bytes a packed file needs for ``weight``: its codes at their bits plus the codebook
         record (derived from the record, :meth:`Codebook.storage_bytes`)."""
-        if type(self).storage_scalars is not WeightQuantizer.storage_scalars:  # not yet typed
-            return math.ceil(weight.numel() * self.bits / 8) + 4 * self.storage_scalars(weight)
         codes, codebook = self.encode(weight)
         return codebook.storage_bytes(codes.numel())
-
-    def storage_scalars(self, weight: torch.Tensor) -> int:
-        """Deprecated: the float scalars beside the codes, for quantizers whose encode does not
-        return a typed record yet (storage_bytes uses it when a subclass defines it)."""
-        raise NotImplementedError
 
 
 class ActQuantizer(Quantizer):
@@ -162,4 +154,3 @@ def bits_span(bits: tuple[int, ...]) -> str:
         return f"{bits[0]}..{bits[-1]} (or 32 = float)"
     return ", ".join(map(str, bits)) + " (or 32 = float)"
 
-_Quantizer = Quantizer  # the old private name
