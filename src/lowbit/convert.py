@@ -47,6 +47,7 @@ from lowbit.quantizers.registry import (
     make_weight_quantizer,
     validate,
 )
+from lowbit.quantizers.spec import QuantSpec
 from lowbit.recipe import LayerRule, Recipe
 
 WEIGHT_LAYERS: dict[type, type] = {nn.Linear: QuantLinear, nn.Conv2d: QuantConv2d}
@@ -75,6 +76,14 @@ class LayerPlan:
     @property
     def quantized(self) -> bool:
         return self.bits != FLOAT_BITS
+
+    @property
+    def spec(self) -> QuantSpec | None:
+        """The quantizer this plan puts in its slot; None when the slot stays float."""
+        if not self.quantized:
+            return None
+        role = {"weight": "weight", "gradient": "gradient"}.get(self.kind, "activation")
+        return QuantSpec(self.method, role, self.bits, self.options)
 
     @property
     def kept(self) -> bool:

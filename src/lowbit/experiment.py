@@ -26,10 +26,10 @@ from lowbit.errors import CheckpointError, LowbitError
 from lowbit.functional.checks import FLOAT_BITS
 from lowbit.models import build_model
 from lowbit.nn.layers import QUANT_LAYERS
-from lowbit.quantizers import METHODS
 from lowbit.recipe import LayerRule, Recipe
 from lowbit.report.console import plan_lines, size_line
 from lowbit.size import model_bytes
+from lowbit.slots import apply_specs, quantizer_slots
 from lowbit.train import TrainConfig, atomic_save, evaluate, fit
 from lowbit.train.files import atomic_write_text, load_verified
 from lowbit.train.inq import fit_inq, inq_layers
@@ -271,19 +271,8 @@ def describe(recipe: Recipe, bits: bool = True) -> str:
 def save_model(net: nn.Module, kwargs: dict, job: Job, path: Path) -> None:
     atomic_save({"format": MODEL_FORMAT, "version": MODEL_VERSION, "model_kwargs": kwargs,
                  "recipe": job.recipe.to_dict(), "dataset": job.dataset,
-                 "inputs": input_quantizers(net), "state_dict": net.state_dict()}, path)
-
-
-def input_quantizers(net: nn.Module) -> list[dict[str, Any]]:
-    """The layers carrying an input quantizer (``add_input_quantizers``): name, method, bits;
-    what :func:`load_model` needs to rebuild them (the recipe does not say)."""
-    methods = {m.act: name for name, m in METHODS.items() if m.act is not None}
-    out = []
-    for name, m in net.named_modules():
-        q = getattr(m, "input_quant", None)
-        if q is not None:
-            out.append({"name": name, "method": methods[type(q)], "bits": q.bits})
-    return out
+                 "layers": quantizer_slots(net),
+                 "state_dict": net.state_dict()}, path)
 
 
 def load_model(path: str | Path) -> tuple[nn.Module, dict]:
@@ -295,8 +284,12 @@ def load_model(path: str | Path) -> tuple[nn.Module, dict]:
     if blob.get("version") != MODEL_VERSION:
         raise CheckpointError(f"{path} has model format version {blob.get('version')}, "
                               f"this lowbit reads version {MODEL_VERSION}")
-    net = quantize(build_model(**blob["model_kwargs"]), Recipe.from_dict(blob["recipe"]))
-    inputs = blob.get("inputs") or []
+    if blob.get("layers") is not None:  # every quantizer slot as a spec (options included)
+        net = apply_specs(build_model(**blob["model_kwargs"]), blob["layers"])
+        inputs = []
+    else:  # files written before the specs: rebuilt from the recipe and the input list
+        net = quantize(build_model(**blob["model_kwargs"]), Recipe.from_dict(blob["recipe"]))
+        inputs = blob.get("inputs") or []
     if inputs:
         add_input_quantizers(net, inputs[0]["method"], FLOAT_BITS, skip_first=False, rules=[
             LayerRule(i["name"], act=i["method"], a_bits=i["bits"]) for i in inputs])

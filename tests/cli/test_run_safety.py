@@ -191,6 +191,10 @@ def test_model_file_keeps_input_quantizers(tmp_path):
     lowbit.calibrate(net, [x], freeze=True)
     save_model(net, blob["model_kwargs"], job, tmp_path / "with_inputs.pt")
     again, blob2 = load_model(tmp_path / "with_inputs.pt")
-    assert blob2["inputs"] == [{"name": "fc2", "method": "uniform", "bits": 8},
-                               {"name": "fc3", "method": "uniform", "bits": 4}]
+    inputs = [(e["names"], e["slots"]["input_quant"]) for e in blob2["layers"]
+              if e["slots"].get("input_quant")]
+    assert inputs == [(["fc2"], {"method": "uniform", "role": "activation", "bits": 8,
+                                 "options": {"momentum": 0.01}}),
+                      (["fc3"], {"method": "uniform", "role": "activation", "bits": 4,
+                                 "options": {"momentum": 0.01}})]
     assert torch.equal(again(x), net.eval()(x)) and s["test_accuracy"] > 0

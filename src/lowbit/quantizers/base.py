@@ -34,6 +34,14 @@ class Quantizer(nn.Module):
         return f"bits={self.bits}"
 
     @property
+    def spec(self):
+        """This quantizer's :class:`~lowbit.quantizers.spec.QuantSpec` (method, role, bits,
+        options), read back from its class and attributes."""
+        from lowbit.quantizers.spec import QuantSpec  # spec -> registry -> every quantizer
+
+        return QuantSpec.of(self)
+
+    @property
     def is_frozen(self) -> bool:
         return bool(self.frozen)
 

@@ -52,6 +52,11 @@ class HWGQAct(ActQuantizer):
         record = hwgq_codebook(bits, fit)
         self.register_buffer("levels", record.decode(torch.arange(1, 2**bits)))
 
+    @property
+    def backward(self) -> HWGQBackward:
+        """The ``backward`` option (kept as ``backward_mode``; read back by its spec)."""
+        return self.backward_mode
+
     def codebook(self) -> IntegerGrid | Table:
         """UNIFORM: IntegerGrid(0..2^b - 1) x levels[0] (the step; ``levels`` holds its decoded
         values); LLOYD: Table [0, *levels]."""

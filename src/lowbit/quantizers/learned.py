@@ -142,6 +142,7 @@ class PACTAct(ActQuantizer):
         if not alpha_init > 0:
             raise ValueError(f"alpha_init must be > 0, got {alpha_init}")
         self.lambda_alpha = float(lambda_alpha)
+        self.alpha_init = float(alpha_init)  # the option (alpha itself is learned from there)
         self.alpha = nn.Parameter(torch.tensor(float(alpha_init)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

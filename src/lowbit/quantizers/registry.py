@@ -22,8 +22,8 @@ from lowbit.quantizers.hwgq import HWGQAct
 from lowbit.quantizers.ivan import IvanAct, IvanWeight
 from lowbit.quantizers.learned import LSQAct, LSQWeight, PACTAct
 from lowbit.quantizers.log2 import INQWeight, Pow2Act, Pow2Weight
-from lowbit.quantizers.options import normalize
 from lowbit.quantizers.soft import SoftAct, SoftWeight
+from lowbit.quantizers.spec import QuantSpec
 from lowbit.quantizers.stochastic import StochasticAct, StochasticWeight, WuWeight
 from lowbit.quantizers.ternary import TTQWeight, TWNWeight
 from lowbit.quantizers.uniform import UniformAct, UniformWeight
@@ -218,18 +218,13 @@ def validate(name: str, role: str, bits: int) -> None:
 
 def make_weight_quantizer(name: str, bits: int, options=()) -> WeightQuantizer:
     """Method ``name``'s weight quantizer at ``bits`` with its constructor ``options``."""
-    validate(name, "weight", bits)
-    cls = get_method(name).weight
-    return cls(bits, **dict(normalize(cls, options)))
+    return QuantSpec(name, "weight", bits, tuple(dict(options).items())).build()
 
 
 def make_act_quantizer(name: str, bits: int, options=()) -> ActQuantizer:
     """Method ``name``'s activation quantizer at ``bits`` with its constructor ``options``."""
-    validate(name, "activation", bits)
-    cls = get_method(name).act
-    return cls(bits, **dict(normalize(cls, options)))
+    return QuantSpec(name, "activation", bits, tuple(dict(options).items())).build()
 
 
-def make_grad_quantizer(name: str, bits: int):
-    validate(name, "gradient", bits)
-    return get_method(name).grad(bits)
+def make_grad_quantizer(name: str, bits: int, options=()):
+    return QuantSpec(name, "gradient", bits, tuple(dict(options).items())).build()

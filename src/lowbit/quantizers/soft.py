@@ -56,6 +56,7 @@ class _SoftMixin:
 
     def _setup(self, levels: Sequence[float], learn_biases: bool) -> None:
         lv = torch.tensor(list(levels), dtype=torch.float32)
+        self.learn_biases = bool(learn_biases)
         self.register_buffer("levels", lv)
         mid = (lv[1:] + lv[:-1]) / 2  # until initialised: steps halfway between the levels
         if learn_biases:
