@@ -8,7 +8,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from lowbit import data, functional, models, train
-from lowbit.calibrate import calibrate
+from lowbit.calibrate import calibrate, freeze_model
 from lowbit.convert import LayerPlan, add_input_quantizers, plan, quantize, requantize
 from lowbit.errors import (
     BitsError,
@@ -30,6 +30,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "calibrate",
+    "freeze_model",
     "METHODS",
     "BitsError",
     "CheckpointError",

@@ -6,8 +6,7 @@ first-batch step, ...). Running the model in training mode to calibrate would al
 BatchNorm statistics and apply dropout; :func:`calibrate` puts only the quantizers and
 observers in training mode, every other module in eval mode, runs the batches without
 gradients, and restores every module's mode afterwards. With ``freeze=True`` every quantizer
-is then frozen (:meth:`~lowbit.quantizers.base.WeightQuantizer.freeze`): its observed range
-becomes its fixed grid.
+is then frozen (:func:`freeze_model`): its observed range becomes its fixed grid.
 
 Stochastic quantizers draw random rounding in training mode, so their calibration batches pass
 noisy values on to the layers after them; freeze them first if that matters.
@@ -22,10 +21,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from lowbit.nn.layers import QuantConv2d, QuantLinear
 from lowbit.quantizers.base import ActQuantizer, WeightQuantizer
 from lowbit.quantizers.observers import Observer
 
 OBSERVING = (WeightQuantizer, ActQuantizer, Observer)
+QUANT_WEIGHT_LAYERS = (QuantLinear, QuantConv2d)
 
 
 @torch.no_grad()
@@ -50,7 +51,19 @@ def calibrate(model: nn.Module, batches: Iterable[torch.Tensor], freeze: bool = 
     if seen == 0:
         raise ValueError("calibrate() got no batches")
     if freeze:
-        for m in model.modules():
-            if isinstance(m, (WeightQuantizer, ActQuantizer)):
-                m.freeze()
+        freeze_model(model)
+    return model
+
+
+def freeze_model(model: nn.Module) -> nn.Module:
+    """Freeze every quantizer of ``model`` (returns it): each weight quantizer first observes
+    the weight of its layer (:meth:`~lowbit.quantizers.base.WeightQuantizer.observe`, so that a
+    stored scale is the current weight's), then every weight and activation quantizer is
+    frozen. Observers that are not quantizers keep observing."""
+    for m in model.modules():
+        if isinstance(m, QUANT_WEIGHT_LAYERS) and m.weight_quant is not None:
+            m.weight_quant.observe(m.weight)
+    for m in model.modules():
+        if isinstance(m, (WeightQuantizer, ActQuantizer)):
+            m.freeze()
     return model

@@ -3,7 +3,8 @@
 float bytes  = 4 bytes per parameter and float buffer of the model with every weight in
                float32: the float model's tensors plus the activation quantizers' parameters and
                ranges, which a float32 copy of the same (activation-quantized) network needs too;
-               weight-quantizer state excluded.
+               weight-quantizer state and observer modules (range statistics; their
+               quantizer stores the scale and zero point it fixes) excluded.
 packed bytes = for each quantized weight, what its codebook record says: the codes at their
                bits plus the record's own tensors (``WeightQuantizer.storage_bytes``; the
                weight quantizer's own training
@@ -21,6 +22,7 @@ from __future__ import annotations
 from torch import nn
 
 from lowbit.nn.layers import QuantConv2d, QuantLinear
+from lowbit.quantizers.observers import Observer
 
 
 def model_bytes(model: nn.Module) -> dict[str, int]:
@@ -28,6 +30,8 @@ def model_bytes(model: nn.Module) -> dict[str, int]:
     weight_bytes: dict[int, int] = {}
     weight_quant_state: set[int] = set()
     for m in model.modules():
+        if isinstance(m, Observer):  # calibration state; the quantizer holds the grid it fixes
+            weight_quant_state |= {id(t) for t in m.buffers()}
         q = m.weight_quant if isinstance(m, (QuantLinear, QuantConv2d)) else None
         if q is None:
             continue

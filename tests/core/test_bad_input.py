@@ -206,7 +206,11 @@ def test_nan_activation_does_not_silently_change_the_other_entries():
     assert not math.isnan(q.running_max.item()) or bool(torch.isnan(q.eval()(x)).all())
 
 
-@pytest.mark.parametrize("training", [True, False])
-def test_nan_activation_uniform_act_propagates(training):
-    y = UniformAct(4).train(training)(torch.tensor([math.nan, 0.5, 1.0]))
+def test_nan_activation_uniform_act():
+    """Observing (training) a NaN is a clear error and records nothing; eval propagates it."""
+    q = UniformAct(4).train()
+    with pytest.raises(NonFiniteError, match="1 NaN"):
+        q(torch.tensor([math.nan, 0.5, 1.0]))
+    assert int(q.num_batches) == 0
+    y = UniformAct(4).eval()(torch.tensor([math.nan, 0.5, 1.0]))
     assert math.isnan(y[0].item())

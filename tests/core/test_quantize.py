@@ -202,7 +202,7 @@ def test_state_dict_round_trip(recipe, net):
     keys = set(model.state_dict())
     if recipe is RECIPES[2]:
         act = "features.2" if net == "conv" else "1"
-        assert {f"{act}.quant.running_min", f"{act}.quant.running_max"} <= keys
+        assert {f"{act}.quant.range_observer.lo", f"{act}.quant.range_observer.hi"} <= keys
     if recipe is RECIPES[0] and net == "mlp":
         assert {"0.weight_quant.alpha", "1.quant.running_max", "1.quant.num_batches"} <= keys
 

@@ -62,7 +62,7 @@ def test_input_quant_is_in_the_state_dict_and_round_trips():
     layer = QuantLinear(6, 3, input_quant=UniformAct(4)).train()
     layer(torch.randn(8, 6, generator=gen()))
     state = layer.state_dict()
-    assert {"input_quant.running_min", "input_quant.running_max"} <= set(state)
+    assert {"input_quant.range_observer.lo", "input_quant.range_observer.hi"} <= set(state)
     fresh = QuantLinear(6, 3, input_quant=UniformAct(4))
     fresh.load_state_dict(state)
     x = torch.randn(4, 6, generator=gen(1))

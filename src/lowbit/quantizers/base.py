@@ -87,6 +87,11 @@ class WeightQuantizer(Quantizer):
     def init_from(self, weight: torch.Tensor) -> None:
         """Initialise learned parameters from the float weight it will quantize (default: none)."""
 
+    def observe(self, weight: torch.Tensor) -> None:
+        """Refit the statistics this quantizer derives from the weight (a stored scale),
+        without touching learned parameters; :func:`lowbit.calibrate.freeze_model` calls it
+        right before :meth:`freeze` (default: nothing)."""
+
     def after_step(self, weight: torch.Tensor) -> None:
         """Called by the trainer after every optimizer step with the layer's float weight
         (e.g. BinaryConnect's clip to [-1, 1]); default: nothing."""

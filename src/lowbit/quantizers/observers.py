@@ -51,8 +51,10 @@ class Observer(nn.Module):
 
     def _batch_range(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = check_nonempty(x.detach(), "observed tensor")
-        check_finite(x, f"tensor observed by {type(self).__name__}")
-        return minmax(x.float(), self.axis)
+        lo, hi = minmax(x.float(), self.axis)
+        if not bool(torch.isfinite(lo).all() & torch.isfinite(hi).all()):  # NaN reaches min/max
+            check_finite(x, f"tensor observed by {type(self).__name__}")
+        return lo, hi
 
     @torch.no_grad()
     def update(self, x: torch.Tensor) -> torch.Tensor:
@@ -119,3 +121,29 @@ class MovingAverageMinMaxObserver(Observer):
     def _merge(self, lo: torch.Tensor, hi: torch.Tensor) -> None:
         self.lo = self.lo + self.momentum * (lo - self.lo)
         self.hi = self.hi + self.momentum * (hi - self.hi)
+
+
+# name -> observer class, for the ``observer`` option of UniformAct / UniformWeight; the
+# histogram-based calibration observers live in lowbit.quantizers.histogram (imported lazily:
+# it builds on this module)
+STATIC_OBSERVERS = ("minmax", "ema", "percentile", "mse", "kl")
+ACT_OBSERVERS = (*STATIC_OBSERVERS, "dynamic")
+WEIGHT_OBSERVERS = ("minmax", "percentile", "mse", "kl")
+
+
+def observer_class(name: str) -> type[Observer]:
+    """The observer class called ``name`` (one of :data:`STATIC_OBSERVERS`)."""
+    if name == "minmax":
+        return MinMaxObserver
+    if name == "ema":
+        return MovingAverageMinMaxObserver
+    if name in STATIC_OBSERVERS:
+        from lowbit.quantizers import histogram
+
+        return histogram.OBSERVERS[name]
+    raise LowbitError(f"unknown observer {name!r}; known: {', '.join(STATIC_OBSERVERS)}")
+
+
+def make_observer(name: str, **kwargs) -> Observer:
+    """``observer_class(name)(**kwargs)``."""
+    return observer_class(name)(**kwargs)
