@@ -1,6 +1,7 @@
 """AdaRound: learned up/down rounding of a layer's weights onto a fixed integer grid (Nagel,
 Amjad, van Baalen, Louizos, Blankevoort, "Up or Down? Adaptive Rounding for Post-Training
-Quantization", ICML 2020, arXiv:2004.10568, sec. 3-4, eq. 21-25; constants as AIMET sets them).
+Quantization", ICML 2020, arXiv:2004.10568, sec. 3-4, eq. 21-25 -- the numbers below are the
+arXiv version's as recalled, not re-checked against the PDF here; constants as AIMET sets them).
 
 Grid: per tensor or per output channel (dim 0) ``scale`` s and ``zero_point`` z, integers
 qmin..qmax. With the fractional part r = W/s - floor(W/s) (W/s computed as W * (1/s), as
@@ -21,8 +22,9 @@ IntegerGrid number them. The loss ``recon`` (AIMET's normalisation: summed over 
 channels, so lambda = 0.01 weighs the regularizer as in AIMET) is reported for round-to-
 nearest (torch.round, half to even, as the quantizer's forward) and for the result, on all
 calibration samples.
-Deviation: 2000 iterations by default instead of AIMET's 10k (a CPU budget: ~1-2 min per small
-layer on one thread; ``iters`` is a parameter). X is the layer's input in the quantized model
+Deviation: 2000 iterations by default instead of AIMET's 10k (a CPU budget: 2000 took 3-11 s
+on the tests' tiny layers at one thread, about 1.5-5 ms per iteration, and grow with the layer
+and batch; ``iters`` is a parameter). X is the layer's input in the quantized model
 (earlier layers already rounded), Y the float layer's output on the float model's input
 (:func:`adaround_model`); no activation function is applied to either (eq. 25 with f_a the
 identity: lowbit's layers end at the pre-activation).
