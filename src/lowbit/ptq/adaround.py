@@ -21,7 +21,8 @@ s (q - z); ``codes`` = q - qmin as :func:`lowbit.functional.uniform.uniform_enco
 IntegerGrid number them. The loss ``recon`` (AIMET's normalisation: summed over output
 channels, so lambda = 0.01 weighs the regularizer as in AIMET) is reported for round-to-
 nearest (torch.round, half to even, as the quantizer's forward) and for the result, on all
-calibration samples.
+calibration samples. Never worse than nearest: when the learned rounding's loss on the
+calibration samples exceeds nearest's, nearest is returned (``fell_back``).
 Deviation: 2000 iterations by default instead of AIMET's 10k (a CPU budget: 2000 took 3-11 s
 on the tests' tiny layers at one thread, about 1.5-5 ms per iteration, and grow with the layer
 and batch; ``iters`` is a parameter). X is the layer's input in the quantized model
@@ -100,6 +101,7 @@ class AdaRoundResult:
     loss_nearest: float
     loss_adaround: float
     changed: float  # fraction of weights whose q differs from round-to-nearest's
+    fell_back: bool = False  # the learned rounding lost to nearest: nearest is returned
 
     @property
     def codes(self) -> torch.Tensor:
@@ -191,9 +193,13 @@ def adaround_layer(layer: nn.Conv2d | nn.Linear, scale, zero_point, qmin: int, q
         q = torch.clamp(base + z + up, qmin, qmax)
         nearest = torch.clamp(torch.round(scaled) + z, qmin, qmax)
         rounded = ((q - z) * s).to(w.dtype)
-        return AdaRoundResult(q.long(), rounded, qmin,
-                              _full_loss(layer, ((nearest - z) * s).to(w.dtype), inputs, targets),
-                              _full_loss(layer, rounded, inputs, targets),
+        near_w = ((nearest - z) * s).to(w.dtype)
+        loss_near = _full_loss(layer, near_w, inputs, targets)
+        loss_ada = _full_loss(layer, rounded, inputs, targets)
+        if loss_ada > loss_near:  # never worse than nearest on the layer's calibration data
+            return AdaRoundResult(nearest.long(), near_w, qmin, loss_near, loss_near, 0.0,
+                                  fell_back=True)
+        return AdaRoundResult(q.long(), rounded, qmin, loss_near, loss_ada,
                               float((q != nearest).double().mean()))
 
 
