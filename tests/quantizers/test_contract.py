@@ -10,10 +10,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lowbit.functional.codebook import BitPlanes, IntegerGrid, Table
+from lowbit.functional.codebook import BitPlanes, HalfFloat, IntegerGrid, Table
 from lowbit.quantizers import METHODS
 
-RECORDS = (IntegerGrid, BitPlanes, Table)
+RECORDS = (IntegerGrid, BitPlanes, Table, HalfFloat)
 
 
 def _cases(role: str):

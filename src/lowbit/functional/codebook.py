@@ -13,6 +13,8 @@ The records say what a runtime needs, not only the float values:
 - :class:`BitPlanes` -- ``sum_i alpha_i B_i`` with ``B_i = ±1`` the bits of the code (ABC-Net).
 - :class:`Table` -- ``values[code]``: any level table (k-means, HWGQ-Lloyd, TTQ's
   ``{-Wn, 0, Wp}``), per tensor ``(K,)``, per channel ``(C, K)`` or vector codes ``(K, d)``.
+- :class:`HalfFloat` -- the code is a float16 / bfloat16 bit pattern (post-training half
+  precision weights).
 
 Every record knows its storage: ``code_bytes(n)`` for n codes packed at ``bits`` each, and
 ``overhead_bytes()`` for its own tensors (float32 scales and tables at 4 bytes, integer levels
@@ -305,13 +307,51 @@ class Table(_Record):
         return FLOAT_BYTES * self.values.numel()
 
 
-Codebook = IntegerGrid | BitPlanes | Table
+HALF_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class HalfFloat(_Record):
+    """Codes that *are* 16-bit floats: ``code`` is the IEEE float16 or bfloat16 bit pattern
+    (0..65535, as an unsigned 16-bit integer) and ``decode`` reinterprets it and widens it to
+    float32. Post-training float16 / bfloat16 weights; no overhead (no scale, no table)."""
+
+    format: str = "float16"
+    bits: int = field(default=16, init=False)
+
+    def __post_init__(self) -> None:
+        if self.format not in HALF_DTYPES:
+            raise ValueError(f"HalfFloat format must be one of {', '.join(HALF_DTYPES)}, "
+                             f"got {self.format!r}")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return HALF_DTYPES[self.format]
+
+    @property
+    def num_codes(self) -> int:
+        return 2**16
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """The bit patterns of ``x`` rounded to this format (round to nearest even)."""
+        return x.detach().to(self.dtype).view(torch.int16).long() & 0xFFFF
+
+    def decode(self, codes: torch.Tensor, check: bool = True) -> torch.Tensor:
+        codes = _check_codes(codes, self.num_codes, check)
+        signed = torch.where(codes >= 2**15, codes - 2**16, codes)
+        return signed.to(torch.int16).view(self.dtype).float()
+
+    def overhead_bytes(self) -> int:
+        return 0
+
+
+Codebook = IntegerGrid | BitPlanes | Table | HalfFloat
 
 
 def decode(codes: torch.Tensor, codebook: Codebook | torch.Tensor) -> torch.Tensor:
     """``codebook.decode(codes)``; a plain float tensor is a :class:`Table` (per tensor (L,) or
     per output channel (C, L)), as codebooks were before they were typed."""
-    if isinstance(codebook, (IntegerGrid, BitPlanes, Table)):
+    if isinstance(codebook, (IntegerGrid, BitPlanes, Table, HalfFloat)):
         return codebook.decode(codes)
     codebook = tensor_arg(codebook, "codebook", table=True)
     codes = tensor_arg(codes, "codes")

@@ -11,6 +11,7 @@ from lowbit.quantizers.binary import (
     XNORWeight,
 )
 from lowbit.quantizers.dorefa import DoReFaAct, DoReFaGradient, DoReFaWeight
+from lowbit.quantizers.half import BFloat16Weight, Float16Weight
 from lowbit.quantizers.hwgq import HWGQAct
 from lowbit.quantizers.ivan import IvanAct, IvanWeight
 from lowbit.quantizers.learned import LSQAct, LSQWeight, PACTAct
@@ -32,12 +33,14 @@ __all__ = [
     "ABCAct",
     "ABCWeight",
     "ActQuantizer",
+    "BFloat16Weight",
     "BNNAct",
     "BNNWeight",
     "BinaryConnectWeight",
     "DoReFaAct",
     "DoReFaGradient",
     "DoReFaWeight",
+    "Float16Weight",
     "HWGQAct",
     "INQWeight",
     "IvanAct",

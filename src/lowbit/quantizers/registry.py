@@ -18,6 +18,7 @@ from lowbit.quantizers.binary import (
     XNORWeight,
 )
 from lowbit.quantizers.dorefa import DoReFaAct, DoReFaGradient, DoReFaWeight
+from lowbit.quantizers.half import BFloat16Weight, Float16Weight
 from lowbit.quantizers.hwgq import HWGQAct
 from lowbit.quantizers.ivan import IvanAct, IvanWeight
 from lowbit.quantizers.learned import LSQAct, LSQWeight, PACTAct
@@ -164,7 +165,20 @@ METHODS: dict[str, Method] = {
         WuWeight,
         None,
     ),
-    # zoo methods are added here (issue 3)
+    "float16": Method(
+        "float16",
+        "Float16 weights (post-training half precision, ptq-vs-qat-overview): weights rounded "
+        "to IEEE float16 and stored at 16 bits, computed in float; 16 bits, weights only",
+        Float16Weight,
+        None,
+    ),
+    "bfloat16": Method(
+        "bfloat16",
+        "Bfloat16 weights: as float16 with float32's exponent range and 8 significant bits; "
+        "16 bits, weights only",
+        BFloat16Weight,
+        None,
+    ),
 }
 
 
