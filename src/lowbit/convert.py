@@ -287,8 +287,8 @@ def _place(model: nn.Module, names: list[str], new: nn.Module) -> None:
 
 
 def add_input_quantizers(model: nn.Module, method: str, bits: int,
-                         rules: Sequence[LayerRule] = (), skip_first: bool = True
-                         ) -> list[LayerPlan]:
+                         rules: Sequence[LayerRule] = (), skip_first: bool = True,
+                         options=()) -> list[LayerPlan]:
     """Give every weight layer of ``model`` an input quantizer (``input_quant``): ``method``'s
     activation quantizer at ``bits``, in place; returns one LayerPlan of kind "input" per
     weight layer, in module order (bits 32: left without one).
@@ -300,6 +300,8 @@ def add_input_quantizers(model: nn.Module, method: str, bits: int,
     ``nn.Linear``/``nn.Conv2d`` layers become QuantLinear/QuantConv2d with ``weight_quant=None``
     to carry the slot. A layer that already has one is an error (use :func:`requantize`). Any
     method may quantize an input (no activation table; a REPLACES_ACTIVATION one clips/signs).
+    ``options``: constructor options of ``method``'s quantizer (e.g. ``{"observer": "mse"}``);
+    a matching rule's ``act_options`` replace them for the layers it names.
     """
     validate(method, "activation", bits)
     units = _units(model, (*WEIGHT_LAYERS, *WEIGHT_LAYERS.values()))
@@ -307,6 +309,7 @@ def add_input_quantizers(model: nn.Module, method: str, bits: int,
         raise NoQuantizableLayerError(f"{type(model).__name__} has no weight layer")
     _check_rules(model, rules, [n for _, ns in units for n in ns], "weight layer")
     recipe = Recipe(rules=tuple(rules))  # only _apply_rules reads it: rules in order
+    options = tuple(dict(options).items())
     plans = []
     for i, (m, names) in enumerate(units):
         per_name = []
@@ -316,7 +319,11 @@ def add_input_quantizers(model: nn.Module, method: str, bits: int,
             if p is start and skip_first and i == 0:
                 p = LayerPlan(n, "input", method, FLOAT_BITS, "skip_first")
             validate(p.method, "activation", p.bits)
-            per_name.append(p)
+            opts = options if p.method == method else ()
+            for r in rules:
+                if r.matches(n) and r.act_options:
+                    opts = r.act_options
+            per_name.append(replace(p, options=opts) if p.quantized else p)
         p = _one_plan(per_name)
         if p.quantized and getattr(m, "input_quant", None) is not None:
             raise LowbitError(f"layer {p.name!r} already has an input quantizer "
@@ -327,7 +334,7 @@ def add_input_quantizers(model: nn.Module, method: str, bits: int,
             if type(m) in WEIGHT_LAYERS:
                 m = WEIGHT_LAYERS[type(m)].from_float(m, None)
                 _place(model, names, m)
-            m.input_quant = make_act_quantizer(p.method, p.bits).to(m.weight.device)
+            m.input_quant = make_act_quantizer(p.method, p.bits, p.options).to(m.weight.device)
             m.input_quant.train(m.training)
     return plans
 
