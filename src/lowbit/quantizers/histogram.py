@@ -38,6 +38,7 @@ from lowbit.functional.uniform import minmax_qparams
 from lowbit.quantizers.observers import MinMaxObserver, MovingAverageMinMaxObserver, Observer
 
 DEFAULT_BINS = 2048
+_TIE = 1e-9  # KL divergences this close (relative) are a tie, won by the smaller threshold
 _CHUNK = 16  # MSE candidates evaluated at once (16 x 2048 float64 temporaries stay in cache)
 
 
@@ -131,10 +132,12 @@ def kl_threshold(counts: torch.Tensor, levels: int) -> int:
     ``levels`` <= i <= bins, to keep. For each i: P = bins 0..i-1 with the count of bins >= i
     added to bin i-1; Q = bins 0..i-1 (without the outliers) merged into ``levels`` groups of
     i // levels bins (the last group takes the remainder), each group's count spread evenly over
-    its bins where P is non-zero; both normalised; the i of least KL(P || Q) wins (the first on
-    ties). Computed for all i at once from cumulative sums (O(levels) per i), the same numbers
-    as the loop. A Q that is 0 where P is not (outliers clipped into an empty group) gives an
-    infinite divergence (no smoothing). Returns ``bins`` when levels >= bins."""
+    its bins where P is non-zero; both normalised; the i of least KL(P || Q) wins, the first
+    on ties (divergences within 1e-9 relative of the least count as tied: they are equal in
+    exact arithmetic when, say, a stretch of empty bins makes several i alike). Computed for
+    all i at once from cumulative sums (O(levels) per i), the same numbers as the loop. A Q
+    that is 0 where P is not (outliers clipped into an empty group) gives an infinite
+    divergence (no smoothing). Returns ``bins`` when levels >= bins."""
     h = counts.double()
     n_bins = h.numel()
     if levels >= n_bins:
@@ -159,7 +162,8 @@ def kl_threshold(counts: torch.Tensor, levels: int) -> int:
     kl = ((chl[i - 1] + _xlogx(last) - cross) / total - torch.log(total)
           + torch.log(ch[i]))
     kl = torch.where(torch.isnan(kl) | (ch[i] == 0), math.inf, kl)
-    return int(i[int(torch.argmin(kl))])
+    least = float(kl.min())
+    return int(i[kl <= least + _TIE * abs(least) + 1e-15][0])
 
 
 class HistogramObserver(Observer):
