@@ -4,6 +4,8 @@ running histogram's re-binning, per-channel = per-tensor, properties and bad inp
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -135,6 +137,7 @@ def _trt_reference(hist: np.ndarray, levels: int) -> int:
     return levels + int(np.flatnonzero(kls <= least + 1e-9 * abs(least) + 1e-15)[0])
 
 
+@functools.cache
 def _fixed_histograms():
     rng = np.random.default_rng(7)
     laplace = np.histogram(np.abs(rng.laplace(0, 1, 200_000)), 2048)[0]
@@ -145,7 +148,7 @@ def _fixed_histograms():
     return [laplace, gappy, relu]
 
 
-@pytest.mark.parametrize("levels", [4, 16, 128, 256])
+@pytest.mark.parametrize("levels", [4, 128, 256])
 @pytest.mark.parametrize("which", [0, 1, 2])
 def test_kl_threshold_equals_the_tensorrt_loop(levels, which):
     hist = _fixed_histograms()[which]
@@ -168,11 +171,10 @@ def test_kl_observer_uses_the_grid_levels(symmetric):
 
 # --- percentile -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("percentile", [99.99, 99.0, 90.0, (0.5, 99.5)])
-@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("percentile,symmetric", [
+    (p, symmetric) for p in (99.99, 99.0, 90.0) for symmetric in (True, False)
+] + [((0.5, 99.5), False)])  # a symmetric grid takes one percentile
 def test_percentile_equals_numpy_within_one_bin(percentile, symmetric):
-    if symmetric and isinstance(percentile, tuple):
-        pytest.skip("a symmetric grid takes one percentile")
     x = np.random.default_rng(1).laplace(0.5, 1.0, 100_000).astype(np.float32)
     o = PercentileObserver(8, signed=symmetric, symmetric=symmetric, percentile=percentile)
     o.update(torch.from_numpy(x))

@@ -337,7 +337,7 @@ class MSEObserver(HistogramObserver):
 
 class KLObserver(HistogramObserver):
     """Entropy calibration as TensorRT does it: Migacz 2017, "8-bit Inference with TensorRT",
-    GTC 2017 (slides 28-35): a 2048-bin histogram of |x|, the threshold of least KL divergence
+    GTC 2017: a 2048-bin histogram of |x|, the threshold of least KL divergence
     between the clipped reference P and its quantized Q (:func:`kl_threshold`), range [-t, t].
     TensorRT's 128 levels are the grid's: 2^(bits-1) on |x| for a symmetric grid, 2^bits on the
     non-negative histogram for an affine (ReLU) grid, range [min(x, 0), t]. Deviations: t is
