@@ -36,6 +36,8 @@ OBSERVER_BITS = tuple(range(2, 17))
 class Observer(nn.Module):
     """Base: grid bounds, the (lazily sized, per-channel) ``lo``/``hi`` buffers, codebook()."""
 
+    _sized_by_first_update = ("lo", "hi")  # buffers whose saved shape a load adopts
+
     def __init__(self, bits: int = 8, signed: bool = False, symmetric: bool = False,
                  axis: int | None = None) -> None:
         super().__init__()
@@ -89,7 +91,7 @@ class Observer(nn.Module):
                            zero_point=zero_point.round().long())
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        for name in ("lo", "hi"):  # per-channel buffers are sized by the first update
+        for name in self._sized_by_first_update:  # per-channel buffers: the first update sizes
             saved = state_dict.get(prefix + name)
             if saved is not None and saved.shape != getattr(self, name).shape:
                 setattr(self, name, torch.empty_like(saved))
