@@ -23,6 +23,7 @@ from torch import nn
 from lowbit.convert import LayerPlan, add_input_quantizers, plan, quantize
 from lowbit.data import load_dataset
 from lowbit.errors import CheckpointError, LowbitError
+from lowbit.fold import fold_batchnorm
 from lowbit.functional.checks import FLOAT_BITS
 from lowbit.models import build_model
 from lowbit.nn.layers import QUANT_LAYERS
@@ -269,10 +270,35 @@ def describe(recipe: Recipe, bits: bool = True) -> str:
 
 
 def save_model(net: nn.Module, kwargs: dict, job: Job, path: Path) -> None:
+    save_model_file(path, net, kwargs, job.recipe.to_dict(), job.dataset)
+
+
+def save_model_file(path: Path, net: nn.Module, kwargs: dict, recipe: dict, dataset: str | None,
+                    edits: dict[str, Any] | None = None, extra: dict[str, Any] | None = None
+                    ) -> None:
+    """Write model.pt atomically: architecture (``kwargs``), every quantizer slot as a spec,
+    the structural ``edits`` made to the float architecture before quantizing (``{"fold_batch
+    norm": [[layer, bn], ...], "add_bias": [layer, ...]}``, replayed by :func:`load_model`),
+    the recipe as the record of intent, the state dict and ``extra`` records (e.g. "ptq")."""
     atomic_save({"format": MODEL_FORMAT, "version": MODEL_VERSION, "model_kwargs": kwargs,
-                 "recipe": job.recipe.to_dict(), "dataset": job.dataset,
-                 "layers": quantizer_slots(net),
-                 "state_dict": net.state_dict()}, path)
+                 "recipe": recipe, "dataset": dataset, "edits": edits or {},
+                 "layers": quantizer_slots(net), "state_dict": net.state_dict(),
+                 **(extra or {})}, path)
+
+
+def _replay_edits(net: nn.Module, edits: dict[str, Any], path: Path) -> None:
+    """The structural changes recorded by :func:`save_model_file`, on a fresh float model."""
+    want = [list(p) for p in edits.get("fold_batchnorm", [])]
+    if want:
+        net.eval()
+        got = [list(p) for p in fold_batchnorm(net)]
+        if got != want:
+            raise CheckpointError(f"{path}: its BatchNorm folding ({want}) does not match the "
+                                  f"architecture's ({got})")
+    for name in edits.get("add_bias", []):
+        layer = net.get_submodule(name)
+        if layer.bias is None:
+            layer.bias = nn.Parameter(torch.zeros(layer.weight.shape[0]))
 
 
 def load_model(path: str | Path) -> tuple[nn.Module, dict]:
@@ -285,7 +311,9 @@ def load_model(path: str | Path) -> tuple[nn.Module, dict]:
         raise CheckpointError(f"{path} has model format version {blob.get('version')}, "
                               f"this lowbit reads version {MODEL_VERSION}")
     if blob.get("layers") is not None:  # every quantizer slot as a spec (options included)
-        net = apply_specs(build_model(**blob["model_kwargs"]), blob["layers"])
+        net = build_model(**blob["model_kwargs"])
+        _replay_edits(net, blob.get("edits") or {}, path)
+        net = apply_specs(net, blob["layers"])
         inputs = []
     else:  # files written before the specs: rebuilt from the recipe and the input list
         net = quantize(build_model(**blob["model_kwargs"]), Recipe.from_dict(blob["recipe"]))

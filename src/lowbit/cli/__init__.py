@@ -133,6 +133,93 @@ def _cmd_train(a) -> int:
     return 0
 
 
+def _ptq_parser(sub) -> None:
+    from lowbit.data.registry import DATASETS
+    from lowbit.ptq.driver import MODES
+    from lowbit.quantizers.histogram import OBSERVERS, WEIGHT_OBSERVERS
+
+    p = sub.add_parser(
+        "ptq", help="quantize a trained float model.pt without retraining",
+        description="Post-training quantization of a float model.pt (written by 'lowbit "
+        "train'): static (full integer, calibrated), dynamic (activations quantized per "
+        "batch) or float16/bfloat16 weights; writes DIR/model.pt (read by 'lowbit eval') and "
+        "DIR/summary.json.", epilog=_EPILOG)
+    p.add_argument("model_file", help="a float model.pt")
+    p.add_argument("--out", required=True, help="output directory (must be new or empty, "
+                   "unless --overwrite)")
+    p.add_argument("--dataset", choices=DATASETS,
+                   help="calibration (train split) and test data (default: the model's)")
+    p.add_argument("--data-dir", help="directory of the dataset's files (see below)")
+    p.add_argument("--mode", default="static", choices=MODES, help="default: static")
+    p.add_argument("--bits", type=int, help="weight and activation bits (sets both)")
+    p.add_argument("--w-bits", type=int, help="weight bits, 2..16 (default: 8)")
+    p.add_argument("--a-bits", type=int, help="activation bits, 2..16 or 32 = float "
+                   "(default: 8)")
+    p.add_argument("--observer", default="minmax", choices=sorted(OBSERVERS),
+                   help="activation range observer of static mode (default: minmax)")
+    p.add_argument("--w-observer", default="minmax", choices=WEIGHT_OBSERVERS,
+                   help="weight clipping observer (default: minmax)")
+    p.add_argument("--per-tensor", action="store_true",
+                   help="one weight scale per tensor (default: per output channel)")
+    p.add_argument("--per-row", action="store_true",
+                   help="dynamic mode: one activation range per row of each batch")
+    p.add_argument("--calib", type=int, default=1000,
+                   help="calibration samples from the train split (default: 1000)")
+    p.add_argument("--batch-size", type=int, default=128, help="calibration batch size")
+    p.add_argument("--seed", type=int, default=0, help="seed of the calibration draw")
+    p.add_argument("--fold-bn", action=argparse.BooleanOptionalAction, default=True,
+                   help="fold BatchNorm into the preceding layer first (default: yes)")
+    p.add_argument("--equalize", action="store_true",
+                   help="cross-layer equalization (Nagel et al. 2019)")
+    p.add_argument("--bias-correction", action="store_true",
+                   help="empirical bias correction (Nagel et al. 2019)")
+    p.add_argument("--adaround", action="store_true",
+                   help="adaptive rounding of the weights (Nagel et al. 2020)")
+    p.add_argument("--adaround-iters", type=int, default=1000,
+                   help="AdaRound iterations per layer (default: 1000)")
+    p.add_argument("--keep-first", action=argparse.BooleanOptionalAction, default=True,
+                   help="keep the first weight layer at --keep-bits (default: yes)")
+    p.add_argument("--keep-last", action=argparse.BooleanOptionalAction, default=True,
+                   help="keep the last weight layer at --keep-bits (default: yes)")
+    p.add_argument("--keep-bits", type=int, default=8, help="bits of kept layers (default 8)")
+    p.add_argument("--recipe", help="a JSON file of per-layer rules ({'rules': [{'pattern': "
+                   "..., 'w_bits': ..., 'a_bits': ...}]}, e.g. from --sensitivity)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace what an earlier run left in --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _ptq_config(a):
+    from lowbit.ptq.driver import PTQConfig
+    from lowbit.recipe import LayerRule
+
+    w_bits = a.w_bits if a.w_bits is not None else (a.bits if a.bits is not None else 8)
+    a_bits = a.a_bits if a.a_bits is not None else (a.bits if a.bits is not None else 8)
+    rules = ()
+    if a.recipe:
+        with open(a.recipe) as f:
+            rules = tuple(LayerRule(**r) for r in json.load(f).get("rules", ()))
+    return PTQConfig(mode=a.mode, w_bits=w_bits, a_bits=a_bits, observer=a.observer,
+                     w_observer=a.w_observer, per_channel=not a.per_tensor, per_row=a.per_row,
+                     fold_bn=a.fold_bn, equalize=a.equalize, bias_correction=a.bias_correction,
+                     adaround=a.adaround, adaround_iters=a.adaround_iters,
+                     keep_first=a.keep_first, keep_last=a.keep_last, keep_bits=a.keep_bits,
+                     rules=rules)
+
+
+def _cmd_ptq(a) -> int:
+    from lowbit.ptq.run import run_ptq
+    from lowbit.report.console import progress_wanted
+
+    s = run_ptq(a.model_file, a.out, _ptq_config(a), a.dataset, a.data_dir, a.calib,
+                a.batch_size, a.seed, a.overwrite, progress_wanted(not a.no_progress))
+    print(f"test accuracy {100 * s['test_accuracy']:.2f} % (float "
+          f"{100 * s['float_test_accuracy']:.2f} %)  packed {s['packed_bytes']:,} B of "
+          f"{s['float_bytes']:,} B float ({s['size_ratio']:.3f} x)  PTQ "
+          f"{s['ptq_seconds']:.1f} s  -> {a.out}/model.pt")
+    return 0
+
+
 def _cmd_eval(a) -> int:
     from lowbit.experiment import evaluate_file
 
@@ -198,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"lowbit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub)
+    _ptq_parser(sub)
     p = sub.add_parser("eval", help="test accuracy of a saved model.pt", epilog=_EPILOG)
     p.add_argument("model_file", help="a model.pt written by 'lowbit train'")
     p.add_argument("--dataset", help="test split to evaluate on (default: the dataset the "
@@ -225,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "methods": _cmd_methods,
+COMMANDS = {"train": _cmd_train, "ptq": _cmd_ptq, "eval": _cmd_eval, "methods": _cmd_methods,
             "demo": _cmd_demo, "data": _cmd_data}
 
 

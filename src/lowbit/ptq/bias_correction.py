@@ -81,9 +81,15 @@ def evaluating(*models: nn.Module):
             m.training = flag
 
 
+class _Stop(Exception):
+    """Raised by the hook of the last layer wanted: the rest of the forward is not needed."""
+
+
 def output_means(model: nn.Module, names: list[str],
-                 batches: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Per-channel mean output (float64) of each named layer of ``model`` over ``batches``."""
+                 batches: list[torch.Tensor], stop: bool = False) -> dict[str, torch.Tensor]:
+    """Per-channel mean output (float64) of each named layer of ``model`` over ``batches``.
+    ``stop``: abandon each forward once the one layer of ``names`` has run (halves the cost of
+    correcting layer by layer)."""
     sums: dict[str, torch.Tensor] = {}
     counts = dict.fromkeys(names, 0)
 
@@ -93,13 +99,18 @@ def output_means(model: nn.Module, names: list[str],
             s = y.detach().double().sum(dim=dims)
             sums[name] = sums[name] + s if name in sums else s
             counts[name] += y.numel() // s.numel()
+            if stop and len(names) == 1:
+                raise _Stop
         return record
 
     handles = [model.get_submodule(n).register_forward_hook(hook(n, model.get_submodule(n)))
                for n in names]
     try:
         for x in batches:
-            model(x)
+            try:
+                model(x)
+            except _Stop:
+                pass
     finally:
         for h in handles:
             h.remove()
@@ -159,7 +170,7 @@ def correct_bias(float_model: nn.Module, quant_model: nn.Module,
         start = output_means(quant_model, names, xs)
         shifts = {}
         for i, name in enumerate(names):
-            cur = start[name] if i == 0 else output_means(quant_model, [name], xs)[name]
+            cur = start[name] if i == 0 else output_means(quant_model, [name], xs, stop=True)[name]
             shifts[name] = cur - ref[name]
             created = _subtract(quant_model.get_submodule(name), shifts[name])
             out.append((name, created))

@@ -42,7 +42,8 @@ import torch
 from torch import nn
 
 from lowbit.calibrate import calibrate, freeze_model
-from lowbit.convert import LayerPlan, add_input_quantizers, quantize as qat_quantize
+from lowbit.convert import LayerPlan, add_input_quantizers
+from lowbit.convert import quantize as qat_quantize
 from lowbit.errors import BitsError, LowbitError, NonFiniteError
 from lowbit.fold import fold_batchnorm
 from lowbit.functional.checks import FLOAT_BITS
@@ -50,7 +51,7 @@ from lowbit.nn.layers import QUANT_LAYERS, QuantConv2d, QuantLinear
 from lowbit.ptq.adaround import adaround_model
 from lowbit.ptq.bias_correction import correct_bias
 from lowbit.ptq.equalize import equalize as equalize_model
-from lowbit.quantizers.observers import ACT_OBSERVERS, WEIGHT_OBSERVERS
+from lowbit.quantizers.histogram import ACT_OBSERVERS, WEIGHT_OBSERVERS
 from lowbit.recipe import LayerRule, Recipe
 
 MODES = ("static", "dynamic", "float16", "bfloat16")
@@ -173,6 +174,8 @@ def _check_batches(batches: Iterable | None, config: PTQConfig) -> list[torch.Te
             raise TypeError(f"a calibration batch must be a tensor or (x, ...), got {type(x)}")
         if x.numel() == 0:
             continue
+        if x.dtype == torch.uint8:  # lowbit's datasets store images as uint8
+            x = x.float().div_(255.0)
         if not bool(torch.isfinite(x).all()):
             raise NonFiniteError(f"calibration batch {len(out)} holds "
                                  f"{int((~torch.isfinite(x)).sum())} NaN/Inf values")
@@ -210,7 +213,8 @@ def quantize(model: nn.Module, batches: Iterable | None = None,
              config: PTQConfig | None = None, progress: bool = False
              ) -> tuple[nn.Module, PTQReport]:
     """Post-training quantize a copy of ``model`` (module doc); returns it (eval mode) and the
-    report. ``batches``: model inputs (tensors or (x, y) pairs) for calibration."""
+    report. ``batches``: model inputs (tensors or (x, y) pairs) for calibration; uint8 images
+    are scaled by 1/255 as lowbit's training batches are."""
     config = config or PTQConfig()
     _check_model(model)
     xs = _check_batches(batches, config)

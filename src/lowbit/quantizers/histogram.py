@@ -363,6 +363,9 @@ OBSERVERS: dict[str, type[Observer]] = {
     "kl": KLObserver,
 }
 
+ACT_OBSERVERS = (*OBSERVERS, "dynamic")  # UniformAct's observer option ("dynamic": per batch)
+WEIGHT_OBSERVERS = ("minmax", "percentile", "mse", "kl")  # UniformWeight's (no EMA of weights)
+
 
 def make_observer(name: str, **kw) -> Observer:
     """``OBSERVERS[name](**kw)``; an unknown name raises MethodError listing the known ones."""

@@ -15,8 +15,8 @@ uses. Per tensor or per channel (``axis``), symmetric or affine, any bits 2..16,
 The scale and zero point follow :func:`lowbit.functional.uniform.minmax_qparams` (the range
 widened to contain 0, torch.ao's rule). NaN/Inf in an observed tensor raise NonFiniteError
 before anything is recorded; an empty tensor raises EmptyTensorError; ``qparams()`` before any
-``update`` raises a LowbitError. The post-training quantization issue adds percentile, MSE and
-KL observers on this interface.
+``update`` raises a LowbitError. The histogram observers (percentile, MSE, KL) build on this
+interface: :mod:`lowbit.quantizers.histogram`.
 Test: tests/quantizers/test_observers.py (torch.ao's observers as the peer).
 """
 
@@ -124,28 +124,3 @@ class MovingAverageMinMaxObserver(Observer):
         self.lo = self.lo + self.momentum * (lo - self.lo)
         self.hi = self.hi + self.momentum * (hi - self.hi)
 
-
-# name -> observer class, for the ``observer`` option of UniformAct / UniformWeight; the
-# histogram-based calibration observers live in lowbit.quantizers.histogram (imported lazily:
-# it builds on this module)
-STATIC_OBSERVERS = ("minmax", "ema", "percentile", "mse", "kl")
-ACT_OBSERVERS = (*STATIC_OBSERVERS, "dynamic")
-WEIGHT_OBSERVERS = ("minmax", "percentile", "mse", "kl")
-
-
-def observer_class(name: str) -> type[Observer]:
-    """The observer class called ``name`` (one of :data:`STATIC_OBSERVERS`)."""
-    if name == "minmax":
-        return MinMaxObserver
-    if name == "ema":
-        return MovingAverageMinMaxObserver
-    if name in STATIC_OBSERVERS:
-        from lowbit.quantizers import histogram
-
-        return histogram.OBSERVERS[name]
-    raise LowbitError(f"unknown observer {name!r}; known: {', '.join(STATIC_OBSERVERS)}")
-
-
-def make_observer(name: str, **kwargs) -> Observer:
-    """``observer_class(name)(**kwargs)``."""
-    return observer_class(name)(**kwargs)

@@ -17,7 +17,7 @@ from lowbit.functional.checks import check_finite
 from lowbit.functional.codebook import IntegerGrid
 from lowbit.functional.uniform import minmax, minmax_qparams, uniform, uniform_encode
 from lowbit.quantizers.base import ActQuantizer, WeightQuantizer
-from lowbit.quantizers.observers import ACT_OBSERVERS, WEIGHT_OBSERVERS, make_observer
+from lowbit.quantizers.histogram import ACT_OBSERVERS, WEIGHT_OBSERVERS, make_observer
 
 UNIFORM_BITS = tuple(range(2, 17))
 
