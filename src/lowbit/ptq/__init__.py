@@ -11,6 +11,7 @@ from lowbit.ptq.adaround import (
     adaround_model,
 )
 from lowbit.ptq.bias_correction import BiasReport, LayerBias, correct_bias
+from lowbit.ptq.driver import PTQConfig, PTQReport, quantize
 from lowbit.ptq.equalize import EqualizedPair, EqualizeReport, SkippedLayer, equalize
 
 __all__ = [
@@ -22,9 +23,12 @@ __all__ = [
     "EqualizedPair",
     "LayerBias",
     "LayerRounding",
+    "PTQConfig",
+    "PTQReport",
     "SkippedLayer",
     "adaround_layer",
     "adaround_model",
     "correct_bias",
     "equalize",
+    "quantize",
 ]
