@@ -56,6 +56,7 @@ def run_peers(args) -> dict:
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(args.seed))
     calib = train.images[order[:args.calib]]
     images, labels, times = test.images, test.labels, {}
+    reduce_range = {"auto": peers.ort_reduce_range(), "on": True, "off": False}[args.reduce_range]
     rows = {"float (torch)": peers.torch_evaluate(net, images, labels, args.batch)}
 
     int8 = peers.torch_ao_ptq(net, calib, images[:1], args.calib_batch, times)
@@ -72,7 +73,7 @@ def run_peers(args) -> dict:
                                                     "num_quantized_bins": args.entropy_bins[1]}
         path = peers.ort_quantize_static(onnx_path, calib, work / f"int8_{method}.onnx", method,
                                          per_channel=True, calib_batch=args.calib_batch,
-                                         reduce_range=args.reduce_range, calib_options=options,
+                                         reduce_range=reduce_range, calib_options=options,
                                          times=times)
         key = f"ORT int8 QDQ {method}"
         rows[key] = peers.ort_evaluate(path, images, labels, args.batch, args.threads)
@@ -80,8 +81,8 @@ def run_peers(args) -> dict:
     return {"model": args.model, "dataset": args.dataset, "float_model": source,
             "calib": args.calib, "calib_batch": args.calib_batch, "seed": args.seed,
             "threads": args.threads, "exporter": "legacy" if args.legacy_export else "dynamo",
-            "ort_reduce_range": args.reduce_range, "ort_entropy_bins": args.entropy_bins,
-            "torch": torch.__version__,
+            "ort_reduce_range": reduce_range, "cpu_vnni": peers.cpu_has_vnni(),
+            "ort_entropy_bins": args.entropy_bins, "torch": torch.__version__,
             "versions": versions(), "rows": rows}
 
 
@@ -121,7 +122,8 @@ def main(argv=None) -> None:
     p.add_argument("--entropy-bins", type=int, nargs=2, metavar=("BINS", "QUANTIZED_BINS"),
                    default=[entropy["num_bins"], entropy["num_quantized_bins"]],
                    help="ORT Entropy histogram (ORT's own default 128 128 equals MinMax)")
-    p.add_argument("--reduce-range", action="store_true", help="ORT: 7-bit weights")
+    p.add_argument("--reduce-range", choices=("auto", "on", "off"), default="auto",
+                   help="ORT 7-bit weights; auto: on without VNNI (ptq_peers.ort_reduce_range)")
     p.add_argument("--legacy-export", action="store_true", help="TorchScript ONNX exporter")
     p.add_argument("--data-dir")
     p.add_argument("--work", default="runs/ptq_peers", help="ONNX files, trained float model")
