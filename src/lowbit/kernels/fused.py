@@ -90,13 +90,25 @@ if numba is not None:
                                     numba.njit(cache=True, nogil=True, parallel=True)(_loop))
 
 
+_NUMBA_THREADS: list[int] = []  # the count last given to numba.set_num_threads (per process)
+
+
+def numba_threads() -> int:
+    """numba's thread count, following torch's (``configure_threads``/``--threads`` set it):
+    ``numba.set_num_threads`` is called only when torch's count changed, not per launch."""
+    want = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
+    if not _NUMBA_THREADS or _NUMBA_THREADS[0] != want:
+        numba.set_num_threads(want)
+        _NUMBA_THREADS[:] = [want]
+    return want
+
+
 def _launch(name: str, n: int, *args, workers: bool = False) -> None:
     """Run kernel ``name`` on ``n`` elements: the parallel compile when it pays, else the serial
     one. ``workers``: the kernel's first argument is the number of threads it may use."""
     serial, parallel = _KERNELS[name]
     if n >= PARALLEL_MIN and torch.get_num_threads() > 1:
-        numba.set_num_threads(min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
-        kernel, lead = parallel, (numba.get_num_threads(),)
+        kernel, lead = parallel, (numba_threads(),)
     else:
         kernel, lead = serial, (1,)
     kernel(*(lead if workers else ()), *args)
