@@ -7,7 +7,7 @@ import os
 # for when the machine is busy. The user's own setting wins. Why and how much: lowbit/threads.py.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from lowbit import data, functional, models, train
+from lowbit import data, functional, models, ptq, train
 from lowbit.calibrate import calibrate, freeze_model
 from lowbit.convert import LayerPlan, add_input_quantizers, plan, quantize, requantize
 from lowbit.errors import (
@@ -22,6 +22,7 @@ from lowbit.errors import (
 from lowbit.fold import fold_batchnorm
 from lowbit.nn import QuantAct, QuantConv2d, QuantLinear, set_quantization
 from lowbit.quantizers import METHODS, get_method
+from lowbit.quantizers.spec import QuantSpec
 from lowbit.recipe import LayerRule, Recipe
 from lowbit.size import model_bytes
 from lowbit.train import TrainConfig, evaluate, fit
@@ -44,6 +45,7 @@ __all__ = [
     "QuantAct",
     "QuantConv2d",
     "QuantLinear",
+    "QuantSpec",
     "Recipe",
     "TrainConfig",
     "add_input_quantizers",
@@ -56,6 +58,7 @@ __all__ = [
     "model_bytes",
     "models",
     "plan",
+    "ptq",
     "quantize",
     "requantize",
     "set_quantization",
