@@ -44,7 +44,7 @@ def _evaluate(net, test, n: int | None) -> tuple[float, float]:
     return acc, time.perf_counter() - t
 
 
-def _grid(adaround_iters: int) -> list[tuple[str, dict[str, Any]]]:
+def _grid(adaround_iters: int, steps_bits=(4, 3, 2)) -> list[tuple[str, dict[str, Any]]]:
     """(name, PTQConfig fields) of every PTQ variant."""
     out = []
     for obs in OBSERVERS:
@@ -63,7 +63,7 @@ def _grid(adaround_iters: int) -> list[tuple[str, dict[str, Any]]]:
              "cle+adaround+bc": {"equalize": True, "adaround": True, "bias_correction": True,
                                  "adaround_iters": adaround_iters},
              "no-fold": {"fold_bn": False}}
-    for w in (4, 3, 2):
+    for w in steps_bits:
         for name, fields in steps.items():
             out.append((f"static minmax W{w}A8 {name}", {"mode": "static", "observer": "minmax",
                                                          "w_bits": w, "a_bits": 8, **fields}))
@@ -154,7 +154,7 @@ def run_model(name: str, float_model: Path, dataset: str, args, work: Path) -> d
     calib = calibration_batches(train.images, args.calib, 128, seed=0)
     float_acc, float_eval_s = _evaluate(net, test, args.eval)
     rows = []
-    grid = [g for g in _grid(args.adaround_iters) if args.only is None or args.only in g[0]]
+    grid = [g for g in _grid(args.adaround_iters, args.steps_bits) if args.only is None or args.only in g[0]]
     for label, fields in tqdm(grid, desc=name, disable=not args.progress):
         config = PTQConfig(**fields)
         t = time.perf_counter()
@@ -265,6 +265,8 @@ def main() -> None:
     p.add_argument("--calib", type=int, default=1000)
     p.add_argument("--eval", type=int, help="test images evaluated (default: all)")
     p.add_argument("--adaround-iters", type=int, default=1000)
+    p.add_argument("--steps-bits", type=int, nargs="+", default=[4, 3, 2],
+                   help="weight bits at which CLE/BC/AdaRound variants run")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--data-dir")
     p.add_argument("--only", help="only the variants whose name contains this")
