@@ -154,7 +154,8 @@ def run_model(name: str, float_model: Path, dataset: str, args, work: Path) -> d
     calib = calibration_batches(train.images, args.calib, 128, seed=0)
     float_acc, float_eval_s = _evaluate(net, test, args.eval)
     rows = []
-    grid = [g for g in _grid(args.adaround_iters, args.steps_bits) if args.only is None or args.only in g[0]]
+    grid = [g for g in _grid(args.adaround_iters, args.steps_bits)
+            if args.only is None or args.only in g[0]]
     for label, fields in tqdm(grid, desc=name, disable=not args.progress):
         config = PTQConfig(**fields)
         t = time.perf_counter()
