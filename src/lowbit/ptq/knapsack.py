@@ -53,7 +53,8 @@ def knapsack(sizes: Sequence[Sequence[int]], losses: Sequence[Sequence[float]],
     for u_row, l_row in zip(units, losses, strict=True):
         cand = np.full((len(u_row), cap + 1), np.inf)
         for j, (u, loss) in enumerate(zip(u_row, l_row, strict=True)):
-            cand[j, u:] = best[:cap + 1 - u] + float(loss)
+            if u <= cap:  # an option larger than the capacity never fits
+                cand[j, u:] = best[:cap + 1 - u] + float(loss)
         choices.append(np.argmin(cand, axis=0).astype(np.uint16))
         best = cand[choices[-1], np.arange(cap + 1)]
     picked, c = [], cap
