@@ -367,6 +367,14 @@ def run_sensitivity(model_file, out_dir, base: PTQConfig, dataset: str | None = 
     idx = idx[:n].sort().values
     images, labels = test.images[idx], test.labels[idx]
     batches = calibration_batches(train.images, calib, batch_size, seed)
+    if size_kb is not None:  # refuse a budget below the smallest model before measuring
+        probe = prepare_float(net, base)
+        few = min(b for b in bits if b <= 16)
+        smallest = _other_bytes(probe, base) + sum(
+            code_bytes(probe.get_submodule(n).weight.numel(), few) for n in weight_layers(probe))
+        if size_kb * 1000 < smallest:
+            raise LowbitError(f"--size-kb {size_kb:g}: below the smallest {few}-bit model, "
+                              f"{smallest:,} B ({smallest / 1000:.1f} kB)")
     report = layer_sensitivity(net, batches, images, labels, bits, base)
     result: dict[str, Any] = {"model": str(model_file), "dataset": dataset, "seed": seed,
                               "sensitivity": report.to_dict()}
