@@ -242,11 +242,12 @@ def suggest_bits(report: SensitivityReport, size_budget_bytes: int,
 def verify(model: nn.Module, calib_batches, eval_images: torch.Tensor,
            eval_labels: torch.Tensor, suggestion: dict[str, int], report: SensitivityReport,
            base: PTQConfig | None = None) -> tuple[dict[str, Any], nn.Module]:
-    """Measure ``suggestion`` with PTQ, all layers at once: weights only (the setting the
-    prediction comes from) and deployed (inputs at ``base.a_bits``, base's AdaRound/bias
-    correction); returns predicted vs measured drops and the deployed model."""
+    """Measure ``suggestion`` with PTQ, all layers at once: weights only (exactly as the
+    probes were quantized, the setting the prediction comes from) and deployed (inputs at
+    ``base.a_bits``, base's AdaRound/bias correction); returns predicted vs measured drops
+    and the deployed model."""
     base = base or PTQConfig()
-    w_net, _ = quantize(model, [], weights_config(base, suggestion, probe=False))
+    w_net, _ = quantize(prepare_float(model, base), [], weights_config(base, suggestion))
     w_acc = evaluate(w_net, eval_images, eval_labels)[1]
     net, _ = quantize(model, calib_batches, weights_config(base, suggestion, base.a_bits,
                                                             probe=False))
