@@ -71,6 +71,9 @@ def _train_parser(sub) -> None:
     p.add_argument("--g-method", default="dorefa", help="gradient quantization method "
                    "(default: dorefa)")
     _recipe_flags(p)
+    p.add_argument("--recipe", help="a JSON file of per-layer rules ({'rules': [{'pattern': "
+                   "..., 'w_bits': ...}]}, e.g. recipe.json of 'lowbit ptq --sensitivity'), "
+                   "applied after the flags")
     p.add_argument("--init", help="start from this float model.pt (fine-tuning, INQ, qnet)")
     p.add_argument("--grad-clip", type=float,
                    help="clip the gradients' global L2 norm to this value (default: none; "
@@ -116,7 +119,7 @@ def _cmd_train(a) -> int:
 
     recipe = _recipe(a, weight=a.w_method or a.method, w_bits=a.w_bits,
                      act=a.a_method or a.method, a_bits=a.a_bits, grad=a.g_method,
-                     g_bits=a.g_bits)
+                     g_bits=a.g_bits, rules=_rules_file(a.recipe))
     config = default_config(a.model, dataset=a.dataset, epochs=a.epochs,
                             batch_size=a.batch_size, lr=a.lr,
                             weight_decay=a.weight_decay, seed=a.seed, optimizer=a.optimizer,
@@ -184,21 +187,39 @@ def _ptq_parser(sub) -> None:
     p.add_argument("--keep-bits", type=int, default=8, help="bits of kept layers (default 8)")
     p.add_argument("--recipe", help="a JSON file of per-layer rules ({'rules': [{'pattern': "
                    "..., 'w_bits': ..., 'a_bits': ...}]}, e.g. from --sensitivity)")
+    p.add_argument("--sensitivity", action="store_true",
+                   help="instead of one PTQ run: the accuracy drop of quantizing ONE layer at "
+                        "a time (weights; inputs) at each of --sens-bits; writes "
+                        "DIR/sensitivity.{json,md,png} (no model.pt)")
+    p.add_argument("--size-kb", type=float,
+                   help="with --sensitivity: suggest per-layer weight bits within this packed "
+                        "size (1 kB = 1000 B), verify them with PTQ, write DIR/recipe.json")
+    p.add_argument("--sens-bits", type=int, nargs="+", default=[8, 6, 4, 3, 2],
+                   help="with --sensitivity: the bits probed (default: 8 6 4 3 2)")
+    p.add_argument("--sens-eval", type=int, default=2000,
+                   help="with --sensitivity: test images the drops are measured on (a "
+                        "seeded draw; default: 2000)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace what an earlier run left in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _rules_file(path: str | None) -> tuple:
+    """The LayerRules of a recipe JSON file's "rules" list (none without a file)."""
+    from lowbit.recipe import LayerRule
+
+    if not path:
+        return ()
+    with open(path) as f:
+        return tuple(LayerRule(**r) for r in json.load(f).get("rules", ()))
+
+
 def _ptq_config(a):
     from lowbit.ptq.driver import PTQConfig
-    from lowbit.recipe import LayerRule
 
     w_bits = a.w_bits if a.w_bits is not None else (a.bits if a.bits is not None else 8)
     a_bits = a.a_bits if a.a_bits is not None else (a.bits if a.bits is not None else 8)
-    rules = ()
-    if a.recipe:
-        with open(a.recipe) as f:
-            rules = tuple(LayerRule(**r) for r in json.load(f).get("rules", ()))
+    rules = _rules_file(a.recipe)
     return PTQConfig(mode=a.mode, w_bits=w_bits, a_bits=a_bits, observer=a.observer,
                      w_observer=a.w_observer, per_channel=not a.per_tensor, per_row=a.per_row,
                      fold_bn=a.fold_bn, equalize=a.equalize, bias_correction=a.bias_correction,
@@ -211,6 +232,16 @@ def _cmd_ptq(a) -> int:
     from lowbit.ptq.run import run_ptq
     from lowbit.report.console import progress_wanted
 
+    if a.sensitivity:
+        from lowbit.ptq.sensitivity import run_sensitivity, short_table
+
+        r = run_sensitivity(a.model_file, a.out, _ptq_config(a), a.dataset, a.data_dir,
+                            a.calib, a.batch_size, a.seed, a.sens_bits, a.sens_eval,
+                            a.size_kb, a.overwrite)
+        print(short_table(r) + f"\n-> {a.out}/sensitivity.json")
+        return 0
+    if a.size_kb is not None:
+        raise LowbitError("--size-kb goes with --sensitivity")
     s = run_ptq(a.model_file, a.out, _ptq_config(a), a.dataset, a.data_dir, a.calib,
                 a.batch_size, a.seed, a.overwrite, progress_wanted(not a.no_progress))
     print(f"test accuracy {100 * s['test_accuracy']:.2f} % (float "
