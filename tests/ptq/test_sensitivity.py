@@ -144,3 +144,10 @@ def test_cli_sensitivity_writes_its_files(float_model, tmp_path, capsys):
     assert "below the smallest 2-bit model" in capsys.readouterr().err
     assert main(["ptq", str(float_model), "--size-kb", "5", "--out", str(tmp_path / "u"),
                  "--no-progress"]) == 2
+
+
+def test_monotone_drops_clamp_noise_and_order():
+    from lowbit.ptq.sensitivity import monotone_drops
+
+    got = monotone_drops({8: -0.002, 6: 0.001, 4: -0.001, 3: 0.02, 2: 0.015})
+    assert got == {8: 0.0, 6: 0.001, 4: 0.001, 3: 0.02, 2: 0.02}
