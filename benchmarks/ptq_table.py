@@ -156,6 +156,8 @@ def run_model(name: str, float_model: Path, dataset: str, args, work: Path) -> d
     rows = []
     grid = [g for g in _grid(args.adaround_iters, args.steps_bits)
             if args.only is None or args.only in g[0]]
+    k, n = args.part
+    grid = grid[k::n]  # this process's share; --merge joins the parts
     for label, fields in tqdm(grid, desc=name, disable=not args.progress):
         config = PTQConfig(**fields)
         t = time.perf_counter()
@@ -168,9 +170,11 @@ def run_model(name: str, float_model: Path, dataset: str, args, work: Path) -> d
                      "size_ratio": sizes["packed_bytes"] / sizes["float_bytes"]})
         print(f"{name} {label}: {100 * acc:.2f} % ({100 * (acc - float_acc):+.2f}) "
               f"{secs:.1f} s", flush=True)
-    peers = [] if args.no_peers else _peers(net, calib, test, work, args.eval, args.threads)
-    qat = (_qat_lenet(work, float_model, args.qat_epochs, args.data_dir) if name == "lenet300"
-           else _qat_resnet())
+    first = args.part[0] == 0
+    peers = ([] if args.no_peers or not first
+             else _peers(net, calib, test, work, args.eval, args.threads))
+    qat = [] if not first else (_qat_lenet(work, float_model, args.qat_epochs, args.data_dir)
+                                if name == "lenet300" else _qat_resnet())
     return {"model": name, "dataset": dataset, "float_model": str(float_model),
             "float_accuracy": float_acc, "float_eval_seconds": float_eval_s,
             "eval_samples": args.eval or len(test.labels), "calibration_samples": args.calib,
@@ -256,6 +260,32 @@ def plot(result: dict, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def merge(parts: list[str], out: Path, meta: dict) -> None:
+    """Join part runs (same models, disjoint shares of the grid) into one result."""
+    from lowbit.report.provenance import provenance_line
+
+    loaded = [json.loads((Path(d) / "results.json").read_text()) for d in parts]
+    models = []
+    for i, m in enumerate(loaded[0]["models"]):
+        joined = dict(m)
+        for other in loaded[1:]:
+            o = other["models"][i]
+            if o["model"] != m["model"] or o["float_accuracy"] != m["float_accuracy"]:
+                raise SystemExit(f"parts disagree on {m['model']}")
+            for key in ("rows", "peers", "qat"):
+                joined[key] = joined[key] + o[key]
+        order = {name: k for k, (name, _) in enumerate(_grid(0, BITS))}
+        joined["rows"].sort(key=lambda r: order.get(r["name"], len(order)))
+        models.append(joined)
+    result = {"provenance": meta, "parts": [r["provenance"] for r in loaded], "models": models}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    lines = [provenance_line(meta) + " (merge)"] + [
+        "Part: " + provenance_line(r["provenance"]) for r in loaded]
+    (out / "results.md").write_text(markdown(result, "  \n".join(lines)))
+    plot(result, out / "accuracy_vs_bits.png")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=["lenet300", "resnet20"])
@@ -273,6 +303,11 @@ def main() -> None:
     p.add_argument("--only", help="only the variants whose name contains this")
     p.add_argument("--no-peers", action="store_true")
     p.add_argument("--progress", action="store_true")
+    p.add_argument("--part", type=lambda v: tuple(map(int, v.split("/"))), default=(0, 1),
+                   metavar="K/N", help="run the K-th of N interleaved shares of the grid "
+                   "(peers and QAT in share 0); join the parts' --out dirs with --merge")
+    p.add_argument("--merge", nargs="+", metavar="DIR",
+                   help="join the results.json of these part directories into --out")
     p.add_argument("--work", default="runs/ptq_table")
     p.add_argument("--out", default="benchmarks/results/ptq_table")
     args = p.parse_args()
@@ -280,6 +315,9 @@ def main() -> None:
     from lowbit.report.provenance import provenance, provenance_line
 
     meta = provenance()
+    if args.merge:
+        merge(args.merge, Path(args.out), meta)
+        return
     work, out = Path(args.work), Path(args.out)
     work.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
