@@ -75,3 +75,35 @@ def test_calibration_batches_come_from_a_seeded_draw():
     assert [x.shape[0] for x in calibration_batches(images, 5, 128)] == [5]  # one small batch
     with pytest.raises(LowbitError, match="only 50"):
         calibration_batches(images, 51, 8)
+
+
+def test_added_biases_and_folding_are_replayed_on_load(tmp_path):
+    """ResNet-20 without folding: bias correction gives its bias-free convs biases; model.pt
+    records them and load_model recreates them before loading the state dict (with folding,
+    the BN pairs are replayed likewise)."""
+    from pathlib import Path
+
+    from lowbit.data import load_dataset
+    from lowbit.experiment import load_model, save_model_file
+    from lowbit.models import build_model
+    from lowbit.ptq import PTQConfig
+    from lowbit.ptq.run import run_ptq
+
+    torch.manual_seed(0)
+    kw = {"name": "resnet20", "in_channels": 1, "image_size": 8, "num_classes": 10,
+          "mean": [0.3], "std": [0.3]}
+    save_model_file(Path(tmp_path / "f.pt"), build_model(**kw).eval(), kw, {}, "digits")
+    test = load_dataset("digits", "test")
+    x = test.images[:50].float() / 255
+    for fold in (False, True):
+        out = tmp_path / f"q{fold}"
+        s = run_ptq(tmp_path / "f.pt", out, PTQConfig(fold_bn=fold, bias_correction=True),
+                    calib=32)
+        assert bool(s["steps"]["added_bias"]) is not fold
+        assert bool(s["steps"]["fold_bn"]) is fold
+        q, _ = load_model(out / "model.pt")
+        again, _ = load_model(out / "model.pt")
+        assert torch.equal(q(x), again(x))
+        from lowbit.train import evaluate
+
+        assert evaluate(q, test.images, test.labels)[1] == s["test_accuracy"]
