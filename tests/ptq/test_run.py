@@ -13,14 +13,6 @@ from lowbit.errors import LowbitError
 from lowbit.ptq.run import calibration_batches
 
 
-@pytest.fixture(scope="module")
-def float_model(tmp_path_factory):
-    out = tmp_path_factory.mktemp("float") / "run"
-    assert main(["train", "--model", "lenet300", "--dataset", "digits", "--epochs", "2",
-                 "--batch-size", "64", "--no-progress", "--out", str(out)]) == 0
-    return out / "model.pt"
-
-
 @pytest.mark.parametrize("flags", [
     ["--bits", "8", "--observer", "mse"],
     ["--w-bits", "4", "--a-bits", "8", "--bias-correction", "--adaround",

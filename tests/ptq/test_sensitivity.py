@@ -85,14 +85,6 @@ def test_suggestion_respects_the_budget_and_refuses_a_too_small_one():
     assert SensitivityReport.from_dict(json.loads(json.dumps(report.to_dict()))) == report
 
 
-@pytest.fixture(scope="module")
-def float_model(tmp_path_factory):
-    out = tmp_path_factory.mktemp("float") / "run"
-    assert main(["train", "--model", "lenet300", "--dataset", "digits", "--epochs", "2",
-                 "--batch-size", "64", "--no-progress", "--out", str(out)]) == 0
-    return out / "model.pt"
-
-
 def test_drops_vanish_at_high_bits_and_grow_as_bits_go_down(float_model):
     net, _ = load_float(float_model)
     train, test = load_dataset("digits", "train"), load_dataset("digits", "test")

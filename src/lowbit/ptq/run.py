@@ -59,6 +59,20 @@ def load_float(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     return net, blob
 
 
+def open_float(model_file: str | Path, dataset: str | None, data_dir: str | None):
+    """The float model of ``model_file`` and its dataset's train and test splits:
+    ``(net, blob, dataset, train, test)``; clear errors for a quantized model, a file without
+    its dataset, or data the model does not take."""
+    net, blob = load_float(model_file)
+    dataset = dataset or blob.get("dataset")
+    if not dataset:
+        raise CheckpointError(f"{model_file} does not record its dataset; give --dataset")
+    train = load_dataset(dataset, "train", data_dir)
+    test = load_dataset(dataset, "test", data_dir)
+    _check_fits(blob["model_kwargs"], test, model_file, blob.get("dataset"))
+    return net, blob, dataset, train, test
+
+
 def run_ptq(model_file: str | Path, out_dir: str | Path, config: PTQConfig,
             dataset: str | None = None, data_dir: str | None = None, calib: int = 1000,
             batch_size: int = 128, seed: int = 0, overwrite: bool = False,
@@ -68,13 +82,7 @@ def run_ptq(model_file: str | Path, out_dir: str | Path, config: PTQConfig,
     started = time.perf_counter()
     out_dir = Path(out_dir)
     prepare_out_dir(out_dir, resume=False, overwrite=overwrite)
-    net, blob = load_float(model_file)
-    dataset = dataset or blob.get("dataset")
-    if not dataset:
-        raise CheckpointError(f"{model_file} does not record its dataset; give --dataset")
-    train = load_dataset(dataset, "train", data_dir)
-    test = load_dataset(dataset, "test", data_dir)
-    _check_fits(blob["model_kwargs"], test, model_file, blob.get("dataset"))
+    net, blob, dataset, train, test = open_float(model_file, dataset, data_dir)
     batches = (calibration_batches(train.images, calib, batch_size, seed)
                if config.needs_calibration else [])
     float_loss, float_acc = evaluate(net, test.images, test.labels)

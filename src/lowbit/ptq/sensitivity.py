@@ -367,18 +367,12 @@ def run_sensitivity(model_file, out_dir, base: PTQConfig, dataset: str | None = 
     Returns what sensitivity.json holds."""
     from pathlib import Path
 
-    from lowbit.data import load_dataset
-    from lowbit.experiment import _check_fits, prepare_out_dir, write_json_atomic
-    from lowbit.ptq.run import calibration_batches, load_float
+    from lowbit.experiment import prepare_out_dir, write_json_atomic
+    from lowbit.ptq.run import calibration_batches, open_float
 
     out_dir = Path(out_dir)
     prepare_out_dir(out_dir, resume=False, overwrite=overwrite)
-    net, blob = load_float(model_file)
-    dataset = dataset or blob.get("dataset")
-    if not dataset:
-        raise LowbitError(f"{model_file} does not record its dataset; give --dataset")
-    train, test = (load_dataset(dataset, split, data_dir) for split in ("train", "test"))
-    _check_fits(blob["model_kwargs"], test, model_file, blob.get("dataset"))
+    net, blob, dataset, train, test = open_float(model_file, dataset, data_dir)
     if eval_n < 1:
         raise LowbitError(f"--sens-eval must be >= 1, got {eval_n}")
     n = min(eval_n, test.labels.numel())
