@@ -5,11 +5,21 @@ needs numpy and the file. So far: bit packing (:mod:`lowbit.runtime.pack`) and t
 container layer (:mod:`lowbit.runtime.container`, docs/format.md).
 """
 
+from lowbit.runtime.container import (
+    Container,
+    read_container,
+    read_header,
+    write_container,
+)
 from lowbit.runtime.errors import FormatError
 from lowbit.runtime.pack import pack_bits, pack_codes, packed_bytes, unpack_bits, unpack_codes
 
 __all__ = [
+    "Container",
     "FormatError",
+    "read_container",
+    "read_header",
+    "write_container",
     "pack_bits",
     "pack_codes",
     "packed_bytes",
