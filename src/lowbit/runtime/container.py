@@ -231,7 +231,7 @@ def _check_record(name: str, rec: Any, fail) -> None:
              f"{str(rec['offset'])[:30]}, {str(rec['length'])[:30]}")
     if rec["offset"] % ALIGN:
         fail(f"{where}: offset {rec['offset']} is not a multiple of {ALIGN}")
-    if rec["dtype"] not in DTYPES:
+    if not isinstance(rec["dtype"], str) or rec["dtype"] not in DTYPES:
         fail(f"{where}: dtype {str(rec['dtype'])[:30]!r} is not one of {', '.join(DTYPES)}")
     shape = rec["shape"]
     if not isinstance(shape, list) or len(shape) > MAX_DIMS or not all(map(_is_count, shape)):
@@ -248,14 +248,15 @@ def _check_record(name: str, rec: Any, fail) -> None:
 def _check_layout(sections: dict[str, dict], data_size: int, fail) -> None:
     """Sections in bounds, not overlapping, each at the next 64-byte boundary after the one
     before it, and the file ending where the last one ends."""
+    for name, rec in sections.items():
+        if rec["offset"] + rec["length"] > data_size:
+            fail(f"truncated or out of bounds: section {name[:80]!r} ends at data byte "
+                 f"{rec['offset'] + rec['length']}, but the data area has {data_size} bytes")
     end, prev = 0, None
     for name, rec in sorted(sections.items(), key=lambda kv: (kv[1]["offset"],
                                                                kv[1]["length"])):
         where = f"section {name[:80]!r}"
         stop = rec["offset"] + rec["length"]
-        if stop > data_size:
-            fail(f"truncated or out of bounds: {where} ends at data byte {stop}, but the "
-                 f"data area has {data_size} bytes")
         if rec["offset"] < end:
             fail(f"{where} at offset {rec['offset']} overlaps section {prev[:80]!r}, which "
                  f"ends at {end}")
