@@ -134,8 +134,8 @@ def test_write_refuses(tmp_path):
 @pytest.fixture
 def valid(tmp_path):
     path = tmp_path / "v.lowbit"
-    write_container(path, {"a": np.arange(10, dtype=np.float32), "b": np.arange(3, dtype=np.int8)},
-                    {"m": 1})
+    write_container(path, {"z": np.zeros((2, 0), np.int16), "a": np.arange(10, dtype=np.float32),
+                           "b": np.arange(3, dtype=np.int8)}, {"m": 1})
     return path
 
 
@@ -201,7 +201,8 @@ EDITS = [
     ("overlap", _set("offset", 0, lambda o: o["sections"]["b"]), "overlaps"),
     ("bad dtype", _set("dtype", "int64"), "dtype 'int64' is not one of"),
     ("shape x itemsize", _set("shape", [11]), "is 44 bytes, but its length is 40"),
-    ("huge shape", _set("shape", [2**62, 2**62]), "but its length is 40"),
+    ("huge shape", _set("shape", [2**62, 2**62]), "too large"),
+    ("empty but huge", _set("shape", [2**62, 0], lambda o: o["sections"]["z"]), "too large"),
     ("shape not ints", _set("shape", [2.5]), "non-negative integers"),
     ("checksum", _set("sha256", "0" * 64), "section 'a' is damaged"),
     ("bad digest text", _set("sha256", "xyz"), "64 lowercase hex"),

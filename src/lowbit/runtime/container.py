@@ -54,6 +54,7 @@ ALIGN = 64
 PREFIX = len(MAGIC) + 8 + 32  # magic, header length, header digest
 MAX_HEADER = 100 * 2**20  # 100 MiB: a longer header is damage, not a model
 MAX_DIMS = 32
+MAX_EXTENT = 2**48  # bytes an empty tensor's non-zero dimensions may span (numpy needs < 2^63)
 DTYPES: dict[str, str] = {  # header name -> numpy dtype of the stored (little-endian) values
     "uint8": "<u1", "int8": "<i1", "int16": "<i2", "int32": "<i4",
     "float16": "<f2", "bfloat16": "<u2", "float32": "<f4", "float64": "<f8",
@@ -237,6 +238,8 @@ def _check_record(name: str, rec: Any, fail) -> None:
     if not isinstance(shape, list) or len(shape) > MAX_DIMS or not all(map(_is_count, shape)):
         fail(f"{where}: shape must be a list of at most {MAX_DIMS} non-negative integers")
     itemsize = np.dtype(DTYPES[rec["dtype"]]).itemsize
+    if math.prod(d for d in shape if d) * itemsize > MAX_EXTENT:  # numpy's limit, for [2^62, 0]
+        fail(f"{where}: shape {shape[:MAX_DIMS]} is too large for an array")
     if math.prod(shape) * itemsize != rec["length"]:
         fail(f"{where}: shape {shape} of {rec['dtype']} is {math.prod(shape) * itemsize} "
              f"bytes, but its length is {rec['length']}")
