@@ -16,15 +16,19 @@ viewed as a little-endian uint64, eight shift-and-mask passes. Every pass is one
 operation over n/8 elements; no Python loop runs per code. 8 bits is a copy, 1 bit is
 ``np.packbits(codes, bitorder="little")`` (the same layout, in numpy's C loop).
 
-**Throughput** (1M random codes, ``benchmarks/pack_throughput.py``, numpy 2.4, one core of a
-2-vCPU machine that was running another benchmark at the time, so a lower bound; Mcodes/s):
+**Throughput** (1M random uint8 codes, ``benchmarks/pack_throughput.py`` at a2410c0, numpy
+2.4, best of 5 on a 2-vCPU machine with a 1-min load average of 5.6 from another benchmark, so
+a lower bound; Mcodes/s; results in benchmarks/results/pack_throughput/):
 
 ======  =====  =====  =====  =====  =====  =====  =====  =====
 bits      1      2      3      4      5      6      7      8
 ======  =====  =====  =====  =====  =====  =====  =====  =====
-pack     TBD
-unpack   TBD
+pack     6475    251    258    174    175    171    254   7603
+unpack  11088    487    472    324    328    314    493  17801
 ======  =====  =====  =====  =====  =====  =====  =====  =====
+
+The textbook (n, bits) bit matrix through ``np.packbits``/``np.unpackbits`` lays out the same
+bytes at 28..67 (pack) and 21..37 (unpack) Mcodes/s for 2..8 bits in the same run: 3-10x slower.
 
 **Wider codes.** :func:`pack_codes` / :func:`unpack_codes` dispatch on ``bits``: 1..8 bits
 bit-packed as above; 9..16 bits (float16 / bfloat16 bit patterns, wide uniform grids) as
