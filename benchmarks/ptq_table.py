@@ -245,11 +245,16 @@ def plot(result: dict, path: Path) -> None:
             ax.plot(BITS, [100 * b for b in best], style + "o",
                     label=f"best PTQ W{{b}}A{'{b}' if a_same else 8}")
         for method in sorted({q["method"] for q in m["qat"]}):
-            pts = sorted((q["w_bits"], q["accuracy"]) for q in m["qat"]
-                         if q["method"] == method and q["a_bits"] in (8, 32, q["w_bits"]))
-            if pts:
-                ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], "s:",
-                        label=method)
+            for kind, style in (("8", "s:"), ("32", "^:"), ("same", "v-.")):
+                def fits(q, kind=kind):
+                    same = q["a_bits"] == q["w_bits"]
+                    return same if kind == "same" else (not same and str(q["a_bits"]) == kind)
+                pts = sorted((q["w_bits"], q["accuracy"]) for q in m["qat"]
+                             if q["method"] == method and fits(q))
+                if pts:
+                    label = f"{method} W{{b}}A{'{b}' if kind == 'same' else kind}"
+                    ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], style,
+                            label=label)
         ax.axhline(100 * m["float_accuracy"], color="k", lw=0.8, label="float")
         ax.set_xlabel("weight bits")
         ax.set_ylabel("test accuracy %")
