@@ -44,19 +44,20 @@ def _evaluate(net, test, n: int | None) -> tuple[float, float]:
     return acc, time.perf_counter() - t
 
 
-def _grid(adaround_iters: int, steps_bits=(4, 3, 2)) -> list[tuple[str, dict[str, Any]]]:
+def _grid(adaround_iters: int, steps_bits=(4, 3, 2), observers=OBSERVERS,
+          dynamic_bits=BITS, steps=None) -> list[tuple[str, dict[str, Any]]]:
     """(name, PTQConfig fields) of every PTQ variant."""
     out = []
-    for obs in OBSERVERS:
+    for obs in observers:
         for w in BITS:
             for a in sorted({8, w}, reverse=True):
                 out.append((f"static {obs} W{w}A{a}", {"mode": "static", "observer": obs,
                                                        "w_bits": w, "a_bits": a}))
-    for w in BITS:
+    for w in dynamic_bits:
         for a in sorted({8, w}, reverse=True):
             out.append((f"dynamic W{w}A{a}", {"mode": "dynamic", "w_bits": w, "a_bits": a}))
     out += [("float16", {"mode": "float16"}), ("bfloat16", {"mode": "bfloat16"})]
-    steps = {"cle": {"equalize": True}, "bc": {"bias_correction": True},
+    every = {"cle": {"equalize": True}, "bc": {"bias_correction": True},
              "adaround": {"adaround": True, "adaround_iters": adaround_iters},
              "adaround+bc": {"adaround": True, "bias_correction": True,
                              "adaround_iters": adaround_iters},
@@ -64,7 +65,9 @@ def _grid(adaround_iters: int, steps_bits=(4, 3, 2)) -> list[tuple[str, dict[str
                                  "adaround_iters": adaround_iters},
              "no-fold": {"fold_bn": False}}
     for w in steps_bits:
-        for name, fields in steps.items():
+        for name, fields in every.items():
+            if steps is not None and name not in steps:
+                continue
             out.append((f"static minmax W{w}A8 {name}", {"mode": "static", "observer": "minmax",
                                                          "w_bits": w, "a_bits": 8, **fields}))
     return out
@@ -154,11 +157,18 @@ def run_model(name: str, float_model: Path, dataset: str, args, work: Path) -> d
     calib = calibration_batches(train.images, args.calib, 128, seed=0)
     float_acc, float_eval_s = _evaluate(net, test, args.eval)
     rows = []
-    grid = [g for g in _grid(args.adaround_iters, args.steps_bits)
+    grid = [g for g in _grid(args.adaround_iters, args.steps_bits, args.observers,
+                             args.dynamic_bits, args.steps)
             if args.only is None or args.only in g[0]]
     k, n = args.part
     grid = grid[k::n]  # this process's share; --merge joins the parts
+    partial = Path(args.out) / f"partial_{name}.json"  # rows so far: a restart resumes
+    if partial.exists():
+        rows = json.loads(partial.read_text())
+    done = {r["name"] for r in rows}
     for label, fields in tqdm(grid, desc=name, disable=not args.progress):
+        if label in done:
+            continue
         config = PTQConfig(**fields)
         t = time.perf_counter()
         q, report = quantize(net, calib, config)
@@ -170,6 +180,8 @@ def run_model(name: str, float_model: Path, dataset: str, args, work: Path) -> d
                      "size_ratio": sizes["packed_bytes"] / sizes["float_bytes"]})
         print(f"{name} {label}: {100 * acc:.2f} % ({100 * (acc - float_acc):+.2f}) "
               f"{secs:.1f} s", flush=True)
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text(json.dumps(rows, indent=1) + "\n")
     first = args.part[0] == 0
     peers = ([] if args.no_peers or not first
              else _peers(net, calib, test, work, args.eval, args.threads))
@@ -303,6 +315,12 @@ def main() -> None:
     p.add_argument("--adaround-iters", type=int, default=1000)
     p.add_argument("--steps-bits", type=int, nargs="+", default=[4, 3, 2],
                    help="weight bits at which CLE/BC/AdaRound variants run")
+    p.add_argument("--observers", nargs="+", default=list(OBSERVERS),
+                   help="static-mode activation observers of the grid")
+    p.add_argument("--dynamic-bits", type=int, nargs="+", default=list(BITS),
+                   help="weight bits of the dynamic-mode rows")
+    p.add_argument("--steps", nargs="+", help="only these step variants (cle, bc, adaround, "
+                   "adaround+bc, cle+adaround+bc, no-fold)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--data-dir")
     p.add_argument("--only", help="only the variants whose name contains this")
