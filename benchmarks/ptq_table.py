@@ -277,11 +277,36 @@ def plot(result: dict, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def _part(d: Path) -> dict:
+    """A part's results.json, or, for a part stopped before the end, its saved rows with the
+    float model evaluated again (``partial_<model>.json``; no peers or QAT rows then)."""
+    if (d / "results.json").exists():
+        return json.loads((d / "results.json").read_text())
+    from lowbit.data import load_dataset
+    from lowbit.ptq.run import load_float
+    from lowbit.report.provenance import provenance
+
+    models = []
+    for f in sorted(d.glob("partial_*.json")):
+        name = f.stem.removeprefix("partial_")
+        float_model, dataset = ((ZOO / "float_aug" / "model.pt", "cifar10") if name == "resnet20"
+                                else (Path("runs/ptq_table/lenet300_float/model.pt"), "mnist"))
+        test = load_dataset(dataset, "test", None)
+        acc, secs = _evaluate(load_float(float_model)[0], test, None)
+        models.append({"model": name, "dataset": dataset, "float_model": str(float_model),
+                       "float_accuracy": acc, "float_eval_seconds": secs,
+                       "eval_samples": len(test.labels), "calibration_samples": 1000,
+                       "rows": json.loads(f.read_text()), "peers": [],
+                       "qat": _qat_resnet() if name == "resnet20" and d.name.endswith("0")
+                       else [], "stopped_early": True})
+    return {"provenance": provenance(), "models": models}
+
+
 def merge(parts: list[str], out: Path, meta: dict) -> None:
     """Join part runs (same models, disjoint shares of the grid) into one result."""
     from lowbit.report.provenance import provenance_line
 
-    loaded = [json.loads((Path(d) / "results.json").read_text()) for d in parts]
+    loaded = [_part(Path(d)) for d in parts]
     models = []
     for i, m in enumerate(loaded[0]["models"]):
         joined = dict(m)
