@@ -316,6 +316,14 @@ def merge(parts: list[str], out: Path, meta: dict) -> None:
                 raise SystemExit(f"parts disagree on {m['model']}")
             for key in ("rows", "peers", "qat"):
                 joined[key] = joined[key] + o[key]
+        for key, ident in (("rows", lambda r: r["name"]), ("peers", lambda r: r["name"]),
+                           ("qat", lambda r: (r["method"], r["w_bits"], r["a_bits"]))):
+            seen, unique = set(), []
+            for r in joined[key]:  # a variant run by two parts: the first part's row
+                if ident(r) not in seen:
+                    seen.add(ident(r))
+                    unique.append(r)
+            joined[key] = unique
         order = {name: k for k, (name, _) in enumerate(_grid(0, BITS))}
         joined["rows"].sort(key=lambda r: order.get(r["name"], len(order)))
         models.append(joined)
