@@ -277,9 +277,10 @@ def plot(result: dict, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def _part(d: Path) -> dict:
-    """A part's results.json, or, for a part stopped before the end, its saved rows with the
-    float model evaluated again (``partial_<model>.json``; no peers or QAT rows then)."""
+def _part(d: Path, floats: dict | None = None) -> dict:
+    """A part's results.json, or, for a part stopped before the end, its saved rows
+    (``partial_<model>.json``; no peers rows) with the float accuracy of a finished part of
+    the same model (``floats``), else the float model evaluated again."""
     if (d / "results.json").exists():
         return json.loads((d / "results.json").read_text())
     from lowbit.data import load_dataset
@@ -292,7 +293,10 @@ def _part(d: Path) -> dict:
         float_model, dataset = ((ZOO / "float_aug" / "model.pt", "cifar10") if name == "resnet20"
                                 else (Path("runs/ptq_table/lenet300_float/model.pt"), "mnist"))
         test = load_dataset(dataset, "test", None)
-        acc, secs = _evaluate(load_float(float_model)[0], test, None)
+        if floats and name in floats:
+            acc, secs = floats[name]
+        else:
+            acc, secs = _evaluate(load_float(float_model)[0], test, None)
         models.append({"model": name, "dataset": dataset, "float_model": str(float_model),
                        "float_accuracy": acc, "float_eval_seconds": secs,
                        "eval_samples": len(test.labels), "calibration_samples": 1000,
@@ -306,7 +310,11 @@ def merge(parts: list[str], out: Path, meta: dict) -> None:
     """Join part runs (same models, disjoint shares of the grid) into one result."""
     from lowbit.report.provenance import provenance_line
 
-    loaded = [_part(Path(d)) for d in parts]
+    done = [json.loads((Path(d) / "results.json").read_text()) for d in parts
+            if (Path(d) / "results.json").exists()]
+    floats = {m["model"]: (m["float_accuracy"], m["float_eval_seconds"])
+              for r in done for m in r["models"]}
+    loaded = [_part(Path(d), floats) for d in parts]
     models = []
     for i, m in enumerate(loaded[0]["models"]):
         joined = dict(m)
