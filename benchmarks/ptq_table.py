@@ -303,7 +303,10 @@ def _part(d: Path, floats: dict | None = None) -> dict:
                        "rows": json.loads(f.read_text()), "peers": [],
                        "qat": _qat_resnet() if name == "resnet20" and d.name.endswith("0")
                        else [], "stopped_early": True})
-    return {"provenance": provenance(), "models": models}
+    meta = provenance()
+    meta["command"] = f"(rows saved in {d} by a run stopped before its end; its command: NOTE.md)"
+    meta["commit"] = "(the run's: NOTE.md)"
+    return {"provenance": meta, "models": models}
 
 
 def merge(parts: list[str], out: Path, meta: dict) -> None:
