@@ -232,7 +232,7 @@ def quantize(model: nn.Module, batches: Iterable | None = None,
         seconds["equalize"] = clock() - t
     t = clock()
     net = copy.deepcopy(float_net)
-    plans = [p for p in _plan_weights(net, config)]
+    plans = _plan_weights(net, config)
     _freeze_weights(net)
     seconds["weights"] = clock() - t
     report = PTQReport(config.to_dict(), plans, sum(int(x.shape[0]) for x in xs),

@@ -76,7 +76,7 @@ class UniformWeight(WeightQuantizer):
         self.observe(weight)
 
     def _observed(self) -> bool:
-        return bool((self.scale > 0).all()) and self.scale.numel() > 0
+        return self.scale.numel() > 0 and bool((self.scale > 0).all())
 
     def qparams(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int | None]:
         """(scale, zero_point, axis) used for ``weight`` now."""
