@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import lowbit
-from lowbit.calibrate import calibrate
+from lowbit.calibration import calibrate
 from lowbit.quantizers.observers import MinMaxObserver
 
 

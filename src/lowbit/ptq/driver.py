@@ -41,7 +41,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lowbit.calibrate import calibrate, freeze_model
+from lowbit.calibration import calibrate, freeze_model
 from lowbit.convert import LayerPlan, add_input_quantizers
 from lowbit.convert import quantize as qat_quantize
 from lowbit.errors import BitsError, LowbitError, NonFiniteError

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lowbit.calibrate import calibrate, freeze_model
+from lowbit.calibration import calibrate, freeze_model
 from lowbit.convert import add_input_quantizers
 from lowbit.errors import LowbitError
 from lowbit.fold import fold_batchnorm

@@ -89,7 +89,7 @@ class WeightQuantizer(Quantizer):
 
     def observe(self, weight: torch.Tensor) -> None:
         """Refit the statistics this quantizer derives from the weight (a stored scale),
-        without touching learned parameters; :func:`lowbit.calibrate.freeze_model` calls it
+        without touching learned parameters; :func:`lowbit.calibration.freeze_model` calls it
         right before :meth:`freeze` (default: nothing)."""
 
     def after_step(self, weight: torch.Tensor) -> None:

@@ -33,7 +33,7 @@ class UniformWeight(WeightQuantizer):
     quantizes) and its clipping range is kept. The scale and zero point in use are stored
     (buffers ``scale``, ``zero_point``): ``freeze()`` keeps them from then on, so a weight
     written onto the grid afterwards (AdaRound) re-encodes to the same codes. Freeze through
-    :func:`lowbit.calibrate.freeze_model`, which observes each layer's weight first.
+    :func:`lowbit.calibration.freeze_model`, which observes each layer's weight first.
     """
 
     BITS = UNIFORM_BITS
@@ -83,7 +83,7 @@ class UniformWeight(WeightQuantizer):
         if self.is_frozen or (self.observer != "minmax" and self._observed()):
             if not self._observed():
                 raise LowbitError("UniformWeight was frozen before it saw its weight; freeze "
-                                  "it with lowbit.calibrate.freeze_model (observe(w) first)")
+                                  "it with lowbit.calibration.freeze_model (observe(w) first)")
             return self.scale, self.zero_point, self._axis()
         scale, zero_point = self._fit(weight)
         return scale, zero_point, self._axis()
@@ -91,7 +91,7 @@ class UniformWeight(WeightQuantizer):
     def _freeze(self) -> None:
         if not self._observed():
             raise LowbitError("UniformWeight has not seen its weight: call observe(weight) "
-                              "(lowbit.calibrate.freeze_model does) before freeze()")
+                              "(lowbit.calibration.freeze_model does) before freeze()")
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         scale, zero_point, axis = self.qparams(weight)
