@@ -1,0 +1,10 @@
+"""Export a lowbit model: the packed ``.lowbit`` file (:func:`export`) and ONNX.
+
+``lowbit.export(model, "net.lowbit")`` writes the file that :func:`lowbit.runtime.load` runs;
+the format is docs/format.md.
+"""
+
+from lowbit.exporter.graph import ExportError
+from lowbit.exporter.lowbit_file import build, export, frozen_copy
+
+__all__ = ["ExportError", "build", "export", "frozen_copy"]
