@@ -25,6 +25,10 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "convert": ABOVE_CONVERT,
     "size": ("convert",) + ABOVE_CONVERT,
     "train": ("cli",),
+    # the deployment runtime: numpy and its own modules only (a device has no torch)
+    "runtime": ("functional", "quantizers", "nn", "recipe", "convert", "size", "kernels",
+                "exporter", "calibration", "fold", "slots", "models", "data") + ABOVE_CONVERT,
+    "exporter": ABOVE_CONVERT,
 }
 # `import lowbit` / `from lowbit import x` from inside a layered package loads lowbit/__init__,
 # i.e. everything: forbidden for the layered packages.
