@@ -39,12 +39,18 @@ from lowbit.runtime.records import Grid, Weight, integers
 _F32_EXACT, _F64_EXACT = 2**24, 2**53
 
 
-def exact_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``a @ b`` of integer matrices, exact, as int64 (module doc: BLAS where it is exact)."""
+def exact_matmul(a: np.ndarray, b: np.ndarray, a_max: int | None = None,
+                 b_max: int | None = None) -> np.ndarray:
+    """``a @ b`` of matrices holding integers (in any dtype), exact, as int64 (module doc:
+    BLAS where it is exact). ``a_max``/``b_max``: bounds of their absolute values, when known
+    (else measured)."""
     k = a.shape[1]
-    bound = k * max(int(np.abs(a).max(initial=0)), 1) * max(int(np.abs(b).max(initial=0)), 1)
+    a_max = int(np.abs(a).max(initial=0)) if a_max is None else a_max
+    b_max = int(np.abs(b).max(initial=0)) if b_max is None else b_max
+    bound = k * max(a_max, 1) * max(b_max, 1)
     if bound < _F32_EXACT:
-        return (a.astype(np.float32) @ b.astype(np.float32)).astype(np.int64)
+        return (a.astype(np.float32, copy=False) @ b.astype(np.float32, copy=False)).astype(
+            np.int64)
     if bound < _F64_EXACT:
         return (a.astype(np.float64) @ b.astype(np.float64)).astype(np.int64)
     return a.astype(np.int64) @ b.astype(np.int64)
@@ -77,6 +83,8 @@ class Part:
     """One convolution group's weight rows (Cout_g, K) in the forms its path needs."""
 
     ints: np.ndarray | None = None     # integer weights
+    ints_f: np.ndarray | None = None   # the same integers as float32 (exact) for BLAS
+    bound: int = 0                     # max |weight integer| (or 1 for planes and masks)
     floats: np.ndarray | None = None   # decoded float32 weights
     planes: list = field(default_factory=list)  # ±1 int8 planes (bitplanes) / codes==j masks
     words: dict = field(default_factory=dict)   # packed bit rows for the bit paths
@@ -96,9 +104,14 @@ class Layer:
     groups: int = 1
     path: str = "float"
     parts: list = field(default_factory=list)
+    order: str = "hwc"             # im2col column order (ops.im2col)
+    _pads: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.path = choose_path(self.weight, self.grid)
+        cb = self.weight.codebook
+        if cb is not None and cb.kind == "integer" and cb.scale.ndim == 2:
+            self.order = "chw"  # scales grouped along weight.reshape(out, -1)
         c = self.weight.shape[0]
         g = self.groups
         for i in range(g):
@@ -139,7 +152,7 @@ class Layer:
         if isinstance(x, tuple):
             ranks, grid = x
             if form == "ints":
-                img = grid.ints[ranks]
+                img = grid.ints_f[ranks]
             elif form == "planes":
                 img = _act_planes(grid, ranks)
             else:
@@ -151,18 +164,21 @@ class Layer:
                 return [p.reshape(p.shape[0], -1) for p in img], None, None
             return img.reshape(img.shape[0], -1), None, None
         sl = slice(i * cin_g, (i + 1) * cin_g)
-        k = self.weight.shape[2:]
+        k, geo = self.weight.shape[2:], (self.stride, self.padding, self.dilation)
         if form == "planes":
-            cols = [ops.im2col(p[:, sl], k, self.stride, self.padding, self.dilation)[0]
-                    for p in img]
-            hw = ops.out_hw(img[0].shape[2:], k, self.stride, self.padding, self.dilation)
+            cols = [ops.im2col(p[:, sl], k, *geo, order=self.order)[0] for p in img]
+            hw_in = img[0].shape[2:]
         else:
-            cols, hw = ops.im2col(img[:, sl], k, self.stride, self.padding, self.dilation)
+            cols = ops.im2col(img[:, sl], k, *geo, order=self.order)[0]
+            hw_in = img.shape[2:]
+        hw = ops.out_hw(hw_in, k, *geo)
         pad = None
         if any(self.padding):
-            hw_in = img[0].shape[-2:] if form == "planes" else img.shape[2:]
-            ones = np.ones((1, cin_g, *hw_in), np.int8)
-            pad = 1 - ops.im2col(ones, k, self.stride, self.padding, self.dilation)[0]
+            key = (cin_g, *hw_in)
+            if key not in self._pads:  # 1 where a pad entered the window, per position
+                ones = np.ones((1, cin_g, *hw_in), np.int8)
+                self._pads[key] = 1 - ops.im2col(ones, k, *geo, order=self.order)[0]
+            pad = self._pads[key]
         return cols, hw, pad
 
 
@@ -202,23 +218,30 @@ def choose_path(weight: Weight, grid: Grid | None) -> str:
 
 def _part(layer: Layer, rows: slice) -> Part:
     w = layer.weight
-    c = w.shape[0]
     part = Part()
+
+    def cols(a: np.ndarray) -> np.ndarray:
+        return ops.weight_columns(a[rows], layer.order)
+
     if layer.path == "float":
-        part.floats = w.decoded()[rows].reshape(rows.stop - rows.start, -1)
+        part.floats = cols(w.decoded())
         return part
-    cb, codes = w.codebook, w.codes[rows].reshape(rows.stop - rows.start, -1)
+    cb, codes = w.codebook, cols(w.codes)
     if cb.kind == "integer":
-        part.ints = integers(cb, w.codes).reshape(c, -1)[rows]
+        part.ints = cols(integers(cb, w.codes))
+        part.ints_f = part.ints.astype(np.float32)
+        part.bound = int(np.abs(part.ints).max(initial=0))
         if layer.path in ("xnor", "binary01"):
             part.words["pos"] = pack_rows(part.ints > 0)
         elif layer.path == "ternary":
             part.words["pos"] = pack_rows(part.ints > 0)
             part.words["neg"] = pack_rows(part.ints < 0)
     elif cb.kind == "bitplanes":
-        part.planes = [(((codes >> m) & 1) * 2 - 1).astype(np.int8) for m in range(cb.bits)]
+        part.planes = [(((codes >> m) & 1) * 2 - 1).astype(np.float32) for m in range(cb.bits)]
+        part.bound = 1
     elif cb.kind == "table":
-        part.planes = [(codes == j).astype(np.int8) for j in range(cb.num_codes)]
+        part.planes = [(codes == j).astype(np.float32) for j in range(cb.num_codes)]
+        part.bound = 1
     return part
 
 
@@ -227,7 +250,7 @@ def _pad_correction(layer: Layer, part: Part, pad, n: int) -> np.ndarray | int:
     pad bit stands for -1)."""
     if pad is None:
         return 0
-    return np.tile(exact_matmul(pad, part.ints.T), (n, 1))
+    return np.tile(exact_matmul(pad, part.ints.T, 1, part.bound), (n, 1))
 
 
 def _scale_rows(layer: Layer, acc: np.ndarray, part_rows: slice | None = None) -> np.ndarray:
@@ -253,11 +276,12 @@ def _run_integer(layer, part, rows, pad, n):
     sl = _part_slice(layer, part)
     if cb.scale.ndim == 2:  # one accumulator per group of the weight's row
         gs, sw = cb.group_size, cb.scale[sl].astype(np.float64)
-        accs = [exact_matmul(rows[:, j:j + gs], part.ints[:, j:j + gs].T)
+        g_max = layer.grid.int_bound
+        accs = [exact_matmul(rows[:, j:j + gs], part.ints_f[:, j:j + gs].T, g_max, part.bound)
                 for j in range(0, rows.shape[1], gs)]
         y = sum(a * sw[:, g] for g, a in enumerate(accs)) * layer.grid.scale
         return y.astype(np.float32), accs
-    acc = exact_matmul(rows, part.ints.T)
+    acc = exact_matmul(rows, part.ints_f.T, layer.grid.int_bound, part.bound)
     return _scale_rows(layer, acc, sl), acc
 
 
@@ -296,7 +320,7 @@ def _alphas(layer, part):
 
 
 def _run_bitplanes(layer, part, rows, pad, n):
-    accs = [exact_matmul(rows, b.T) for b in part.planes]
+    accs = [exact_matmul(rows, b.T, layer.grid.int_bound, 1) for b in part.planes]
     return _plane_sum(_alphas(layer, part), accs, layer.grid.scale), accs
 
 
@@ -305,7 +329,7 @@ def _run_bitplanes2(layer, part, rows, pad, n):
     alphas = _alphas(layer, part).astype(np.float64)
     y, accs = 0.0, []
     for i, a_n in enumerate(rows):
-        acc_n = [exact_matmul(a_n, b.T) for b in part.planes]
+        acc_n = [exact_matmul(a_n, b.T, 1, 1) for b in part.planes]
         accs.append(acc_n)
         y = y + beta[i] * _plane_sum(alphas, acc_n, 1.0, np.float64)
     return np.asarray(y, np.float32), accs
@@ -314,7 +338,7 @@ def _run_bitplanes2(layer, part, rows, pad, n):
 def _run_lookup(layer, part, rows, pad, n):
     values = layer.weight.codebook.values
     values = values if values.ndim == 1 else values[_part_slice(layer, part)]
-    sums = [exact_matmul(rows, m.T) for m in part.planes]
+    sums = [exact_matmul(rows, m.T, layer.grid.int_bound, 1) for m in part.planes]
     return _plane_sum(values, sums, layer.grid.scale), sums
 
 

@@ -29,11 +29,36 @@ def windows(x: np.ndarray, kernel, stride, dilation) -> np.ndarray:
     return v[:, :, ::stride[0], ::stride[1], ::dh, ::dw]
 
 
-def im2col(x: np.ndarray, kernel, stride, padding, dilation, pad_value=0) -> np.ndarray:
-    """Rows (N*OH*OW, C*kh*kw) in the order of ``weight.reshape(out, -1)``, and (OH, OW)."""
-    v = windows(pad2d(x, padding, pad_value), kernel, stride, dilation)
-    n, c, oh, ow, kh, kw = v.shape
-    return v.transpose(0, 2, 3, 1, 4, 5).reshape(n * oh * ow, c * kh * kw), (oh, ow)
+def im2col(x: np.ndarray, kernel, stride, padding, dilation, pad_value=0,
+           order: str = "hwc") -> tuple[np.ndarray, tuple[int, int]]:
+    """Rows (N*OH*OW, K) of the convolution windows of (N, C, H, W) ``x``, and (OH, OW).
+
+    ``order="hwc"``: each row in (kh, kw, C) order (a channels-last copy, then one strided
+    copy per kernel offset: about 5x faster than the other order); the weight's columns are
+    permuted to match at load (:func:`weight_columns`). ``order="chw"``: the order of
+    ``weight.reshape(out, -1)`` itself (needed where a weight's scales are grouped along it).
+    """
+    n, c = x.shape[:2]
+    oh, ow = out_hw(x.shape[2:], kernel, stride, padding, dilation)
+    kh, kw = kernel
+    if order == "chw":
+        v = windows(pad2d(x, padding, pad_value), kernel, stride, dilation)
+        return v.transpose(0, 2, 3, 1, 4, 5).reshape(n * oh * ow, c * kh * kw), (oh, ow)
+    xp = np.ascontiguousarray(pad2d(x, padding, pad_value).transpose(0, 2, 3, 1))
+    out = np.empty((n, oh, ow, kh, kw, c), x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            h0, w0 = i * dilation[0], j * dilation[1]
+            out[:, :, :, i, j, :] = xp[:, h0:h0 + (oh - 1) * stride[0] + 1:stride[0],
+                                       w0:w0 + (ow - 1) * stride[1] + 1:stride[1], :]
+    return out.reshape(n * oh * ow, kh * kw * c), (oh, ow)
+
+
+def weight_columns(w: np.ndarray, order: str = "hwc") -> np.ndarray:
+    """A conv weight (O, C, kh, kw) as (O, K) rows in the column order of :func:`im2col`."""
+    if order == "chw" or w.ndim != 4:
+        return w.reshape(w.shape[0], -1)
+    return np.ascontiguousarray(w.transpose(0, 2, 3, 1)).reshape(w.shape[0], -1)
 
 
 def out_hw(hw, kernel, stride, padding, dilation) -> tuple[int, int]:

@@ -252,6 +252,13 @@ class Grid:
     ints: np.ndarray | None
     scale: float | None
 
+    def __post_init__(self) -> None:
+        self.ints_f = None if self.ints is None else self.ints.astype(np.float32)
+        self.int_bound = 0 if self.ints is None else int(np.abs(self.ints).max())
+        if self.ints is not None and self.int_bound >= 2**24:
+            self.ints_f = None  # not exact in float32: such a grid takes the float path
+            self.ints = None
+
     def rank(self, x: np.ndarray) -> np.ndarray:
         return np.searchsorted(self.thresholds, x, side="right").astype(np.int16)
 
