@@ -217,6 +217,12 @@ def _check_resume(out_dir: Path, record: dict[str, Any]) -> None:
                               "resume it with the same settings, or use another --out")
 
 
+def _export_run(net, out_dir, kwargs, dataset):
+    from lowbit.deploy import export_run  # deploy imports this module
+
+    return export_run(net, out_dir, kwargs, dataset)
+
+
 def run(job: Job, out_dir: str | Path, resume: bool = False, progress: bool = True,
         overwrite: bool = False) -> dict:
     """Train ``job``; write ``out_dir/model.pt`` and ``out_dir/summary.json``; return summary.
@@ -253,6 +259,9 @@ def run(job: Job, out_dir: str | Path, resume: bool = False, progress: bool = Tr
         "recipe": job.recipe.to_dict(), "config": asdict(effective_config(job, net)),
         "procedure": procedure(net).value, "init": job.init,
     }
+    summary["packed_bytes_estimate"] = summary["packed_bytes"]
+    summary.update(_export_run(net, out_dir, kwargs, job.dataset))  # the real file's size
+    summary["size_ratio"] = summary["packed_bytes"] / summary["float_bytes"]
     write_json_atomic(summary, out_dir / "summary.json")
     log.info("test accuracy %.2f %%, %s", 100 * summary["test_accuracy"], size_line(summary))
     return summary

@@ -78,7 +78,10 @@ def test_plan_and_size_are_printed_and_recorded(tmp_path, capsys):
     err = captured.err
     for name in names:
         assert f"  {name} " in err  # the plan, one line per layer
-    assert err.count(f"packed {s['packed_bytes']:,} B") >= 2  # at the start and the end
+    # the estimate at the start, the exported model.lowbit's real size at the end
+    assert f"packed {s['packed_bytes_estimate']:,} B" in err
+    assert f"packed {s['packed_bytes']:,} B" in err
+    assert s["packed_bytes"] == (out / "model.lowbit").stat().st_size
     assert "epoch 1/1  train" in err and "ETA" in err  # the epoch line, without a bar
     assert "\r" not in err  # stderr is not a terminal: no bar spam
     assert f"{100 * s['test_accuracy']:.2f} %" in captured.out

@@ -252,6 +252,16 @@ def _cmd_ptq(a) -> int:
 
 
 def _cmd_eval(a) -> int:
+    if a.model_file.endswith((".lowbit", ".onnx")):
+        from lowbit.deploy import evaluate_exported
+
+        r = evaluate_exported(a.model_file, a.dataset, a.data_dir)
+        if a.json:
+            print(json.dumps(r))
+        else:
+            print(f"{r['dataset']} test accuracy {100 * r['test_accuracy']:.2f} % through "
+                  f"{r['engine']} ({r['file_bytes']:,} B)")
+        return 0
     from lowbit.experiment import evaluate_file
 
     r = evaluate_file(a.model_file, a.dataset, a.data_dir)
@@ -260,6 +270,25 @@ def _cmd_eval(a) -> int:
     else:
         print(f"{r['dataset']} test accuracy {100 * r['test_accuracy']:.2f} %  "
               f"loss {r['test_loss']:.4f}")
+    return 0
+
+
+def _cmd_export(a) -> int:
+    from lowbit.deploy import export_file
+
+    r = export_file(a.model_file, a.out, onnx=a.onnx)
+    if a.json:
+        print(json.dumps({k: v for k, v in r.items() if k != "summary"}))
+    else:
+        print(f"{r['format']}: {r['bytes']:,} B -> {r['file']}")
+    return 0
+
+
+def _cmd_inspect(a) -> int:
+    from lowbit.runtime.inspect import summary, table
+
+    s = summary(a.file)
+    print(json.dumps(s, indent=1) if a.json else table(s))
     return 0
 
 
@@ -318,11 +347,20 @@ def build_parser() -> argparse.ArgumentParser:
     _train_parser(sub)
     _ptq_parser(sub)
     p = sub.add_parser("eval", help="test accuracy of a saved model.pt", epilog=_EPILOG)
-    p.add_argument("model_file", help="a model.pt written by 'lowbit train'")
+    p.add_argument("model_file", help="a model.pt written by 'lowbit train', or a .lowbit "
+                   "(run by lowbit's runtime) or .onnx file (run by ONNX Runtime)")
     p.add_argument("--dataset", help="test split to evaluate on (default: the dataset the "
-                   "model was trained on, as model.pt records)")
+                   "model was trained on, as model.pt / .lowbit record)")
     p.add_argument("--data-dir", help="directory of the dataset's files (see below)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p = sub.add_parser("export", help="write a model.pt as a packed .lowbit file (or ONNX)")
+    p.add_argument("model_file", help="a model.pt written by 'lowbit train' or 'lowbit ptq'")
+    p.add_argument("-o", "--out", required=True, help="the file to write (.lowbit or .onnx)")
+    p.add_argument("--onnx", action="store_true", help="write ONNX (QDQ) instead")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p = sub.add_parser("inspect", help="per layer: bits, codebook, bytes, runtime path")
+    p.add_argument("file", help="a .lowbit file")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p = sub.add_parser("methods", help="list the registered quantization methods")
     p.add_argument("--json", action="store_true",
                    help="print a JSON list (name, description, accepted bit widths)")
@@ -344,7 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = {"train": _cmd_train, "ptq": _cmd_ptq, "eval": _cmd_eval, "methods": _cmd_methods,
+COMMANDS = {"train": _cmd_train, "ptq": _cmd_ptq, "eval": _cmd_eval, "export": _cmd_export,
+            "inspect": _cmd_inspect, "methods": _cmd_methods,
             "demo": _cmd_demo, "data": _cmd_data}
 
 

@@ -102,6 +102,11 @@ def run_ptq(model_file: str | Path, out_dir: str | Path, config: PTQConfig,
     summary.update(model=blob["model_kwargs"].get("name"), dataset=dataset,
                    float_model=str(model_file), calibration_seed=seed,
                    eval_seconds=eval_seconds, wall_seconds=time.perf_counter() - started)
+    from lowbit.deploy import export_run  # deploy imports the experiment module
+
+    summary["packed_bytes_estimate"] = summary["packed_bytes"]
+    summary.update(export_run(qnet, out_dir, blob["model_kwargs"], dataset))
+    summary["size_ratio"] = summary["packed_bytes"] / summary["float_bytes"]
     write_json_atomic(summary, out_dir / "summary.json")
     log.info("test accuracy %.2f %% (float %.2f %%), %s", 100 * acc, 100 * float_acc,
              size_line(sizes))
