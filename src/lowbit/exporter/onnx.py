@@ -537,3 +537,12 @@ def export_onnx(model, path: str | Path, *, opset: int | None = None, input_shap
 def export_onnx_float(model, path: str | Path, **kw) -> Path:
     """:func:`export_onnx` with every weight decoded to float32: the same net, float storage."""
     return export_onnx(model, path, weights="float", **kw)
+
+
+def forms_of(model: onnx.ModelProto | str | Path) -> dict[str, str]:
+    """What :func:`to_onnx` chose for each weight and activation quantizer (the model's
+    ``lowbit.forms`` metadata), e.g. ``{"fc2.weight": "DequantizeLinear INT4", ...}``."""
+    if not isinstance(model, onnx.ModelProto):
+        model = onnx.load(str(model), load_external_data=False)
+    props = {p.key: p.value for p in model.metadata_props}
+    return json.loads(props.get("lowbit.forms", "{}"))
