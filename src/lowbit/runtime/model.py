@@ -28,6 +28,20 @@ OPS = ("input", "output", "normalize", "linear", "conv2d", "batchnorm", "quantiz
        "maxpool2d", "avgpool2d", "adaptive_avgpool2d", "flatten", "add", *ops.ACTIVATIONS)
 
 
+_LAYER = {"weight", "bias", "bn", "input", "spec"}
+FIELDS: dict[str, set[str]] = {  # op -> its fields besides op, name, inputs, output
+    "input": set(), "output": set(), "normalize": {"mean", "std"}, "linear": _LAYER,
+    "conv2d": _LAYER | {"stride", "padding", "dilation", "groups"},
+    "batchnorm": {"eps", "running_mean", "running_var", "weight", "bias"},
+    "quantize": {"grid", "spec"}, "relu": set(), "relu6": set(), "sigmoid": set(),
+    "tanh": set(), "hardtanh": {"min", "max"}, "leaky_relu": {"slope"},
+    "maxpool2d": {"kernel", "stride", "padding", "dilation", "ceil_mode"},
+    "avgpool2d": {"kernel", "stride", "padding", "ceil_mode", "count_include_pad"},
+    "adaptive_avgpool2d": {"size"}, "flatten": {"start", "end"}, "add": set(),
+}
+COMMON = {"op", "name", "inputs", "output"}
+
+
 def _pair(r: _Reader, key: str, lo: int, default=...) -> tuple[int, int]:
     v = r.get(key, list, default)
     if v is default:
@@ -46,6 +60,9 @@ class Node:
         self.op = r.get("op", str)
         if self.op not in OPS:
             r.fail(f"unknown operator {self.op!r}; this runtime runs {', '.join(OPS)}")
+        unknown = set(rec) - COMMON - FIELDS[self.op]
+        if unknown:
+            r.fail(f"{self.op} has fields this runtime does not know: {sorted(unknown)}")
         self.name = r.get("name", str)
         self.inputs = r.get("inputs", list)
         self.output = r.get("output", str)

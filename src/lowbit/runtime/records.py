@@ -77,9 +77,26 @@ class Codebook:
     fmt: str = "float16"
 
 
-def read_codebook(rec, sections, where: str) -> Codebook:
+RECORD_FIELDS = {  # kind -> the fields of its codebook record
+    "integer": {"bits", "levels", "scale", "zero_point", "group_size"},
+    "bitplanes": {"bits", "alphas"}, "table": {"bits", "values", "vector"},
+    "half": {"bits", "format"}, "float": {"data"},
+}
+WEIGHT_FIELDS = {"kind", "shape", "count", "codes"}
+GRID_FIELDS = {"thresholds", "values", "codes", "codebook"}
+
+
+def _known(r: _Reader, allowed: set[str]) -> None:
+    unknown = set(r.rec) - allowed
+    if unknown:
+        r.fail(f"fields this runtime does not know: {sorted(unknown)}")
+
+
+def read_codebook(rec, sections, where: str, weight: bool = False) -> Codebook:
     r = _Reader(rec, sections, where)
     kind = r.get("kind", str)
+    if kind in RECORD_FIELDS:
+        _known(r, RECORD_FIELDS[kind] | {"kind"} | (WEIGHT_FIELDS if weight else set()))
     if kind == "integer":
         bits = r.int("bits", 1, 32)
         lv = r.get("levels", dict)
@@ -206,8 +223,9 @@ def read_weight(rec, sections, where: str) -> Weight:
         r.fail(f"bad weight shape {shape!r}")
     shape = tuple(shape)
     if r.get("kind", str) == "float":
+        _known(r, {"kind", "shape", "data"})
         return Weight(shape, None, None, r.section("data", "f", shape).astype(np.float32))
-    cb = read_codebook(rec, sections, where)
+    cb = read_codebook(rec, sections, where, weight=True)
     count = r.int("count", 1, 2**40)
     if count != int(np.prod(shape)):
         r.fail(f"count {count} is not the product of shape {shape}")
@@ -265,6 +283,7 @@ class Grid:
 
 def read_grid(rec, sections, where: str) -> Grid:
     r = _Reader(rec, sections, where)
+    _known(r, GRID_FIELDS)
     t = r.section("thresholds", "f").astype(np.float32)
     values = r.section("values", "f").astype(np.float32)
     codes = r.section("codes", "i").astype(np.int64)
