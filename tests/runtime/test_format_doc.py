@@ -133,3 +133,15 @@ def test_a_broken_graph_is_refused_by_name(resnet_file, tmp_path, fault):
     bad = _rewrite(resnet_file, tmp_path, EDITS[fault])
     with pytest.raises(rt.FormatError, match=fault):
         rt.load(bad)
+
+
+def test_fuzz_model_loader():
+    """A short campaign of tests/runtime/fuzz_model.py (the long one: its results file)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import fuzz_model
+
+    r = fuzz_model.campaign(300, seed=1)
+    assert not r["failures"], r["failures"][:3]
+    assert r["outcomes"].get("refused", 0) > 100 and r["outcomes"].get("ran", 0) > 5

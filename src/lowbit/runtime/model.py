@@ -110,6 +110,8 @@ class Node:
         bn = _bn(bn, r.sections, f"{self.name}.bn", weight.shape[0]) if bn else None
         src = r.get("input", dict, {"grid": None})
         gname = src.get("grid")
+        if not isinstance(gname, (str, type(None))):
+            r.fail(f"input grid must be a quantize node's name or null, got {gname!r}")
         if gname is not None and gname not in grids:
             r.fail(f"input grid {gname!r} is not a quantize node before this layer")
         self.layer = Layer(self.name, self.op, weight, bias, bn,

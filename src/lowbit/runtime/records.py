@@ -122,6 +122,8 @@ def read_codebook(rec, sections, where: str, weight: bool = False) -> Codebook:
         zp = r.rec.get("zero_point", 0)
         zp = zp if isinstance(zp, int) and not isinstance(zp, bool) else r.section(
             "zero_point", "i", scale.shape).astype(np.int64)
+        if np.any(np.abs(np.asarray(zp, dtype=object)) >= 2**31):
+            r.fail("zero_point outside int32")
         gs = r.get("group_size", (int, type(None)), None)
         if (scale.ndim == 2) != (gs is not None) or (gs is not None and gs < 1):
             r.fail("a (C, G) scale needs group_size >= 1, and group_size a (C, G) scale")
@@ -233,7 +235,7 @@ def read_weight(rec, sections, where: str) -> Weight:
     raw = r.section("codes", "u")
     try:
         codes = unpack_codes(raw, bits, count).astype(np.int64).reshape(shape)
-    except ValueError as e:
+    except (ValueError, TypeError) as e:
         r.fail(f"codes: {e}")
     if codes.size and codes.max() >= cb.num_codes:
         r.fail(f"codes reach {codes.max()}, the codebook has {cb.num_codes}")
@@ -292,6 +294,11 @@ def read_grid(rec, sections, where: str) -> Grid:
     if np.any(np.diff(t) <= 0) or np.any(np.diff(values) <= 0) or len(values) > 2**16:
         r.fail("thresholds and values must increase strictly (at most 65536 values)")
     cb = read_codebook(r.get("codebook", dict), sections, f"{where} codebook")
+    per_tensor = {"integer": lambda: cb.scale.ndim == 0 and np.ndim(cb.zero_point) == 0,
+                  "bitplanes": lambda: cb.alphas.ndim == 1, "table": lambda: cb.values.ndim == 1,
+                  "half": lambda: True}
+    if not per_tensor[cb.kind]():
+        r.fail("an activation grid's codebook must be per tensor")
     if codes.min() < 0 or codes.max() >= cb.num_codes:
         r.fail("grid codes outside its codebook")
     if cb.kind in ("integer", "bitplanes", "table") and not np.array_equal(
