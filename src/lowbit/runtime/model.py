@@ -154,7 +154,8 @@ def _bn(rec, sections, where: str, channels: int | None = None) -> dict:
 class Model:
     """A loaded ``.lowbit`` file: ``model(x)`` runs it on a float32 numpy batch."""
 
-    def __init__(self, meta: dict, sections, path: str = "<memory>") -> None:
+    def __init__(self, meta: dict, sections, path: str = "<memory>",
+                 integer_only: str | None = None) -> None:
         where = f"{path}: graph"
         got = meta.get("lowbit") if isinstance(meta, dict) else None
         if got != GRAPH_VERSION:
@@ -172,6 +173,12 @@ class Model:
                                   "not computed before it")
             defined.add(node.output)
             self.nodes.append(node)
+        self.rounding, self.chains = None, {}
+        if integer_only is not None:
+            from lowbit.runtime.integer_only import Rounding, find_chains
+
+            self.rounding = Rounding(integer_only)
+            self.chains = find_chains(self.nodes)
         kinds = [n.op for n in self.nodes]
         if kinds.count("input") != 1 or kinds[0] != "input" or kinds[-1] != "output" or \
                 kinds.count("output") != 1:
@@ -191,10 +198,24 @@ class Model:
         if not np.isfinite(x).all():
             raise ValueError("the input holds NaN or Inf")
         env: dict = {}
-        for node in self.nodes:
+        skip_to = -1
+        for i, node in enumerate(self.nodes):
+            if i <= skip_to:
+                continue
             args = [env[v] for v in node.inputs]
             if node.op == "output":
                 return _float(args[0])
+            if i in self.chains and isinstance(args[0], tuple) and \
+                    args[0][1] is node.layer.grid:
+                from lowbit.runtime.integer_only import run_chain
+
+                j, relu = self.chains[i]
+                q = self.nodes[j]
+                env[q.output] = run_chain(node.layer, args[0], q.grid, relu, self.rounding)
+                if trace is not None:
+                    trace[node.name] = {"path": f"integer-only ({self.rounding.value})"}
+                skip_to = j
+                continue
             env[node.output] = x if node.op == "input" else _run(node, args, trace)
         raise AssertionError("unreachable: the graph ends with its output")
 
@@ -242,7 +263,11 @@ def _run(node: Node, args: list, trace):
     return ops.activation(x, node.rec)
 
 
-def load(path: str | Path, verify: bool = True, mmap: bool = False) -> Model:
-    """Read and check a ``.lowbit`` file (docs/format.md); returns the runnable Model."""
+def load(path: str | Path, verify: bool = True, mmap: bool = False,
+         integer_only: str | None = None) -> Model:
+    """Read and check a ``.lowbit`` file (docs/format.md); returns the runnable Model.
+    ``integer_only``: None (the reference paths) or a rounding convention of
+    :mod:`lowbit.runtime.integer_only` ("half_even", "single", "gemmlowp") for its uint8 /
+    int8 layers."""
     meta, sections = read_container(path, verify=verify, mmap=mmap)
-    return Model(meta, sections, str(path))
+    return Model(meta, sections, str(path), integer_only=integer_only)
