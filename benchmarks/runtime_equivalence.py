@@ -219,13 +219,13 @@ def cell(arch, name, seed, float_net, data, args, work) -> dict:
                         "runtime_eval": round(t3 - t2, 1)}}
 
 
-def write(rows, prov) -> None:
+def write(rows, prov, out: Path = OUT) -> None:
     from lowbit.report.provenance import provenance_line
 
-    OUT.mkdir(parents=True, exist_ok=True)
-    tmp = OUT / "results.json.tmp"
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "results.json.tmp"
     tmp.write_text(json.dumps({"provenance": prov, "rows": rows}, indent=1))
-    tmp.replace(OUT / "results.json")
+    tmp.replace(out / "results.json")
     lines = ["# Reference runtime vs fake-quantized model (full test sets)", "",
              provenance_line(prov), "",
              "| arch | config | seed | paths | mismatches / n | agreement | acc torch | "
@@ -241,7 +241,9 @@ def write(rows, prov) -> None:
             f"{r['acc_compared']}, {r['acc_mismatches']} | {r['file_bytes']} | "
             f"{r['header_bytes']} | {r['theory_bytes']} | {r['body_minus_theory']} | "
             f"{r['float_bytes_fp32']} |")
-    (OUT / "results.md").write_text("\n".join(lines) + "\n")
+    provs = prov.get("parts", [prov])
+    lines[2] = "\n\n".join(provenance_line(p) for p in provs)
+    (out / "results.md").write_text("\n".join(lines) + "\n")
 
 
 def main() -> None:
@@ -254,7 +256,12 @@ def main() -> None:
     p.add_argument("--work", default="/tmp/lowbit-equivalence")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--merge", action="store_true", help="keep rows of other runs")
+    p.add_argument("--out", default=str(OUT), help="results directory")
+    p.add_argument("--combine", nargs="+", metavar="DIR",
+                   help="only merge the results.json of these directories into --out")
     args = p.parse_args()
+    if args.combine:
+        return combine([Path(d) for d in args.combine], Path(args.out))
     torch.set_num_threads(args.threads)
     from lowbit.data import load_dataset
     from lowbit.report.provenance import provenance
@@ -264,9 +271,9 @@ def main() -> None:
             load_dataset(dataset, "test", args.data_dir))
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    rows = []
-    if args.merge and (OUT / "results.json").exists():
-        rows = [r for r in json.loads((OUT / "results.json").read_text())["rows"]
+    rows, out = [], Path(args.out)
+    if args.merge and (out / "results.json").exists():
+        rows = [r for r in json.loads((out / "results.json").read_text())["rows"]
                 if r["arch"] != args.arch]
     prov = provenance()
     for seed in args.seeds:
@@ -284,7 +291,19 @@ def main() -> None:
                                                    "agreement", "acc_torch", "acc_runtime",
                                                    "acc_mismatches", "within_tolerance",
                                                    "seconds")}), flush=True)
-            write([r for r in rows if "error" not in r], prov)
+            write([r for r in rows if "error" not in r], prov, out)
+
+
+def combine(dirs: list[Path], out: Path) -> None:
+    """One results file from several runs (each part's provenance kept)."""
+    rows, parts = [], []
+    for d in dirs:
+        blob = json.loads((d / "results.json").read_text())
+        rows += blob["rows"]
+        parts += blob["provenance"].get("parts", [blob["provenance"]])
+    order = {name: i for i, name in enumerate(CONFIGS)}
+    rows.sort(key=lambda r: (r["arch"] != "lenet300", r["seed"], order.get(r["config"], 99)))
+    write(rows, {"parts": parts}, out)
 
 
 if __name__ == "__main__":

@@ -87,10 +87,12 @@ def mutate(rng: random.Random, meta: dict, sections: dict) -> tuple[dict, dict]:
             p = rng.choice(paths)
             if len(p) > 1:
                 _delete(meta, p)
-        elif kind < 0.62:
+        elif kind < 0.62 and graph:
             node = rng.choice(graph)
-            node[rng.choice(("extra", "bits", "scale", "grid", "weight"))] = rng.choice(WEIRD)
-        elif kind < 0.72:
+            if isinstance(node, dict):
+                node[rng.choice(("extra", "bits", "scale", "grid", "weight"))] = rng.choice(
+                    WEIRD)
+        elif kind < 0.72 and graph:
             i, j = rng.randrange(len(graph)), rng.randrange(len(graph))
             op = rng.choice(("dup", "drop", "move"))
             if op == "dup":
