@@ -42,6 +42,8 @@ def export_file(model_file: str | Path, out: str | Path, onnx: bool = False) -> 
         from lowbit.exporter.onnx import export_onnx
 
         export_onnx(net, out, input_shape=shape)
+        if blob.get("dataset"):
+            _onnx_metadata(out, {"lowbit.dataset": blob["dataset"]})
         return {"file": str(out), "bytes": out.stat().st_size, "format": "onnx"}
     export(net, out, input_shape=shape, model_info=info)
     from lowbit.runtime.inspect import summary
@@ -50,9 +52,30 @@ def export_file(model_file: str | Path, out: str | Path, onnx: bool = False) -> 
             "summary": summary(out)}
 
 
+def _onnx_metadata(path: Path, props: dict[str, str]) -> None:
+    """Add ``props`` to an ONNX file's metadata_props (rewritten atomically)."""
+    import os
+
+    import onnx
+
+    m = onnx.load(str(path))
+    for k, v in props.items():
+        m.metadata_props.add(key=k, value=v)
+    tmp = path.with_name(f".{path.name}.tmp")
+    onnx.save(m, str(tmp))
+    os.replace(tmp, path)
+
+
 def _dataset_of(path: Path, dataset: str | None) -> str:
     if dataset:
         return dataset
+    if path.suffix == ".onnx" and path.exists():
+        import onnx
+
+        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False)
+                 .metadata_props}
+        if props.get("lowbit.dataset"):
+            return props["lowbit.dataset"]
     if path.suffix == ".lowbit":
         from lowbit.runtime.container import read_header
 

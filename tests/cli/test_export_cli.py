@@ -43,6 +43,17 @@ def test_export_eval_inspect(run_dir, tmp_path, capsys):
     assert "total:" in capsys.readouterr().out
 
 
+def test_onnx_export_and_eval(run_dir, tmp_path, capsys):
+    s = json.loads((run_dir / "summary.json").read_text())
+    net = tmp_path / "net.onnx"
+    assert main(["export", str(run_dir / "model.pt"), "--onnx", "-o", str(net)]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(net), "--json"]) == 0  # the dataset from the metadata
+    e = json.loads(capsys.readouterr().out)
+    assert e["engine"] == "onnxruntime" and e["dataset"] == "digits"
+    assert e["test_accuracy"] == pytest.approx(s["test_accuracy"], abs=2e-3)
+
+
 def test_a_corrupt_file_is_a_clear_error(run_dir, tmp_path, capsys):
     net = tmp_path / "net.lowbit"
     assert main(["export", str(run_dir / "model.pt"), "-o", str(net)]) == 0
