@@ -194,3 +194,42 @@ def test_input_with_nan_is_refused(tmp_path):
     x[1, 0, 3, 3] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         rt.load(tmp_path / "n.lowbit")(x)
+
+
+class _GroupInt4(lowbit.quantizers.base.WeightQuantizer):
+    """A user's own weight quantizer with per-group scales (groups of 8 along each output
+    channel's flattened row, symmetric 4-bit): the runtime's one-accumulator-per-group path."""
+
+    def encode(self, w):
+        from lowbit.functional.codebook import IntegerGrid, LevelRange
+
+        rows = w.detach().reshape(w.shape[0], -1)
+        g = rows.reshape(w.shape[0], -1, 8).abs().amax(-1).clamp_min(1e-8) / 7
+        cb = IntegerGrid(LevelRange(-7, 7), g, 4, group_size=8)
+        idx = torch.arange(rows.shape[1]) // 8
+        q = torch.clamp(torch.round(rows / g[:, idx]), -7, 7)
+        return (q + 7).long().reshape(w.shape), cb
+
+    def forward(self, w):
+        codes, cb = self.encode(w)
+        return cb.decode(codes)
+
+
+def test_per_group_weight_scales(tmp_path):
+    torch.manual_seed(0)
+    conv = QuantConv2d(8, 6, 3, padding=1, weight_quant=_GroupInt4(4),
+                       input_quant=lowbit.quantizers.METHODS["ivan"].act(4))
+    net = torch.nn.Sequential(conv, torch.nn.Flatten())
+    x = torch.rand(5, 8, 6, 6)
+    net.train()
+    with torch.no_grad():
+        net(x)
+    net.eval()
+    export(net, tmp_path / "g.lowbit")
+    trace = {}
+    got = rt.load(tmp_path / "g.lowbit")(x.numpy(), trace=trace)
+    with torch.no_grad():
+        want = frozen_copy(net)(x).numpy()
+    (name, t), = trace.items()
+    assert t["path"] == "integer" and len(t["acc"][0]) == 72 // 8  # one per group
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

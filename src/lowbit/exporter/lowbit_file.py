@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from lowbit.calibration import freeze_model
+from lowbit.errors import MethodError
 from lowbit.exporter.graph import ExportError, capture, mark_grids
 from lowbit.exporter.records import Sections, grid_record, weight_record
 from lowbit.exporter.thresholds import thresholds
@@ -31,13 +32,22 @@ def _f32(t: torch.Tensor) -> np.ndarray:
     return np.array(t.detach().cpu().float().numpy(), order="C")
 
 
+def _spec(quant) -> dict:
+    """The quantizer's spec for the header (tools read it; the runtime does not): a user's
+    own quantizer class, not in the registry, is named by its class."""
+    try:
+        return quant.spec.to_dict()
+    except MethodError:
+        return {"class": type(quant).__qualname__, "bits": int(quant.bits)}
+
+
 def _layer(op: dict, sections: Sections) -> None:
     m, name = op.pop("_module"), op["name"]
     quantized = isinstance(m, (QuantLinear, QuantConv2d)) and m.quant_enabled
     quant = m.weight_quant if quantized else None
     op["weight"] = weight_record(m.weight, quant, f"{name}.weight", sections)
     if quant is not None:
-        op["spec"] = quant.spec.to_dict()
+        op["spec"] = _spec(quant)
     op["bias"] = None
     if m.bias is not None:
         sections[f"{name}.bias"] = _f32(m.bias)
@@ -73,7 +83,7 @@ def _quantize(op: dict, sections: Sections) -> None:
     values = cb.decode(torch.arange(cb.num_codes)).numpy()
     t, reach = thresholds(q, values, name)
     op["grid"] = grid_record(q, t, reach, values, name, sections)
-    op["spec"] = q.spec.to_dict()
+    op["spec"] = _spec(q)
 
 
 def build(model: nn.Module) -> tuple[list[dict], Sections]:
