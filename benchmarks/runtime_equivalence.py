@@ -90,7 +90,7 @@ def _train(arch, cfg, float_net, data, args, seed, work):
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(train.labels), generator=g)[:n]
     fit(net, (train.images[idx], train.labels[idx]), _small(test, 500),
-        default_config(arch, epochs=1, seed=seed), work / "qat", progress=False)
+        default_config(arch, epochs=1, seed=seed, lr=args.lr), work / "qat", progress=False)
     return net.eval()
 
 
@@ -202,7 +202,7 @@ def cell(arch, name, seed, float_net, data, args, work) -> dict:
     layers, compared, bad = _accumulators(ref, model, test.images[:4].float() / 255)
     paths = sorted({f"{layer.path}" for layer in model.layers})
     body = s["file_bytes"] - s["header_bytes"]
-    return {"arch": arch, "config": name, "seed": seed, "paths": paths,
+    return {"arch": arch, "config": name, "seed": seed, "lr": args.lr, "paths": paths,
             "n": int(len(labels)), "mismatches": int((~agree).sum()),
             "agreement": float(agree.mean()),
             "acc_torch": float((y_t.argmax(1) == labels).mean()),
@@ -252,6 +252,8 @@ def main() -> None:
     p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--subset", type=int, default=5000, help="ResNet-20 fine-tuning images")
+    p.add_argument("--lr", type=float, help="fine-tuning lr (default: the model's; the zoo "
+                   "fine-tunes ResNet-20 at 0.01)")
     p.add_argument("--data-dir")
     p.add_argument("--work", default="/tmp/lowbit-equivalence")
     p.add_argument("--threads", type=int, default=1)
@@ -302,7 +304,8 @@ def combine(dirs: list[Path], out: Path) -> None:
         rows += blob["rows"]
         parts += blob["provenance"].get("parts", [blob["provenance"]])
     order = {name: i for i, name in enumerate(CONFIGS)}
-    rows.sort(key=lambda r: (r["arch"] != "lenet300", r["seed"], order.get(r["config"], 99)))
+    rows.sort(key=lambda r: (r["arch"] != "lenet300", r.get("lr") or 0, r["seed"],
+                             order.get(r["config"], 99)))
     write(rows, {"parts": parts}, out)
 
 
