@@ -233,8 +233,10 @@ def write(rows, prov, out: Path = OUT) -> None:
              "wrong) | file B | header B | theory B | body − theory | fp32 params B |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        lr = f" (lr {r['lr']})" if r.get("lr") else ""
         lines.append(
-            f"| {r['arch']} | {r['config']} | {r['seed']} | {' '.join(r['paths'])} | "
+            f"| {r['arch']} | {r['config']}{lr} | "
+            f"{r['seed']} | {' '.join(r['paths'])} | "
             f"{r['mismatches']} / {r['n']} | {100 * r['agreement']:.2f} % | "
             f"{100 * r['acc_torch']:.2f} | {100 * r['acc_runtime']:.2f} | "
             f"{r['logit_rel_max']:.1e} | {r['logit_rel_p999']:.1e} | {r['acc_layers']}, "
