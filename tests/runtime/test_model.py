@@ -149,6 +149,20 @@ def test_accumulators_equal_an_independent_integer_computation(case, tmp_path):
     assert checked >= 10
 
 
+def _observe_export_run(net, x, tmp_path):
+    """One training-mode pass on ``x`` (observed ranges), export, then (runtime logits, frozen
+    torch logits, the runtime's trace) on ``x``."""
+    net.train()
+    with torch.no_grad():
+        net(x)
+    export(net.eval(), tmp_path / "g.lowbit")
+    trace = {}
+    got = rt.load(tmp_path / "g.lowbit")(x.numpy(), trace=trace)
+    with torch.no_grad():
+        want = frozen_copy(net)(x).numpy()
+    return got, want, trace
+
+
 def test_grouped_conv_integer_path(tmp_path):
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3, padding=1, groups=2, bias=True),
@@ -157,15 +171,7 @@ def test_grouped_conv_integer_path(tmp_path):
     net = lowbit.quantize(net, lowbit.Recipe(weight="ivan", act="ivan", w_bits=3, a_bits=3,
                                              keep_first=False, keep_last=False))
     x = torch.rand(8, 4, 8, 8)
-    net.train()
-    with torch.no_grad():
-        net(x)
-    net.eval()
-    export(net, tmp_path / "g.lowbit")
-    trace = {}
-    got = rt.load(tmp_path / "g.lowbit")(x.numpy(), trace=trace)
-    with torch.no_grad():
-        want = frozen_copy(net)(x).numpy()
+    got, want, trace = _observe_export_run(net, x, tmp_path)
     assert trace["2"]["path"] == "integer" and len(trace["2"]["acc"]) == 2
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
@@ -221,15 +227,7 @@ def test_per_group_weight_scales(tmp_path):
                        input_quant=lowbit.quantizers.METHODS["ivan"].act(4))
     net = torch.nn.Sequential(conv, torch.nn.Flatten())
     x = torch.rand(5, 8, 6, 6)
-    net.train()
-    with torch.no_grad():
-        net(x)
-    net.eval()
-    export(net, tmp_path / "g.lowbit")
-    trace = {}
-    got = rt.load(tmp_path / "g.lowbit")(x.numpy(), trace=trace)
-    with torch.no_grad():
-        want = frozen_copy(net)(x).numpy()
+    got, want, trace = _observe_export_run(net, x, tmp_path)
     (name, t), = trace.items()
     assert t["path"] == "integer" and len(t["acc"][0]) == 72 // 8  # one per group
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

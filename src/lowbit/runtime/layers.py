@@ -88,6 +88,7 @@ class Part:
     floats: np.ndarray | None = None   # decoded float32 weights
     planes: list = field(default_factory=list)  # ±1 int8 planes (bitplanes) / codes==j masks
     words: dict = field(default_factory=dict)   # packed bit rows for the bit paths
+    corr: dict = field(default_factory=dict)    # pad mask id -> its per-position sum_pad w
 
 
 @dataclass
@@ -140,9 +141,7 @@ class Layer:
         if self.bias is not None:
             y = y + self.bias
         if self.bn is not None:
-            bn = self.bn
-            y = ops.batchnorm(y, bn["running_mean"], bn["running_var"], bn["weight"],
-                              bn["bias"], bn["eps"])
+            y = ops.batchnorm(y, self.bn["affine"])
         return y.astype(np.float32, copy=False)
 
     def _rows(self, x, i: int, cin_g: int):
@@ -247,10 +246,13 @@ def _part(layer: Layer, rows: slice) -> Part:
 
 def _pad_correction(layer: Layer, part: Part, pad, n: int) -> np.ndarray | int:
     """``sum_pad w`` per output position and channel, tiled over the batch (bit paths whose
-    pad bit stands for -1)."""
+    pad bit stands for -1); the per-position sums are computed once per input size."""
     if pad is None:
         return 0
-    return np.tile(exact_matmul(pad, part.ints.T, 1, part.bound), (n, 1))
+    key = id(pad)  # pad masks live in layer._pads for the layer's lifetime: ids are stable
+    if key not in part.corr:
+        part.corr[key] = exact_matmul(pad, part.ints.T, 1, part.bound)
+    return np.tile(part.corr[key], (n, 1))
 
 
 def _scale_rows(layer: Layer, acc: np.ndarray, part_rows: slice | None = None) -> np.ndarray:

@@ -148,6 +148,8 @@ def _bn(rec, sections, where: str, channels: int | None = None) -> dict:
         out[part] = a.astype(np.float32)
     if (out["running_var"] < 0).any():
         r.fail("running_var must be >= 0")
+    out["affine"] = ops.bn_affine(out["running_mean"], out["running_var"], out["weight"],
+                                  out["bias"], out["eps"])
     return out
 
 
@@ -252,9 +254,7 @@ def _run(node: Node, args: list, trace):
     if op == "add":
         return x + _float(args[1])
     if op == "batchnorm":
-        b = node.bn
-        return ops.batchnorm(x, b["running_mean"], b["running_var"], b["weight"], b["bias"],
-                             b["eps"])
+        return ops.batchnorm(x, node.bn["affine"])
     if op == "avgpool2d":
         p = node.pool
         return ops.avgpool2d(x, p["kernel"], p["stride"], p["padding"], node.include_pad)

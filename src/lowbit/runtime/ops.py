@@ -103,11 +103,17 @@ def flatten(x: np.ndarray, start: int, end: int) -> np.ndarray:
     return x.reshape(*x.shape[:start], -1, *x.shape[end + 1:])
 
 
-def batchnorm(x: np.ndarray, mean, var, weight, bias, eps: float) -> np.ndarray:
-    """Eval BatchNorm as torch's CPU kernel computes it: ``x * a + b`` with
-    ``a = weight / sqrt(var + eps)`` and ``b = bias - mean * a`` (float32)."""
+def bn_affine(mean, var, weight, bias, eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """Eval BatchNorm as torch's CPU kernel computes it, ``x * a + b`` with
+    ``a = weight / sqrt(var + eps)`` and ``b = bias - mean * a`` (float32): ``(a, b)``,
+    computed once at load."""
     a = (weight / np.sqrt(var + np.float32(eps))).astype(np.float32)
-    b = (bias - mean * a).astype(np.float32)
+    return a, (bias - mean * a).astype(np.float32)
+
+
+def batchnorm(x: np.ndarray, affine: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """``x * a + b`` over the channel axis 1, ``affine = bn_affine(...)``."""
+    a, b = affine
     shape = (1, -1) + (1,) * (x.ndim - 2)
     return x * a.reshape(shape) + b.reshape(shape)
 
