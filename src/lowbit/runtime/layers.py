@@ -106,6 +106,7 @@ class Layer:
     path: str = "float"
     parts: list = field(default_factory=list)
     order: str = "hwc"             # im2col column order (ops.im2col)
+    fast: object = None            # a fast kernel for the whole layer (lowbit.runtime.fast)
     _pads: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -121,6 +122,8 @@ class Layer:
     # -- running -----------------------------------------------------------------------
     def __call__(self, x, trace: dict | None = None) -> np.ndarray:
         """``x``: float32 array, or (ranks, grid) when coded. Returns float32 (N, C[, H, W])."""
+        if self.fast is not None:
+            return self.fast(self, x, trace)
         n = x[0].shape[0] if isinstance(x, tuple) else x.shape[0]
         cin = self.weight.shape[1] * (self.groups if self.kind == "conv2d" else 1)
         ys, accs = [], []

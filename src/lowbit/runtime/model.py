@@ -264,10 +264,16 @@ def _run(node: Node, args: list, trace):
 
 
 def load(path: str | Path, verify: bool = True, mmap: bool = False,
-         integer_only: str | None = None) -> Model:
+         integer_only: str | None = None, fast: bool = False) -> Model:
     """Read and check a ``.lowbit`` file (docs/format.md); returns the runnable Model.
     ``integer_only``: None (the reference paths) or a rounding convention of
     :mod:`lowbit.runtime.integer_only` ("half_even", "single", "gemmlowp") for its uint8 /
-    int8 layers."""
+    int8 layers. ``fast``: run the weight layers with the numba kernels of
+    :mod:`lowbit.runtime.fast` (same outputs; exact on the integer and binary paths)."""
     meta, sections = read_container(path, verify=verify, mmap=mmap)
-    return Model(meta, sections, str(path), integer_only=integer_only)
+    model = Model(meta, sections, str(path), integer_only=integer_only)
+    if fast:  # numba kernels (lowbit.runtime.fast); imported only when asked for
+        from lowbit.runtime.fast import accelerate
+
+        accelerate(model)
+    return model
