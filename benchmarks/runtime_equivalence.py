@@ -102,6 +102,30 @@ def _logits_torch(net, images, bs=1000):
     return np.concatenate(out)
 
 
+def _logits_torch_other(net, images, kind: str, bs=1000):
+    """The same frozen model with another summation order: ``nomkldnn`` runs torch's own
+    non-oneDNN float32 convolution (another float32 sum order, as valid as the first);
+    ``float64`` runs the model in double (frozen weights convert exactly; sums nearly exact)."""
+    if kind == "float64":
+        net64 = copy.deepcopy(net).double()
+        out = []
+        with torch.no_grad():
+            for i in range(0, len(images), bs):
+                out.append(net64(images[i:i + bs].double() / 255).numpy())
+        return np.concatenate(out)
+    with torch.backends.mkldnn.flags(enabled=False):
+        return _logits_torch(net, images, bs)
+
+
+def noise_floor(y_t, y_r, others: dict) -> dict:
+    """Argmax disagreements between every pair of (torch, runtime, other orders)."""
+    am = {"torch": y_t.argmax(1), "runtime": y_r.argmax(1)}
+    am.update({k: v.argmax(1) for k, v in others.items()})
+    names = list(am)
+    return {f"{a}_vs_{b}": int((am[a] != am[b]).sum())
+            for i, a in enumerate(names) for b in names[i + 1:]}
+
+
 def _logits_runtime(model, images, bs=500):
     return np.concatenate([model(images[i:i + bs].float().numpy() / np.float32(255))
                            for i in range(0, len(images), bs)])
@@ -195,6 +219,11 @@ def cell(arch, name, seed, float_net, data, args, work) -> dict:
     y_r = _logits_runtime(model, test.images)
     t3 = time.time()
     labels = test.labels.numpy()
+    extra = {}
+    if args.noise:  # how often torch flips against itself under another valid sum order
+        others = {k: _logits_torch_other(ref, test.images, k) for k in ("nomkldnn", "float64")}
+        extra["noise_floor"] = noise_floor(y_t, y_r, others)
+        extra["acc_float64"] = float((others["float64"].argmax(1) == labels).mean())
     agree = y_t.argmax(1) == y_r.argmax(1)
     rel = np.abs(y_t - y_r).max(1) / np.maximum(np.abs(y_t).max(1), 1e-12)
     s = summary(path)
@@ -216,7 +245,7 @@ def cell(arch, name, seed, float_net, data, args, work) -> dict:
             "within_tolerance": abs(body - theory["total"]) <= 0.01 * theory["total"] + 16384,
             "float_bytes_fp32": int(4 * sum(p.numel() for p in float_net.parameters())),
             "seconds": {"train": round(t1 - t0, 1), "torch_eval": round(t2 - t1, 1),
-                        "runtime_eval": round(t3 - t2, 1)}}
+                        "runtime_eval": round(t3 - t2, 1)}, **extra}
 
 
 def write(rows, prov, out: Path = OUT) -> None:
@@ -243,6 +272,21 @@ def write(rows, prov, out: Path = OUT) -> None:
             f"{r['acc_compared']}, {r['acc_mismatches']} | {r['file_bytes']} | "
             f"{r['header_bytes']} | {r['theory_bytes']} | {r['body_minus_theory']} | "
             f"{r['float_bytes_fp32']} |")
+    noisy = [r for r in rows if "noise_floor" in r]
+    if noisy:
+        pairs = list(noisy[0]["noise_floor"])
+        lines += ["", "## The float-rounding noise floor (`--noise`)", "",
+                  "Argmax disagreements on the full test set between torch (oneDNN float32), "
+                  "the runtime, torch with its non-oneDNN float32 convolution (`nomkldnn`) and "
+                  "torch in float64:", "",
+                  "| arch | config | seed | acc float64 | " + " | ".join(
+                      p.replace("_vs_", " vs ") for p in pairs) + " |",
+                  "|---|---|---|---|" + "---|" * len(pairs)]
+        for r in noisy:
+            lr = f" (lr {r['lr']})" if r.get("lr") else ""
+            lines.append(f"| {r['arch']} | {r['config']}{lr} | {r['seed']} | "
+                         f"{100 * r['acc_float64']:.2f} | " + " | ".join(
+                             str(r["noise_floor"][p]) for p in pairs) + " |")
     provs = prov.get("parts", [prov])
     lines[2] = "\n\n".join(provenance_line(p) for p in provs)
     (out / "results.md").write_text("\n".join(lines) + "\n")
@@ -256,6 +300,9 @@ def main() -> None:
     p.add_argument("--subset", type=int, default=5000, help="ResNet-20 fine-tuning images")
     p.add_argument("--lr", type=float, help="fine-tuning lr (default: the model's; the zoo "
                    "fine-tunes ResNet-20 at 0.01)")
+    p.add_argument("--noise", action="store_true", help="also run torch with its "
+                   "non-oneDNN float32 convolution and in float64, and count the argmax "
+                   "flips between every pair (the float-rounding noise floor)")
     p.add_argument("--data-dir")
     p.add_argument("--work", default="/tmp/lowbit-equivalence")
     p.add_argument("--threads", type=int, default=1)
@@ -294,7 +341,8 @@ def main() -> None:
             print(json.dumps({k: row[k] for k in ("arch", "config", "seed", "mismatches",
                                                    "agreement", "acc_torch", "acc_runtime",
                                                    "acc_mismatches", "within_tolerance",
-                                                   "seconds")}), flush=True)
+                                                   "seconds")} | {
+                "noise_floor": row.get("noise_floor")}), flush=True)
             write([r for r in rows if "error" not in r], prov, out)
 
 
