@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import random
 import struct
 import sys
@@ -35,7 +36,8 @@ from lowbit.runtime.container import DTYPES, MAGIC, PREFIX
 def sample_file(path: Path) -> bytes:
     sections = {"w": np.arange(37, dtype=np.uint8), "s": np.linspace(-1, 1, 5, dtype=np.float32),
                 "z": np.zeros((0, 4), np.int16), "one": np.float64(2.5),
-                "b": np.array([1, -2, 3], np.int32), "h": np.array([0.5, -0.0], np.float16)}
+                "b": np.array([1, -2, 3], np.int32), "h": np.array([0.5, -0.0], np.float16),
+                "big": np.arange(300, dtype=np.float32)}  # the rest are pooled (slices)
     meta = {"graph": [{"op": "linear", "in": "x", "w": "w"}], "bits": {"w": 3}, "n": None}
     write_container(path, sections, meta)
     return path.read_bytes()
@@ -148,11 +150,20 @@ def check(path: Path, kind: str, data: bytes, original: bytes, expect) -> str:
             assert sections[name].dtype == value.dtype and sections[name].shape == value.shape
             assert sections[name].tobytes() == value.tobytes()
         return "ok"
-    table = read_header(path)["sections"]
+    header = read_header(path)
+    table, slices = header["sections"], header["slices"]
+    pools = {sl[0] for sl in slices.values()}
+    assert sections.keys() == (table.keys() - pools) | slices.keys()
     for name, rec in table.items():
-        assert sections[name].shape == tuple(rec["shape"])
-        assert sections[name].dtype == np.dtype(DTYPES[rec["dtype"]])
-        assert hashlib.sha256(sections[name].tobytes()).hexdigest() == rec["sha256"]
+        if name not in pools:
+            assert sections[name].shape == tuple(rec["shape"])
+            assert sections[name].dtype == np.dtype(DTYPES[rec["dtype"]])
+            assert hashlib.sha256(sections[name].tobytes()).hexdigest() == rec["sha256"]
+    for name, (pool, offset, shape) in slices.items():  # a slice is the bytes it names
+        item = np.dtype(DTYPES[table[pool]["dtype"]]).itemsize
+        assert sections[name].shape == tuple(shape)
+        assert sections[name].dtype == np.dtype(DTYPES[table[pool]["dtype"]])
+        assert sections[name].nbytes == item * math.prod(shape)
     return "ok"
 
 

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from lowbit.errors import LowbitError
 from lowbit.runtime import FormatError, read_container, read_header, write_container
-from lowbit.runtime.container import DTYPES, MAGIC
+from lowbit.runtime.container import DTYPES, MAGIC, tensor_bytes
 
 sys.path.insert(0, str(Path(__file__).parent))
 import fuzz_container as fuzz  # noqa: E402
@@ -32,7 +32,7 @@ META = {"graph": [{"op": "linear", "w": "u8"}], "x": 0.1, "deep": {"a": [1, None
 
 
 def assert_same(sections, expected):
-    assert list(sections) == list(expected)
+    assert sorted(sections) == sorted(expected)  # pooled tensors come after the sections
     for name, value in expected.items():
         got = sections[name]
         assert got.shape == value.shape, name
@@ -40,15 +40,54 @@ def assert_same(sections, expected):
         assert got.tobytes() == value.astype(got.dtype).tobytes(), name
 
 
+@pytest.mark.parametrize("pool_below", [0, 1024])
 @pytest.mark.parametrize("mmap", [False, True])
-def test_round_trip_all_dtypes(tmp_path, mmap):
+def test_round_trip_all_dtypes(tmp_path, mmap, pool_below):
     path = tmp_path / "a.lowbit"
-    write_container(path, ALL, META, bfloat16=["bf"])
+    write_container(path, ALL, META, bfloat16=["bf"], pool_below=pool_below)
     meta, sections = read_container(path, mmap=mmap)
     assert meta == META
     assert_same(sections, ALL)
     assert sections["i32"].shape == ()
-    assert read_header(path)["sections"]["bf"]["dtype"] == "bfloat16"
+    header = read_header(path)
+    if pool_below:  # every tensor here is small: all pooled, one pool per dtype
+        assert header["slices"]["bf"][0] == "pool.bfloat16"
+        assert header["sections"]["pool.bfloat16"]["dtype"] == "bfloat16"
+        assert sorted(header["sections"]) == sorted(f"pool.{d}" for d in DTYPES)
+    else:
+        assert header["sections"]["bf"]["dtype"] == "bfloat16" and header["slices"] == {}
+    assert tensor_bytes(header) == {k: np.asarray(v).nbytes for k, v in ALL.items()}
+
+
+def test_pooling_layout_and_version_1(tmp_path):
+    """docs/format.md, "Small tensors": a pool is its tensors' bytes back to back in the order
+    written; a version 1 file (no slices) is still read."""
+    path = tmp_path / "p.lowbit"
+    small = {"s": np.float32(3), "v": np.arange(4, dtype=np.float32),
+             "big": np.arange(300, dtype=np.float32), "c": np.arange(5, dtype=np.uint8)}
+    write_container(path, small, {})
+    header = read_header(path)
+    assert header["version"] == 2 and set(header["sections"]) == {"big", "pool.float32",
+                                                                   "pool.uint8"}
+    assert header["slices"] == {"s": ["pool.float32", 0, []], "v": ["pool.float32", 1, [4]],
+                                "c": ["pool.uint8", 0, [5]]}
+    sections = read_container(path).sections
+    raw, pool = path.read_bytes(), header["sections"]["pool.float32"]
+    start = -(-(48 + len(fuzz.split(raw)[0])) // 64) * 64 + pool["offset"]
+    assert raw[start: start + pool["length"]] == np.array([3, 0, 1, 2, 3], "<f4").tobytes()
+    assert "pool.float32" not in sections
+    assert sections["v"].tolist() == [0, 1, 2, 3] and sections["s"].shape == ()
+    write_container(path, small, {"old": 1}, pool_below=0)
+    header, rest = fuzz.split(path.read_bytes())
+    obj = json.loads(header)
+    obj["version"] = 1
+    del obj["slices"]
+    path.write_bytes(fuzz.reseal(json.dumps(obj).encode(), rest))
+    meta, sections = read_container(path)
+    assert meta == {"old": 1}
+    assert_same(sections, small)
+    with pytest.raises(ValueError, match="reserved"):
+        write_container(path, {"pool.uint8": np.zeros(2, np.uint8)}, {})
 
 
 def test_no_sections_and_big_endian(tmp_path):
@@ -66,15 +105,16 @@ def test_layout_matches_format_md(tmp_path):
     path = tmp_path / "l.lowbit"
     sections = {"a": np.arange(3, dtype=np.int16), "b": np.ones((2, 2), np.float32),
                 "c": np.zeros(0, np.uint8), "d": np.array([7], np.uint8)}
-    write_container(path, sections, {"k": 1})
+    write_container(path, sections, {"k": 1}, pool_below=0)
     raw = path.read_bytes()
     assert raw[:8] == b"\x89LOWBIT\n" == MAGIC
     (n,) = struct.unpack("<Q", raw[8:16])
     header_bytes = raw[48: 48 + n]
     assert raw[16:48] == hashlib.sha256(header_bytes).digest()
     header = json.loads(header_bytes.decode("utf-8"))
-    assert list(header) == ["format", "version", "sections", "meta"]
-    assert header["format"] == "lowbit" and header["version"] == 1 and header["meta"] == {"k": 1}
+    assert list(header) == ["format", "version", "sections", "slices", "meta"]
+    assert header["format"] == "lowbit" and header["version"] == 2 and header["meta"] == {"k": 1}
+    assert header["slices"] == {}
     start = -(-(48 + n) // 64) * 64
     assert raw[48 + n: start] == bytes(start - 48 - n)
     end = 0
@@ -135,7 +175,16 @@ def test_write_refuses(tmp_path):
 def valid(tmp_path):
     path = tmp_path / "v.lowbit"
     write_container(path, {"z": np.zeros((2, 0), np.int16), "a": np.arange(10, dtype=np.float32),
-                           "b": np.arange(3, dtype=np.int8)}, {"m": 1})
+                           "b": np.arange(3, dtype=np.int8)}, {"m": 1}, pool_below=0)
+    return path
+
+
+@pytest.fixture
+def pooled(tmp_path):
+    path = tmp_path / "p.lowbit"
+    write_container(path, {"a": np.arange(10, dtype=np.float32), "s": np.float32(2),
+                           "big": np.zeros(400, np.float32), "m2": np.ones((40, 40), np.int8)},
+                    {"m": 1})
     return path
 
 
@@ -187,7 +236,8 @@ def _header_text(text: bytes):
 
 
 EDITS = [
-    ("wrong version", _set("version", 2, lambda o: o), "format version 2"),
+    ("wrong version", _set("version", 3, lambda o: o), "format version 3"),
+    ("version 1 with slices", _set("version", 1, lambda o: o), "unknown \\['slices'\\]"),
     ("version bool", _set("version", True, lambda o: o), "format version True"),
     ("wrong format", _set("format", "onnx", lambda o: o), "not 'lowbit'"),
     ("missing key", lambda o: o.pop("meta"), "missing \\['meta'\\]"),
@@ -214,6 +264,40 @@ def test_header_errors(valid, what, edit, message):
     rewrite(valid, edit)
     with pytest.raises(FormatError, match=message):
         read_container(valid)
+
+
+def _slice(name, value):
+    def edit(obj):
+        obj["slices"][name] = value
+    return edit
+
+
+SLICE_EDITS = [
+    ("slices missing", lambda o: o.pop("slices"), "missing \\['slices'\\]"),
+    ("slices not object", _set("slices", [1], lambda o: o), "must be JSON objects"),
+    ("not a triple", _slice("a", ["pool.float32", 0]), "must be \\[pool section"),
+    ("unknown pool", _slice("a", ["pool.int8", 0, [10]]), "'pool.int8' does not exist"),
+    ("pool not 1-d", _slice("a", ["m2", 0, [1]]), "'m2' is not 1-d"),
+    ("outside pool", _slice("a", ["pool.float32", 5, [7]]), "elements 5..12 are outside"),
+    ("negative offset", _slice("a", ["pool.float32", -1, [1]]), "non-negative integer"),
+    ("shape not ints", _slice("a", ["pool.float32", 0, [1.5]]), "non-negative integer"),
+    ("clashes with a section", _slice("big", ["pool.float32", 0, [1]]), "a section has"),
+]
+
+
+@pytest.mark.parametrize("what,edit,message", SLICE_EDITS, ids=[c[0] for c in SLICE_EDITS])
+def test_slice_errors(pooled, what, edit, message):
+    rewrite(pooled, edit)
+    with pytest.raises(FormatError, match=message):
+        read_container(pooled)
+
+
+def test_pool_damage_is_caught(pooled):
+    raw = bytearray(pooled.read_bytes())
+    raw[-1] ^= 1  # the last section is the float32 pool (pools are written last)
+    pooled.write_bytes(bytes(raw))
+    with pytest.raises(FormatError, match="section 'pool.float32' is damaged"):
+        read_container(pooled)
 
 
 @pytest.mark.parametrize("text,message", [

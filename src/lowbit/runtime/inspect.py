@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from lowbit.runtime.container import read_container, read_header
+from lowbit.runtime.container import read_container, read_header, tensor_bytes
 from lowbit.runtime.model import Model
 
 PREAMBLE = 48  # magic + header length + header digest (docs/format.md)
@@ -41,7 +41,7 @@ def _names(rec) -> list[str]:
 def summary(path: str | Path) -> dict:
     """The per-layer and whole-file byte accounting of ``path`` (a JSON-ready dict)."""
     header = read_header(path)
-    secs = header["sections"]
+    secs = {k: {"length": v} for k, v in tensor_bytes(header).items()}
     meta, sections = read_container(path)
     model = Model(meta, sections, str(path))
     layers, grids = [], []
@@ -67,7 +67,7 @@ def summary(path: str | Path) -> dict:
         elif node.grid is not None:
             grids.append({"name": node.name, "levels": len(node.grid.values),
                           "bytes": _section_bytes(secs, _names(rec["grid"]))})
-    data = sum(s["length"] for s in secs.values())
+    data = sum(s["length"] for s in header["sections"].values())
     size = os.path.getsize(path)
     raw_header = len(_header_bytes(path))
     return {"file": str(path), "file_bytes": size, "sections_bytes": data,
