@@ -159,11 +159,13 @@ def check(path: Path, kind: str, data: bytes, original: bytes, expect) -> str:
             assert sections[name].shape == tuple(rec["shape"])
             assert sections[name].dtype == np.dtype(DTYPES[rec["dtype"]])
             assert hashlib.sha256(sections[name].tobytes()).hexdigest() == rec["sha256"]
+    area = split(data)[1]
     for name, (pool, offset, shape) in slices.items():  # a slice is the bytes it names
         item = np.dtype(DTYPES[table[pool]["dtype"]]).itemsize
+        start = table[pool]["offset"] + offset * item
         assert sections[name].shape == tuple(shape)
         assert sections[name].dtype == np.dtype(DTYPES[table[pool]["dtype"]])
-        assert sections[name].nbytes == item * math.prod(shape)
+        assert sections[name].tobytes() == area[start: start + item * math.prod(shape)]
     return "ok"
 
 
