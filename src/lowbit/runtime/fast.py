@@ -29,8 +29,16 @@ def _modules():
 
 
 def accelerate(model):
-    """Give each weight layer of ``model`` the first fast kernel that serves it; returns
-    ``model``. ``kernels(model)`` tells which each got."""
+    """Give each weight layer of ``model`` the first fast kernel that serves it, and each
+    activation quantizer the numba rank (:mod:`lowbit.runtime.kernels.rank`); returns
+    ``model``. ``kernels(model)`` tells which each layer got."""
+    import functools
+
+    from lowbit.runtime.kernels.rank import rank
+
+    for node in model.nodes:
+        if node.op == "quantize":  # an instance attribute in place of Grid.rank
+            node.grid.rank = functools.partial(rank, node.grid.thresholds)
     mods = list(_modules())
     for layer in model.layers:
         layer.fast = None

@@ -12,6 +12,7 @@ training quantizer's outputs bit for bit.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -191,9 +192,12 @@ class Model:
     def layers(self) -> list[Layer]:
         return [n.layer for n in self.nodes if n.layer is not None]
 
-    def __call__(self, x: np.ndarray, trace: dict | None = None) -> np.ndarray:
+    def __call__(self, x: np.ndarray, trace: dict | None = None,
+                 times: dict | None = None) -> np.ndarray:
         """Logits (float32) of the batch ``x`` (N, ...) of float32 inputs. ``trace``: a dict
-        that receives each weight layer's path and integer accumulators."""
+        that receives each weight layer's path and integer accumulators; ``times``: a dict
+        that receives each node's wall time in seconds (the per-layer breakdown of
+        ``lowbit bench``), keyed by node name."""
         x = np.asarray(x)
         if x.dtype != np.float32:
             x = x.astype(np.float32)
@@ -207,6 +211,7 @@ class Model:
             args = [env[v] for v in node.inputs]
             if node.op == "output":
                 return _float(args[0])
+            t0 = time.perf_counter() if times is not None else 0.0
             if i in self.chains and isinstance(args[0], tuple) and \
                     args[0][1] is node.layer.grid:
                 from lowbit.runtime.integer_only import run_chain
@@ -217,8 +222,12 @@ class Model:
                 if trace is not None:
                     trace[node.name] = {"path": f"integer-only ({self.rounding.value})"}
                 skip_to = j
+                if times is not None:
+                    times[node.name] = time.perf_counter() - t0
                 continue
             env[node.output] = x if node.op == "input" else _run(node, args, trace)
+            if times is not None:
+                times[node.name] = time.perf_counter() - t0
         raise AssertionError("unreachable: the graph ends with its output")
 
 

@@ -1,0 +1,48 @@
+"""The numba rank kernel equals numpy's searchsorted(side="right") exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from lowbit.runtime.kernels.rank import rank
+
+FLOATS = st.floats(width=32, allow_nan=True, allow_infinity=True)
+
+
+@given(t=hnp.arrays(np.float32, st.integers(0, 40), elements=st.floats(
+           -10, 10, width=32), unique=True),
+       x=hnp.arrays(np.float32, hnp.array_shapes(max_dims=4, max_side=9), elements=FLOATS))
+@settings(max_examples=150, deadline=None)
+def test_rank_equals_searchsorted(t, x):
+    t = np.sort(t)
+    got = rank(t, x)
+    want = np.searchsorted(t, x, side="right")
+    assert got.dtype == np.int16 and got.shape == x.shape
+    assert np.array_equal(got, want)
+
+
+def test_rank_on_thresholds_and_neighbours():
+    t = np.array([-1.0, 0.0, 0.5, 3.0], np.float32)
+    x = np.concatenate([t, np.nextafter(t, -np.inf), np.nextafter(t, np.inf),
+                        np.float32([-np.inf, np.inf, np.nan, -0.0])]).astype(np.float32)
+    assert np.array_equal(rank(t, x), np.searchsorted(t, x, side="right"))
+    big = np.random.default_rng(0).normal(size=(3, 70001)).astype(np.float32)
+    assert np.array_equal(rank(t, big), np.searchsorted(t, big, side="right"))
+
+
+@given(m=st.integers(17, 300), lo=st.floats(-5, 5), width=st.floats(0.01, 100),
+       jitter=st.floats(0, 0.2), seed=st.integers(0, 2**16))
+@settings(max_examples=60, deadline=None)
+def test_rank_on_evenly_spaced_grids(m, lo, width, jitter, seed):
+    """The guess-and-correct strategy (integer grids: thresholds at the midpoints)."""
+    rng = np.random.default_rng(seed)
+    step = width / m
+    t = (lo + step * (np.arange(m) + rng.uniform(-jitter, jitter, m))).astype(np.float32)
+    t = np.unique(t)
+    x = np.concatenate([t, np.nextafter(t, np.float32(np.inf)), np.nextafter(
+        t, np.float32(-np.inf)), rng.uniform(lo - width, lo + 2 * width, 500).astype(
+            np.float32)]).astype(np.float32)
+    assert np.array_equal(rank(t, x), np.searchsorted(t, x, side="right"))
