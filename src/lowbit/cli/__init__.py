@@ -338,6 +338,76 @@ def _cmd_data(a) -> int:
     return 0
 
 
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}") from None
+
+
+def _bench_parser(sub) -> None:
+    p = sub.add_parser(
+        "bench", help="time a .lowbit file in torch, ONNX Runtime and lowbit's runtimes",
+        description="Time one exported network, interleaved in one run at one thread count, "
+        "in torch fp32, torch dynamic int8, ONNX Runtime fp32 and int8 (static QDQ), lowbit's "
+        "reference and fast runtimes: file size, batch-1 latency, throughput at the other "
+        "batches, argmax agreement with the reference. --kernels times the fast runtime's "
+        "GEMM kernels against torch's fp32 matmul; --cold-start measures import + load + first "
+        "prediction in fresh processes without torch.", epilog=_EPILOG)
+    p.add_argument("file", nargs="?", help="a .lowbit file (not needed with --kernels)")
+    p.add_argument("--kernels", action="store_true", help="time the raw kernels instead")
+    p.add_argument("--cold-start", action="store_true",
+                   help="cold start of the runtime on FILE (numpy, fast compile, fast cached)")
+    p.add_argument("--batches", type=_ints, default=[1, 64, 1024],
+                   help="batch sizes (default: 1,64,1024)")
+    p.add_argument("--repeat", type=int, default=5,
+                   help="interleaved rounds; with --cold-start processes per setting (default: 5)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="threads of torch, numba and ONNX Runtime (default: 1)")
+    p.add_argument("--sizes", help="--kernels: GEMM shapes, S (M=N=K) or MxNxK, comma-"
+                   "separated (default: 1024,2048,4096,1x4096x4096,64x4096x4096)")
+    p.add_argument("--quick", action="store_true", help="--kernels: small shapes (tests)")
+    p.add_argument("--input-shape", type=_ints,
+                   help="the input without the batch, e.g. 1,28,28 (default: from the file)")
+    p.add_argument("--data-dir", help="directory of the dataset's files (see below)")
+    p.add_argument("--json", action="store_true", help="print the JSON record instead")
+    p.add_argument("-o", "--out", help="also write DIR/bench.{json,md,png} (kernels.*, "
+                   "cold_start.*)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _cmd_bench(a) -> int:
+    from lowbit.bench import report
+    from lowbit.report.console import progress_wanted
+
+    progress = progress_wanted(not a.no_progress)
+    if a.repeat < 1 or a.threads < 1 or not a.batches or min(a.batches) < 1:
+        raise LowbitError("--repeat, --threads and every batch must be >= 1")
+    if a.kernels:
+        from lowbit.bench.kernels import bench_kernels
+
+        r = bench_kernels(a.sizes, a.quick, a.repeat, a.threads, progress=progress)
+        name, table, with_plot = "kernels", report.kernel_table(r), False
+    elif not a.file:
+        raise LowbitError("give a .lowbit file (or --kernels)")
+    elif a.cold_start:
+        from lowbit.bench.coldstart import cold_start
+
+        r = cold_start(a.file, a.input_shape, runs=a.repeat)
+        name, table, with_plot = "cold_start", report.cold_table(r), False
+    else:
+        from lowbit.bench.net import bench_file
+
+        r = bench_file(a.file, a.batches, a.repeat, a.threads, a.data_dir, a.input_shape,
+                       progress=progress)
+        name, table, with_plot = "bench", report.net_table(r), True
+    print(json.dumps(r, indent=1) if a.json else table)
+    if a.out:
+        report.write(r, a.out, name, table, with_plot)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from lowbit import __version__
 
@@ -361,6 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="per layer: bits, codebook, bytes, runtime path")
     p.add_argument("file", help="a .lowbit file")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    _bench_parser(sub)
     p = sub.add_parser("methods", help="list the registered quantization methods")
     p.add_argument("--json", action="store_true",
                    help="print a JSON list (name, description, accepted bit widths)")
@@ -383,7 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {"train": _cmd_train, "ptq": _cmd_ptq, "eval": _cmd_eval, "export": _cmd_export,
-            "inspect": _cmd_inspect, "methods": _cmd_methods,
+            "inspect": _cmd_inspect, "bench": _cmd_bench, "methods": _cmd_methods,
             "demo": _cmd_demo, "data": _cmd_data}
 
 
