@@ -46,3 +46,15 @@ def test_rank_on_evenly_spaced_grids(m, lo, width, jitter, seed):
         t, np.float32(-np.inf)), rng.uniform(lo - width, lo + 2 * width, 500).astype(
             np.float32)]).astype(np.float32)
     assert np.array_equal(rank(t, x), np.searchsorted(t, x, side="right"))
+
+
+def test_serial_and_parallel_variants_agree():
+    """Small inputs take the one-thread copies of the loops, large ones the parallel ones."""
+    from lowbit.runtime.kernels import rank as mod
+
+    rng = np.random.default_rng(1)
+    for m in (3, 200):
+        t = np.sort(rng.normal(size=m).astype(np.float32))
+        for n in (100, mod.PARALLEL_MIN + 7):
+            x = rng.normal(size=n).astype(np.float32)
+            assert np.array_equal(rank(t, x), np.searchsorted(t, x, side="right"))

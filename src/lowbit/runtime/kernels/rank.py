@@ -71,6 +71,13 @@ def _guess(x: np.ndarray, t: np.ndarray, t0: float, inv: float, out: np.ndarray)
             out[i] = r
 
 
+# the same loops on one thread: below PARALLEL_MIN elements a parallel region's start-up
+# (tens of microseconds, milliseconds when another process holds a core) costs more than
+# the work
+PARALLEL_MIN = 1 << 16
+_SERIAL = {f: njit(cache=True)(f.py_func) for f in (_count, _guess, _rank)}
+
+
 def _even(t: np.ndarray) -> bool:
     """Evenly spaced to within a quarter step (so the guess is at most one off)."""
     if t.size < 3:
@@ -85,11 +92,15 @@ def rank(thresholds: np.ndarray, x: np.ndarray) -> np.ndarray:
     t = np.ascontiguousarray(thresholds, dtype=np.float32)
     out = np.empty(x.shape, np.int16)
     flat, dst = x.reshape(-1), out.reshape(-1)
+
+    def pick(f):
+        return f if flat.size >= PARALLEL_MIN else _SERIAL[f]
+
     if t.size <= 16:
-        _count(flat, t, dst)
+        pick(_count)(flat, t, dst)
     elif _even(t):
         step = (float(t[-1]) - float(t[0])) / (t.size - 1)
-        _guess(flat, t, float(t[0]), 1.0 / step, dst)
+        pick(_guess)(flat, t, float(t[0]), 1.0 / step, dst)
     else:
-        _rank(flat, t, dst)
+        pick(_rank)(flat, t, dst)
     return out
