@@ -210,6 +210,22 @@ def test_conv_with_per_group_scales_equals_the_reference(seed, n, hw, pad, gs):
     _compare(layer, (_ints(rng, 0, 15, (n, 3, hw, hw)).astype(np.int16), grid))
 
 
+def test_layers_on_all_threads_equal_the_reference(monkeypatch):
+    """The layer tests above are small enough to run on the calling thread (SERIAL_MACS):
+    here every call takes numba's parallel regions."""
+    monkeypatch.setattr(ki, "SERIAL_MACS", 0)
+    rng = np.random.default_rng(1)
+    for gk, wk, groups, gs in (("u4", "s4", 1, None), ("signed", "s8", 2, None),
+                               ("pow2", "s2", 1, None), ("u4", "s4", 1, 5)):
+        grid = _grid(GRIDS[gk], 0.05)
+        layer = _layer(rng, "conv2d", (6 * groups, 3, 3, 3), WEIGHTS[wk], grid, True, True, True,
+                       gs, padding=(1, 1), stride=(2, 1), groups=groups)
+        _compare(layer, (_ints(rng, 0, len(grid.ints) - 1, (3, 3 * groups, 11, 9)).astype(
+            np.int16), grid))
+        layer = _layer(rng, "linear", (37, 301), WEIGHTS[wk], grid, True, True, True, gs)
+        _compare(layer, (_ints(rng, 0, len(grid.ints) - 1, (9, 301)).astype(np.int16), grid))
+
+
 def test_a_float_input_takes_the_reference_path():
     rng = np.random.default_rng(0)
     grid = _grid(GRIDS["u4"], 0.05)
