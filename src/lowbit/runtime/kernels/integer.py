@@ -407,10 +407,7 @@ class _Plan:
         buf = np.empty((r, self.kpad), self.dtype)
         _rows(np.ascontiguousarray(rows), self.lut, None if self.grouped else self.off,
               self.colmap if self.grouped else None, buf)
-        key = ("rows", r)
-        if key not in self._tables:
-            self._tables[key] = rows_tables(r, buf.strides[0])
-        rbase, koff = self._tables[key]
+        rbase, koff = self._table(("rows", r), lambda: rows_tables(r, buf.strides[0]))
         return buf.reshape(-1), rbase, [koff] * len(self.packed), r
 
     def gather_input(self, layer, ranks):
@@ -423,10 +420,8 @@ class _Plan:
         hp, wp, ct = h + 2 * ph, w + 2 * pw, g * self.cgp
         buf = np.empty((n, hp, wp, ct), self.dtype)
         _nhwc(np.ascontiguousarray(ranks), self.lut, self.off, g, self.cgp, ph, pw, buf)
-        key = ("gather", n, h, w)
-        if key not in self._tables:
-            if len(self._tables) > 16:
-                self._tables.clear()
+
+        def tables():
             oh, ow = ops.out_hw((h, w), (kh, kw), layer.stride, layer.padding, layer.dilation)
             esz = buf.itemsize
             pos = ((np.arange(n)[:, None, None] * hp + np.arange(oh)[:, None] * sh) * wp
@@ -437,9 +432,18 @@ class _Plan:
                    + np.arange(0, self.cgp, self.e)).reshape(-1) * esz
             koffs = [np.ascontiguousarray(win + gi * self.cgp * esz, np.int64)
                      for gi in range(g)]
-            self._tables[key] = (rbase, koffs, pos.size, (oh, ow))
-        rbase, koffs, r, _ = self._tables[key]
+            return rbase, koffs, pos.size, (oh, ow)
+
+        rbase, koffs, r, _ = self._table(("gather", n, h, w), tables)
         return buf.reshape(-1), rbase, koffs, r
+
+    def _table(self, key, make):
+        """The offset tables of one input size, made once (at most 16 sizes kept)."""
+        if key not in self._tables:
+            if len(self._tables) >= 16:
+                self._tables.clear()
+            self._tables[key] = make()
+        return self._tables[key]
 
     # -- one call -----------------------------------------------------------------------------
     def __call__(self, layer, x, trace=None):
