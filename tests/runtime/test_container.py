@@ -281,6 +281,7 @@ SLICE_EDITS = [
     ("outside pool", _slice("a", ["pool.float32", 5, [7]]), "elements 5..12 are outside"),
     ("negative offset", _slice("a", ["pool.float32", -1, [1]]), "non-negative integer"),
     ("shape not ints", _slice("a", ["pool.float32", 0, [1.5]]), "non-negative integer"),
+    ("empty but huge", _slice("a", ["pool.float32", 0, [2**62, 2**62, 0]]), "too large"),
     ("clashes with a section", _slice("big", ["pool.float32", 0, [1]]), "a section has"),
 ]
 

@@ -306,6 +306,9 @@ def _check_slices(header: dict, fail) -> None:
                 map(_is_count, shape)) or not _is_count(offset):
             fail(f"{where}: offset must be a non-negative integer and shape a list of at "
                  f"most {MAX_DIMS} non-negative integers")
+        if math.prod(d for d in shape if d) * np.dtype(DTYPES[rec["dtype"]]).itemsize > \
+                MAX_EXTENT:
+            fail(f"{where}: shape {shape[:MAX_DIMS]} is too large for an array")
         if offset + math.prod(shape) > rec["shape"][0]:
             fail(f"{where}: elements {offset}..{offset + math.prod(shape)} are outside its "
                  f"pool's {rec['shape'][0]}")
