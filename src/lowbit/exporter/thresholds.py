@@ -1,7 +1,8 @@
 """Exact decision thresholds of a frozen scalar activation quantizer.
 
-Every activation quantizer of lowbit, once frozen and per tensor, is a monotone non-decreasing
-step function of its float32 input with at most ``2^bits`` output values ``v_0 < ... < v_{L-1}``.
+Every activation quantizer of lowbit, once frozen and per tensor, is a step function of its
+float32 input, and all but ABC-Net's with a negative beta (below) are monotone non-decreasing,
+with at most ``2^bits`` output values ``v_0 < ... < v_{L-1}``.
 Such a function is fully described by ``L - 1`` thresholds: ``t_j`` = the smallest float32
 ``x`` with ``q(x) >= v_j``. Then for every float32 ``x``
 
