@@ -33,6 +33,7 @@ import lowbit
 from lowbit.exporter import ExportError, build, frozen_copy
 from lowbit.exporter.onnx import TYPES, _dq_weight, _Graph, _quantize, export_onnx, to_onnx
 from lowbit.models import build_model
+from lowbit.quantizers.binary import ABCAct
 from lowbit.runtime.records import Codebook, decode, read_grid
 
 ort = pytest.importorskip("onnxruntime")
@@ -234,3 +235,31 @@ def _hwgq():
             net(torch.rand(64, *SHAPES["lenet300"]))
         _CACHE["hwgq"] = net.eval()
     return _CACHE["hwgq"]
+
+
+def test_a_non_monotone_grid_takes_the_exact_form():
+    """ABC-Net activations with a negative beta (values not increasing along x, grid
+    ``monotone: false``) on LeNet-5 (max pooling after them): QDQ mode gives them the exact
+    threshold search, and ORT computes the frozen model."""
+    torch.manual_seed(0)
+    net = lowbit.quantize(build_model("lenet5", 1, 28, 10, 0.5, 0.25),
+                          lowbit.Recipe(weight="abc", act="abc", w_bits=2, a_bits=2))
+    net.train()
+    with torch.no_grad():
+        net(torch.rand(64, 1, 28, 28))
+        for m in net.modules():
+            if isinstance(m, ABCAct):
+                m.betas.copy_(torch.tensor([0.6, -0.3]))
+    net.eval()
+    ops, sections = build(frozen_copy(net))
+    grids = [read_grid(op["grid"], sections, op["name"]) for op in ops if op["op"] == "quantize"]
+    assert grids and not any(g.monotone for g in grids)
+    m = to_onnx(net, input_shape=(1, 28, 28))
+    onnx.checker.check_model(m, full_check=True)
+    assert all(forms(m)[g.name].startswith("exact") for g in grids), forms(m)
+    x = torch.rand(200, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = frozen_copy(net)(x).numpy()
+    got = session(m).run(None, {"input": x.numpy()})[0]
+    assert (want.argmax(1) == got.argmax(1)).mean() >= 0.99
+    assert np.median(np.abs(want - got)) < 1e-5

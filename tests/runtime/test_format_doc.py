@@ -19,7 +19,7 @@ from lowbit.exporter import export
 from lowbit.models import build_model
 from lowbit.runtime.container import read_container, write_container
 from lowbit.runtime.model import COMMON, FIELDS
-from lowbit.runtime.records import RECORD_FIELDS, WEIGHT_FIELDS
+from lowbit.runtime.records import GRID_FIELDS, RECORD_FIELDS, WEIGHT_FIELDS
 
 DOC = (Path(__file__).parents[2] / "docs" / "format.md").read_text(encoding="utf-8")
 
@@ -60,6 +60,11 @@ def test_weight_record_table_is_the_runtime_s():
     for kind, fields in kinds.items():
         allowed = RECORD_FIELDS[kind] | WEIGHT_FIELDS | {"shape"}
         assert fields - {"float16", "bfloat16", "false"} <= allowed, kind
+
+
+def test_grid_record_table_is_the_runtime_s():
+    fields = [next(iter(_ticks(r[0]))) for r in _table("### Activation grid records")]
+    assert len(fields) == len(set(fields)) and set(fields) == GRID_FIELDS
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ What it computes, node by node (docs/format.md, "The operator graph"):
   for bit training's) and its bias; a folded BatchNorm as the runtime applies it, ``y * a + b``
   (:func:`lowbit.runtime.ops.bn_affine`). A linear layer flattens a >2-d input (as the runtime).
 - ``quantize``: not quantized. With ``grids=False`` (the benchmark's float network) it is
-  ``clamp(x, values[0], values[-1])``, the identity on the grid's range: a quantizer that
+  ``clamp(x, min(values), max(values))``, the identity on the grid's range: a quantizer that
   replaces its activation (a sign, Ivan's A_b, DoReFa's clip) leaves no other trace of the
   non-linearity in the graph, and a plain identity would make such a net linear. With
   ``grids=True`` it is the quantizer itself, ``values[#{j : thresholds[j] <= x}]``
@@ -80,7 +80,7 @@ class GraphNet(nn.Module):
             elif node.op == "quantize":
                 self.register_buffer(f"{key}_thresholds", _t(node.grid.thresholds))
                 self.register_buffer(f"{key}_values", _t(node.grid.values))
-                step["range"] = (float(node.grid.values[0]), float(node.grid.values[-1]))
+                step["range"] = (float(node.grid.values.min()), float(node.grid.values.max()))
             step.update(_attrs(node))
             self.steps.append(step)
         self.eval()

@@ -21,7 +21,7 @@ from lowbit.calibration import freeze_model
 from lowbit.errors import MethodError
 from lowbit.exporter.graph import ExportError, capture, mark_grids
 from lowbit.exporter.records import Sections, grid_record, weight_record
-from lowbit.exporter.thresholds import thresholds
+from lowbit.exporter.thresholds import step_grid
 from lowbit.nn.layers import QuantConv2d, QuantLinear
 from lowbit.runtime.container import write_container
 
@@ -80,9 +80,7 @@ def _quantize(op: dict, sections: Sections) -> None:
     if scale is not None and scale.dim():
         raise ExportError(f"{name}: a per-channel activation grid; the runtime takes per-tensor "
                           "activation quantizers")
-    values = cb.decode(torch.arange(cb.num_codes)).numpy()
-    t, reach = thresholds(q, values, name)
-    op["grid"] = grid_record(q, t, reach, values, name, sections)
+    op["grid"] = grid_record(q, step_grid(q, name), name, sections)
     op["spec"] = _spec(q)
 
 

@@ -29,7 +29,8 @@ Activation quantizers (``activations=``):
 
 - ``"exact"``: rank(x) = #{j : t_j <= x} over the exact thresholds (thresholds.py), by a binary
   search of log2(L) steps (``GreaterOrEqual``, ``Gather`` of the next threshold, ``Add``), then
-  ``Gather(values, rank)``: training's quantizer bit for bit on every float32 input, any grid.
+  ``Gather(values, rank)``: training's quantizer bit for bit on every float32 input, any grid,
+  monotone or not (``values`` in x-order: ABC-Net's with a negative beta).
   (A ``ReduceSum`` over all L-1 comparisons is the same function, with L-1 times the memory.)
 - ``"qdq"`` (default): ``Clip`` (when the type is wider than the grid) + ``QuantizeLinear`` +
   ``DequantizeLinear`` with the narrowest type holding the grid's integers, for grids that are a
@@ -237,8 +238,8 @@ def _weight(g: _Graph, op: dict, sections, floats: bool) -> str:
 def _qdq_form(grid, opset: int):
     """``(type, zero_point, clip)`` when ``grid`` is QuantizeLinear's function: a contiguous
     per-tensor integer range, thresholds at the midpoints of its steps; else None."""
-    if grid.ints is None or len(grid.values) < 2:
-        return None
+    if not grid.monotone or grid.ints is None or len(grid.values) < 2:
+        return None  # QuantizeLinear is monotone: a non-monotone grid takes the exact form
     ints, s = grid.ints, grid.scale
     lo, hi = int(ints[0]), int(ints[-1])
     if not np.array_equal(ints, np.arange(lo, hi + 1)):

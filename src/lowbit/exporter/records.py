@@ -3,10 +3,11 @@
 One function per direction of the format (docs/format.md, "Weights" and "Activation grids"):
 :func:`weight_record` turns a layer's ``(codes, codebook)`` into a JSON record whose tensors
 are named sections (codes packed at exactly ``bits``: ``ceil(n * bits / 8)`` bytes);
-:func:`grid_record` does the same for an activation quantizer's frozen grid, plus the
-thresholds of :mod:`lowbit.exporter.thresholds`. Integer levels are stored at the narrowest
-of int8/16/32 (or as a ``[lo, hi, skip_zero]`` range), scales and tables as float32: the
-storage that ``Codebook.overhead_bytes`` counts.
+:func:`grid_record` does the same for an activation quantizer's frozen grid, the
+:class:`~lowbit.exporter.thresholds.StepGrid` of its thresholds (``"monotone": false`` when its
+values do not increase along x, e.g. ABC-Net's with a negative beta). Integer levels are stored
+at the narrowest of int8/16/32 (or as a ``[lo, hi, skip_zero]`` range), scales and tables as
+float32: the storage that ``Codebook.overhead_bytes`` counts.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 
 from lowbit.errors import LowbitError
+from lowbit.exporter.thresholds import StepGrid
 from lowbit.functional.codebook import BitPlanes, HalfFloat, IntegerGrid, LevelRange, Table
 from lowbit.runtime.pack import pack_codes
 
@@ -85,18 +87,18 @@ def weight_record(weight: torch.Tensor, quant, key: str, sections: Sections) -> 
     return rec
 
 
-def grid_record(quant, t: np.ndarray, reach: np.ndarray, values: np.ndarray, key: str,
-                sections: Sections) -> dict:
-    """An activation quantizer's frozen grid: thresholds ``t`` (float32, one per reachable
-    value after the first), the reachable values in increasing order, each one's code in the
-    quantizer's codebook, and the codebook record."""
+def grid_record(quant, grid: StepGrid, key: str, sections: Sections) -> dict:
+    """An activation quantizer's frozen grid (:func:`lowbit.exporter.thresholds.step_grid`):
+    thresholds (float32, one per reachable value after the first), the values in x-order
+    (increasing unless ``monotone`` is false), each one's code in the quantizer's codebook, and
+    the codebook record. ``"monotone": false`` is written only for a non-monotone grid."""
     cb = quant.codebook()
-    all_values = cb.decode(torch.arange(cb.num_codes)).numpy()
-    sorted_values = np.unique(values)[reach]
-    codes = np.array([int(np.flatnonzero(all_values == v)[0]) for v in sorted_values])
-    sections[f"{key}.thresholds"] = np.ascontiguousarray(t, dtype=np.float32)
-    sections[f"{key}.values"] = sorted_values.astype(np.float32)
-    sections[f"{key}.codes"] = codes.astype(np.int32 if cb.num_codes > 2**15 else np.int16)
+    sections[f"{key}.thresholds"] = np.ascontiguousarray(grid.thresholds, dtype=np.float32)
+    sections[f"{key}.values"] = np.ascontiguousarray(grid.values, dtype=np.float32)
+    sections[f"{key}.codes"] = np.asarray(grid.codes).astype(
+        np.int32 if cb.num_codes > 2**15 else np.int16)
     rec = {"thresholds": f"{key}.thresholds", "values": f"{key}.values",
            "codes": f"{key}.codes", "codebook": codebook_record(cb, f"{key}.cb", sections)}
+    if not grid.monotone:
+        rec["monotone"] = False
     return rec

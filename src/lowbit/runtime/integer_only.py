@@ -25,8 +25,10 @@ from lowbit.runtime.requant import Rounding, qlinear, quantize_bias
 
 
 def _affine(grid) -> bool:
-    """A per-tensor integer grid of consecutive integer levels (an affine uint8/int8 grid)."""
-    return (grid is not None and grid.ints is not None and grid.scale is not None
+    """A per-tensor integer grid of consecutive integer levels (an affine uint8/int8 grid),
+    monotone: requantization saturates to its range and ranks its integers in order."""
+    return (grid is not None and grid.monotone and grid.ints is not None
+            and grid.scale is not None and grid.scale > 0
             and len(grid.ints) > 1 and bool(np.all(np.diff(grid.ints) == 1))
             and grid.codebook.levels.max() - grid.codebook.levels.min() < 256)
 

@@ -20,6 +20,10 @@ codebooks (``Layer.path``; ``lowbit inspect`` prints it):
   the exact integer sum of the activations whose weight has code j, then ``sum_j T_j S_j``.
 - ``float``: the decoded weight (bit for bit training's) times float (or decoded) inputs.
 
+Every path reads each rank's code, integer or value from the grid, so none depends on the
+order of a grid's values: a non-monotone grid (``Grid.monotone`` false, ABC-Net with a
+negative beta) takes the same paths.
+
 Exactness: every accumulator is an exact integer. Products are summed by BLAS in float32 when
 ``K * max|a| * max|w| < 2^24`` and in float64 when it is < 2^53 (both then exact: every partial
 sum is an integer below the type's exact range), else in int64; tests/runtime/test_layers.py

@@ -6,8 +6,9 @@ of the right kind and shape; a fault is a :class:`~lowbit.runtime.errors.FormatE
 the node. Running walks the graph once per call: values are float32 arrays or, after a
 ``quantize`` node, *coded* -- the ranks of the quantizer's grid, which max pooling and
 flattening keep and weight layers consume on their integer / binary / lookup path
-(:mod:`lowbit.runtime.layers`). Anything else decodes them to the grid's float32 values, the
-training quantizer's outputs bit for bit.
+(:mod:`lowbit.runtime.layers`); max pooling takes the largest value's rank (the largest rank
+of a monotone grid, else found by the grid's value order). Anything else decodes them to the
+grid's float32 values, the training quantizer's outputs bit for bit.
 """
 
 from __future__ import annotations
@@ -252,9 +253,11 @@ def _run(node: Node, args: list, trace):
         return ops.flatten(x, node.start, node.end)
     if op == "maxpool2d":
         p = node.pool
-        if isinstance(x, tuple):  # ranks are monotone in the value: max of ranks
-            return ops.maxpool2d(x[0], p["kernel"], p["stride"], p["padding"], p["dilation"],
-                                 -1), x[1]
+        if isinstance(x, tuple):  # the max of values, on ranks: in value order
+            ranks, grid = x
+            key = ranks if grid.monotone else grid.value_rank[ranks]
+            out = ops.maxpool2d(key, p["kernel"], p["stride"], p["padding"], p["dilation"], -1)
+            return (out if grid.monotone else grid.by_value[out].astype(np.int16)), grid
         return ops.maxpool2d(x, p["kernel"], p["stride"], p["padding"], p["dilation"],
                              -np.inf)
     x = _float(x)

@@ -83,7 +83,7 @@ RECORD_FIELDS = {  # kind -> the fields of its codebook record
     "half": {"bits", "format"}, "float": {"data"},
 }
 WEIGHT_FIELDS = {"kind", "shape", "count", "codes"}
-GRID_FIELDS = {"thresholds", "values", "codes", "codebook"}
+GRID_FIELDS = {"thresholds", "values", "codes", "codebook", "monotone"}
 
 
 def _known(r: _Reader, allowed: set[str]) -> None:
@@ -262,7 +262,10 @@ def _check_blocks(cb: Codebook, shape, r: _Reader) -> None:
 class Grid:
     """An activation quantizer: ``rank(x) = searchsorted(thresholds, x, "right")``, value
     ``values[rank]``, code ``codes[rank]`` of ``codebook``; ``ints[rank]`` the integer of an
-    integer grid (``levels[code] - zero_point``) with ``scale``, else None."""
+    integer grid (``levels[code] - zero_point``) with ``scale``, else None. ``monotone``: the
+    values increase with the rank, so the largest rank holds the largest value (max pooling
+    on ranks); else ``by_value`` orders the ranks by value (ties by rank) and ``value_rank``
+    is each rank's place in that order."""
 
     name: str
     thresholds: np.ndarray
@@ -271,6 +274,7 @@ class Grid:
     codebook: Codebook
     ints: np.ndarray | None
     scale: float | None
+    monotone: bool = True
 
     def __post_init__(self) -> None:
         self.ints_f = None if self.ints is None else self.ints.astype(np.float32)
@@ -278,6 +282,8 @@ class Grid:
         if self.ints is not None and self.int_bound >= 2**24:
             self.ints_f = None  # not exact in float32: such a grid takes the float path
             self.ints = None
+        self.by_value = np.argsort(self.values, kind="stable").astype(np.int32)
+        self.value_rank = np.argsort(self.by_value, kind="stable").astype(np.int32)
 
     def rank(self, x: np.ndarray) -> np.ndarray:
         return np.searchsorted(self.thresholds, x, side="right").astype(np.int16)
@@ -289,10 +295,13 @@ def read_grid(rec, sections, where: str) -> Grid:
     t = r.section("thresholds", "f").astype(np.float32)
     values = r.section("values", "f").astype(np.float32)
     codes = r.section("codes", "i").astype(np.int64)
+    monotone = r.get("monotone", bool, True)
     if t.ndim != 1 or values.shape != (len(t) + 1,) or codes.shape != values.shape:
         r.fail("thresholds, values and codes must be 1-d of lengths L-1, L, L")
-    if np.any(np.diff(t) <= 0) or np.any(np.diff(values) <= 0) or len(values) > 2**16:
-        r.fail("thresholds and values must increase strictly (at most 65536 values)")
+    if np.any(np.diff(t) <= 0) or (monotone and np.any(np.diff(values) <= 0)) or len(
+            values) > 2**16:
+        r.fail("thresholds and values must increase strictly (at most 65536 values; values "
+               "in any order with \"monotone\": false)")
     cb = read_codebook(r.get("codebook", dict), sections, f"{where} codebook")
     per_tensor = {"integer": lambda: cb.scale.ndim == 0 and np.ndim(cb.zero_point) == 0,
                   "bitplanes": lambda: cb.alphas.ndim == 1, "table": lambda: cb.values.ndim == 1,
@@ -307,4 +316,4 @@ def read_grid(rec, sections, where: str) -> Grid:
     ints = scale = None
     if cb.kind == "integer" and cb.scale.ndim == 0 and np.ndim(cb.zero_point) == 0:
         ints, scale = integers(cb, codes), float(cb.scale)
-    return Grid(where, t, values, codes, cb, ints, scale)
+    return Grid(where, t, values, codes, cb, ints, scale, monotone)
