@@ -1,7 +1,8 @@
 """Fast kernels for the binary paths of :mod:`lowbit.runtime.layers` (``xnor``, ``binary01``,
-``ternary``): the layer's coded input packed to bits in numba, a register-tiled
-XOR/AND-popcount GEMM (:mod:`.binary_gemm`) or direct binary convolution
-(:mod:`.binary_conv`), and the float epilogue fused into the same pass.
+``ternary``; ABC-Net's ``bitplanes`` and ``bitplanes2`` in :mod:`.binary_planes`): the
+layer's coded input packed to bits in numba, a register-tiled XOR/AND-popcount GEMM
+(:mod:`.binary_gemm`) or direct binary convolution (:mod:`.binary_conv`), and the float
+epilogue fused into the same pass.
 
 Accumulators, as the reference computes them (``layers._run_bits``), from popcounts ``c``:
 - xnor (±1 x ±1, XNOR-Net / BNN): ``acc = K - 2 popcount(a XOR w)``;
@@ -30,6 +31,7 @@ from lowbit.runtime.kernels.binary_gemm import (
     ternary_gemm,
     xnor_gemm,
 )
+from lowbit.runtime.kernels.binary_planes import build_planes
 from lowbit.runtime.layers import _is_subset, pack_rows
 from lowbit.runtime.records import integers
 
@@ -99,6 +101,8 @@ def _serves(layer) -> bool:
 
 def build(layer):
     """``run(layer, x, trace)`` for a layer on a binary path, else None."""
+    if layer.path in ("bitplanes", "bitplanes2"):
+        return build_planes(layer)
     if not _serves(layer):
         return None
     ints = integers(layer.weight.codebook, layer.weight.codes)
@@ -154,10 +158,10 @@ def _conv_runner(groups: list[_Group], kernel):
     def run(layer, x, trace=None):
         if isinstance(x, tuple):
             ranks, grid = x
-            img = bc.pack_nchw(ranks, _table(grid), layer.groups)
+            img = bc.pack_nchw(ranks, _table(grid), layer.groups, layer.padding)
         else:
-            img = bc.pack_nchw((x > 0).view(np.uint8), _BITS, layer.groups)
-        n, hw_in = img.shape[1], img.shape[2:4]
+            img = bc.pack_nchw((x > 0).view(np.uint8), _BITS, layer.groups, layer.padding)
+        n, hw_in = img.shape[1], x[0].shape[2:] if isinstance(x, tuple) else x.shape[2:]
         geo = (layer.stride, layer.padding, layer.dilation)
         oh, ow = ops.out_hw(hw_in, layer.weight.shape[2:], *geo)
         cout = layer.weight.shape[0]

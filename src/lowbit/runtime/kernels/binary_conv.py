@@ -20,77 +20,141 @@ from numba import njit, prange
 from lowbit.runtime import ops
 from lowbit.runtime.kernels.binary_gemm import BLOCK, counts_left
 from lowbit.runtime.kernels.popcount import popcount
-from lowbit.runtime.kernels.simd import vadd, vconvert, vget, vload, vmul, vsplat, vstore
+from lowbit.runtime.kernels.simd import (
+    vadd,
+    vconvert,
+    vget,
+    vload,
+    vmul,
+    vor,
+    vpopcnt,
+    vshl,
+    vshr,
+    vsplat,
+    vstore,
+)
 
 _F64 = np.float64(0)
 _F32 = np.float32(0)
 
 
+@njit(inline="always")
+def _pack_rows(idx, table, r0, cg, ph, pw, out, t):  # pragma: no cover - compiled
+    """Input row t = (n, y) of every channel into the zero-padded planes ``out``; the bit of
+    a rank is ``rank >= r0`` (r0 >= 0: a monotone table) else ``table[rank]``."""
+    h, w = idx.shape[2], idx.shape[3]
+    n, y = t // h, t % h
+    for c in range(idx.shape[1]):
+        g, cc = c // cg, c % cg
+        sh = np.uint64(cc & 63)
+        row = out[g, n, y + ph, cc >> 6]
+        if r0 >= 0:
+            for x in range(w):
+                row[x + pw] |= np.uint64(idx[n, c, y, x] >= r0) << sh
+        else:
+            for x in range(w):
+                row[x + pw] |= np.uint64(table[idx[n, c, y, x]]) << sh
+
+
 @njit(cache=True, parallel=True)
-def _pack_nchw(idx, table, cg, out):  # pragma: no cover - compiled
-    """out[g, n, h, w, u] = channel bits ``table[idx[n, c, h, w]]`` of group g."""
-    n_img, c_all, h, w = idx.shape
-    groups, words = out.shape[0], out.shape[4]
-    for t in prange(n_img * h):
-        n, y = t // h, t % h
-        for g in range(groups):
-            for x in range(w):
-                for u in range(words):
-                    out[g, n, y, x, u] = 0
-        for c in range(c_all):
-            g, cc = c // cg, c % cg
-            sh = np.uint64(cc % 64)
-            for x in range(w):
-                out[g, n, y, x, cc // 64] |= np.uint64(table[idx[n, c, y, x]]) << sh
+def _pack_nchw(idx, table, r0, cg, ph, pw, out):  # pragma: no cover - compiled
+    for t in prange(idx.shape[0] * idx.shape[2]):
+        _pack_rows(idx, table, r0, cg, ph, pw, out, t)
 
 
-def pack_nchw(idx: np.ndarray, table: np.ndarray, groups: int) -> np.ndarray:
-    """(N, C, H, W) ranks (or uint8 bits with ``table = [0, 1]``) -> (G, N, H, W, ceil(C_g/64))
-    words of ``table[idx]``, channels last per group."""
+def pack_nchw(idx: np.ndarray, table: np.ndarray, groups: int, padding=(0, 0)) -> np.ndarray:
+    """(N, C, H, W) ranks (or uint8 bits with ``table = [0, 1]``) -> (G, N, H + 2 ph,
+    ceil(C_g/64), W + 2 pw + 8) words of ``table[idx]``: per group, each pixel's channel bits
+    (word u of pixel (y, x) at ``[g, n, y + ph, u, x + pw]``), 0 in the padding (and in 8
+    spare columns, so that a vector load never leaves the array)."""
     n, c, h, w = idx.shape
     cg = c // groups
-    out = np.empty((groups, n, h, w, -(-cg // 64)), np.uint64)
-    _pack_nchw(np.ascontiguousarray(idx), table, cg, out)
+    ph, pw = padding
+    out = np.zeros((groups, n, h + 2 * ph, -(-cg // 64), w + 2 * pw + 8), np.uint64)
+    step = np.flatnonzero(table)
+    r0 = int(step[0]) if step.size and np.all(table[step[0]:] == 1) else -1
+    if not step.size:
+        return out
+    _pack_nchw(np.ascontiguousarray(idx), table, r0, cg, ph, pw, out)
     return out
 
 
+@njit(inline="always")
+def _window_vec(img, n, oy, ox, kh, kw, sh, dh, dw, cg, blk, h0):  # pragma: no cover
+    """The windows of 8 output pixels (oy, ox..ox+7) of one output row, stride 1 along the
+    row: per tap and channel word one vector load of the padded planes."""
+    wc, words = img.shape[2], blk.shape[0]
+    cnt = vsplat(np.uint64(0))
+    for i in range(kh):
+        for u in range(wc):
+            base = ((n * img.shape[1] + oy * sh + i * dh) * wc + u) * img.shape[3] + ox
+            for j in range(kw):
+                v = vload(img, base + j * dw)
+                cnt = vadd(cnt, vpopcnt(v))
+                bit = (i * kw + j) * cg + 64 * u
+                wd, s = bit >> 6, np.uint64(bit & 63)
+                off = wd * BLOCK + h0
+                vstore(blk, off, vor(vload(blk, off), vshl(v, vsplat(s))))
+                if s > 0 and wd + 1 < words:
+                    r = vshr(v, vsplat(np.uint64(64) - s))
+                    vstore(blk, off + BLOCK, vor(vload(blk, off + BLOCK), r))
+    return cnt
+
+
+@njit(inline="always")
+def _window(img, n, oy, ox, kh, kw, sh, sw, dh, dw, cg, blk, lane):  # pragma: no cover
+    """The window of one output pixel into column ``lane`` of ``blk``; its popcount."""
+    wc, words = img.shape[2], blk.shape[0]
+    cnt = np.uint64(0)
+    for i in range(kh):
+        for j in range(kw):
+            bit0 = (i * kw + j) * cg
+            for u in range(wc):
+                v = img[n, oy * sh + i * dh, u, ox * sw + j * dw]
+                cnt += popcount(v)
+                bit = bit0 + 64 * u
+                wd, s = bit >> 6, np.uint64(bit & 63)
+                blk[wd, lane] |= v << s
+                if s > 0 and wd + 1 < words:
+                    blk[wd + 1, lane] |= v >> (np.uint64(64) - s)
+    return np.int64(cnt)
+
+
 @njit(cache=True, parallel=True)
-def _gather(img, cg, kh, kw, sh, sw, ph, pw, dh, dw, ow, ohw, out, pa):  # pragma: no cover
-    """Window bits of every output pixel into blocks ``out`` (N*PB, words, 16); ``pa``:
-    each window's popcount (N, PB*16)."""
-    n_img, h, w, wc = img.shape
+def _gather(img, cg, kh, kw, sh, sw, dh, dw, ow, ohw, out, pa):  # pragma: no cover
+    """Window bits of every output pixel into blocks ``out`` (N*PB, words, 16) from the
+    padded planes ``img`` (N, Hp, wc, Wp); ``pa``: each window's popcount (N, PB*16)."""
     nblk, words = out.shape[0], out.shape[1]
-    ppb = nblk // n_img
+    ppb = nblk // img.shape[0]
     for b in prange(nblk):
-        n, p0 = b // ppb, (b % ppb) * BLOCK
-        for lane in range(BLOCK):
-            for k in range(words):
-                out[b, k, lane] = 0
-            p, cnt = p0 + lane, np.uint64(0)
-            if p < ohw:
-                oy, ox = p // ow, p % ow
-                for i in range(kh):
-                    iy = oy * sh - ph + i * dh
-                    if iy < 0 or iy >= h:
-                        continue
-                    for j in range(kw):
-                        ix = ox * sw - pw + j * dw
-                        if ix < 0 or ix >= w:
-                            continue
-                        bit0 = (i * kw + j) * cg
-                        for u in range(wc):
-                            v = img[n, iy, ix, u]
-                            cnt += popcount(v)
-                            bit = bit0 + 64 * u
-                            wd, s = bit // 64, bit % 64
-                            out[b, wd, lane] |= v << np.uint64(s)
-                            if s > 0 and wd + 1 < words:
-                                out[b, wd + 1, lane] |= v >> np.uint64(64 - s)
-            pa[n, p] = np.int64(cnt)
+        n = b // ppb
+        p0 = (b - n * ppb) * BLOCK
+        blk = out[b]
+        for k in range(words):
+            for lane in range(BLOCK):
+                blk[k, lane] = 0
+        for h0 in range(0, BLOCK, 8):
+            p = p0 + h0
+            oy = p // ow
+            ox = p - oy * ow
+            if sw == 1 and p + 8 <= ohw and ox + 8 <= ow:  # 8 pixels of one row
+                cnt = vconvert(_window_vec(img, n, oy, ox, kh, kw, sh, dh, dw, cg, blk, h0),
+                               np.int64(0))
+                vstore(pa, n * pa.shape[1] + p, cnt)
+                continue
+            for lane in range(h0, h0 + 8):
+                if p0 + lane < ohw:
+                    pa[n, p0 + lane] = _window(img, n, oy, ox, kh, kw, sh, sw, dh, dw, cg,
+                                               blk, lane)
+                    ox += 1
+                    if ox == ow:
+                        ox, oy = 0, oy + 1
+                else:
+                    pa[n, p0 + lane] = 0
 
 
 def gather(img: np.ndarray, layer, hw_out) -> tuple[np.ndarray, np.ndarray]:
-    """Blocks of the window bits of one group's packed image (N, H, W, Wc), and their
+    """Blocks of the window bits of one group's padded planes (N, Hp, wc, Wp), and their
     popcounts."""
     n = img.shape[0]
     kh, kw = layer.weight.shape[2:]
@@ -100,8 +164,8 @@ def gather(img: np.ndarray, layer, hw_out) -> tuple[np.ndarray, np.ndarray]:
     words = -(-kh * kw * cg // 64)
     out = np.empty((n * ppb, words, BLOCK), np.uint64)
     pa = np.empty((n, ppb * BLOCK), np.int64)
-    (sh, sw), (ph, pw), (dh, dw) = layer.stride, layer.padding, layer.dilation
-    _gather(img, cg, kh, kw, sh, sw, ph, pw, dh, dw, hw_out[1], ohw, out, pa)
+    (sh, sw), (dh, dw) = layer.stride, layer.dilation
+    _gather(img, cg, kh, kw, sh, sw, dh, dw, hw_out[1], ohw, out, pa)
     return out, pa
 
 

@@ -117,6 +117,9 @@ vsub = _binary("sub", "fsub")
 vmul = _binary("mul", "fmul")
 vand = _binary("and_", None)
 vxor = _binary("xor", None)
+vor = _binary("or_", None)
+vshl = _binary("shl", None)  # lane-wise shift left (amounts < 64)
+vshr = _binary("lshr", None)  # lane-wise logical shift right (amounts < 64)
 
 
 @intrinsic
