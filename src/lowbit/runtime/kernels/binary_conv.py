@@ -18,7 +18,7 @@ import numpy as np
 from numba import njit, prange
 
 from lowbit.runtime import ops
-from lowbit.runtime.kernels.binary_gemm import BLOCK, counts_left
+from lowbit.runtime.kernels.binary_gemm import BLOCK, counts_left, times
 from lowbit.runtime.kernels.popcount import popcount
 from lowbit.runtime.kernels.simd import (
     vadd,
@@ -32,6 +32,7 @@ from lowbit.runtime.kernels.simd import (
     vshr,
     vsplat,
     vstore,
+    vsub,
 )
 
 _F64 = np.float64(0)
@@ -41,19 +42,25 @@ _F32 = np.float32(0)
 @njit(inline="always")
 def _pack_rows(idx, table, r0, cg, ph, pw, out, t):  # pragma: no cover - compiled
     """Input row t = (n, y) of every channel into the zero-padded planes ``out``; the bit of
-    a rank is ``rank >= r0`` (r0 >= 0: a monotone table) else ``table[rank]``."""
-    h, w = idx.shape[2], idx.shape[3]
+    a rank is ``rank >= r0`` (r0 >= 0: a monotone table; 8 pixels a vector) else
+    ``table[rank]``."""
+    c_all, h, w = idx.shape[1], idx.shape[2], idx.shape[3]
     n, y = t // h, t % h
-    for c in range(idx.shape[1]):
+    wide = w - w % 8 if r0 >= 0 else 0
+    below = vsplat(np.int64(r0 - 1))
+    for c in range(c_all):
         g, cc = c // cg, c % cg
         sh = np.uint64(cc & 63)
         row = out[g, n, y + ph, cc >> 6]
-        if r0 >= 0:
-            for x in range(w):
-                row[x + pw] |= np.uint64(idx[n, c, y, x] >= r0) << sh
-        else:
-            for x in range(w):
-                row[x + pw] |= np.uint64(table[idx[n, c, y, x]]) << sh
+        src = ((n * c_all + c) * h + y) * w
+        for x in range(0, wide, 8):  # r0 - 1 - rank < 0 <=> rank >= r0: the sign bit
+            ranks = vconvert(vload(idx, src + x), np.int64(0))
+            bits = vshr(vconvert(vsub(below, ranks), np.uint64(0)), vsplat(np.uint64(63)))
+            p = x + pw
+            vstore(row, p, vor(vload(row, p), vshl(bits, vsplat(sh))))
+        for x in range(wide, w):
+            b = idx[n, c, y, x] >= r0 if r0 >= 0 else table[idx[n, c, y, x]] != 0
+            row[x + pw] |= np.uint64(b) << sh
 
 
 @njit(cache=True, parallel=True)
@@ -192,7 +199,7 @@ def _put(y, acc, trace, n, ch, c_off, p, ohw, v, ep, beta, sc, bias, bn_a, bn_b,
     alpha, gamma, has_bias, has_bn, has_corr = ep
     if p >= ohw:
         return
-    a = vadd(vmul(v, vsplat(alpha)), vsplat(beta[ch]))
+    a = vadd(times(v, alpha), vsplat(beta[ch]))
     if gamma != 0:
         a = vadd(a, vmul(vload(pa, n * pa.shape[1] + p), vsplat(gamma)))
     if has_corr:

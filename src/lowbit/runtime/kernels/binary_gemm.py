@@ -203,8 +203,20 @@ def _counts1(x, r, yb, yn, b, words, xor, dual):  # pragma: no cover - compiled
 
 # -- GEMMs: rows of x against the blocked rows of y -------------------------------------
 @njit(inline="always")
+def times(v, alpha):  # pragma: no cover - compiled
+    """``alpha * v`` of an int64 vector, by adds for the paths' alphas (1, 2, -2)."""
+    if alpha == 1:
+        return v
+    if alpha == 2:
+        return vadd(v, v)
+    if alpha == -2:
+        return vsub(vsplat(np.int64(0)), vadd(v, v))
+    return vmul(v, vsplat(alpha))
+
+
+@njit(inline="always")
 def _put_raw(out, r, col, n, c, alpha, base):  # pragma: no cover - compiled
-    v = vconvert(vadd(vmul(c, vsplat(alpha)), vsplat(base)), _I32)
+    v = vconvert(vadd(times(c, alpha), vsplat(base)), _I32)
     if col + 8 <= n:
         vstore(out, r * n + col, v)
     else:
@@ -217,7 +229,7 @@ def _put_layer(y, acc_out, trace, r, col, n, c, pa_r, alpha, beta, gamma, sc, bi
                has_bias, has_bn):  # pragma: no cover - compiled
     """One output vector of a linear layer: ``acc = alpha c + beta + gamma pa``, then the
     float epilogue (scale, bias, BatchNorm's ``x * a + b``)."""
-    acc = vadd(vmul(c, vsplat(alpha)), vload(beta, col))
+    acc = vadd(times(c, alpha), vload(beta, col))
     if gamma != 0:
         acc = vadd(acc, vsplat(gamma * pa_r))
     v = vconvert(vmul(vconvert(acc, _F64), vload(sc, col)), _F32)
