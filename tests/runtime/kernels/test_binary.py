@@ -216,25 +216,29 @@ _PROBE = """
 import re
 import numpy as np
 from numba import njit
-from lowbit.runtime.kernels.binary_gemm import counts4
-from lowbit.runtime.kernels.simd import vget
+from lowbit.runtime.kernels.binary_gemm import _put_layer, counts4
 
 @njit
-def probe(x, yb, words):
+def probe(x, yb, words, y, acc, beta, sc, bias, bn_a, bn_b):
     c = counts4(x, 0, 1, 2, 3, yb, yb, 0, words, True, False)
-    return vget(c[0], 0)
+    _put_layer(y, acc, True, 0, 0, 8, c[0], np.int64(3), np.int64(-2), beta, np.int64(1), sc,
+               bias, bn_a, bn_b, True, True)
 
-probe.compile("(uint64[:, ::1], uint64[:, :, ::1], int64)")
+f32 = "float32[::1]"
+probe.compile(f"(uint64[:, ::1], uint64[:, :, ::1], int64, float32[:, ::1], int64[:, ::1], "
+              f"int64[::1], float64[::1], {f32}, {f32}, {f32})")
 asm = next(iter(probe.inspect_asm().values()))
-print(len(re.findall(r"vpopcntq\\s+%zmm", asm)), len(re.findall(r"vpopcntq\\s+%ymm", asm)))
+print(len(re.findall(r"vpopcntq\\s+%zmm", asm)), len(re.findall(r"vpopcntq\\s+%ymm", asm)),
+      len(re.findall(r"vfn?m(add|sub)", asm)))
 """
 
 
-def _probe(env: dict) -> tuple[int, int]:
+def _probe(env: dict) -> tuple[int, int, int]:
+    """(zmm vpopcntq, ymm vpopcntq, FMA instructions) in the micro-kernel + epilogue."""
     out = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True,
                          text=True, check=True, timeout=300)
-    zmm, ymm = out.stdout.split()
-    return int(zmm), int(ymm)
+    zmm, ymm, fma = out.stdout.split()
+    return int(zmm), int(ymm), int(fma)
 
 
 def _env(tmp_path, **extra) -> dict:
@@ -244,15 +248,18 @@ def _env(tmp_path, **extra) -> dict:
 
 def test_micro_kernel_compiles_to_vpopcntq_for_avx512_targets(tmp_path):
     """Compiled (not run) for Zen 4 and Sapphire Rapids, the micro-kernel's loop is 512-bit
-    ``vpopcntq`` (the explicit 8 x 64-bit vectors stay whole on both)."""
+    ``vpopcntq`` (the explicit 8 x 64-bit vectors stay whole on both), and the epilogue has
+    no FMA (``x * a + b`` is two roundings, as numpy computes it)."""
     for cpu in ("znver4", "sapphirerapids"):
-        zmm, _ = _probe(_env(tmp_path, NUMBA_CPU_NAME=cpu, NUMBA_CPU_FEATURES="+popcnt"))
-        assert zmm >= 8, cpu
+        zmm, _, fma = _probe(_env(tmp_path, NUMBA_CPU_NAME=cpu, NUMBA_CPU_FEATURES="+popcnt"))
+        assert zmm >= 8 and fma == 0, cpu
 
 
-def test_micro_kernel_uses_vpopcntq_on_this_cpu(tmp_path):
+def test_micro_kernel_on_this_cpu(tmp_path):
+    """No FMA in the epilogue on this CPU either; ``vpopcntq`` where it has VPOPCNTDQ."""
+    zmm, ymm, fma = _probe(_env(tmp_path))
+    assert fma == 0
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     if not re.search(r"\bavx512_vpopcntdq\b", flags):
-        pytest.skip("this CPU has no AVX512-VPOPCNTDQ")
-    zmm, ymm = _probe(_env(tmp_path))
+        pytest.skip("this CPU has no AVX512-VPOPCNTDQ: the popcount is LLVM's AVX2 lowering")
     assert zmm + ymm >= 8
