@@ -23,6 +23,7 @@ from lowbit.runtime.kernels.popcount import popcount
 from lowbit.runtime.kernels.simd import (
     vadd,
     vconvert,
+    veven,
     vget,
     vload,
     vmul,
@@ -87,16 +88,19 @@ def pack_nchw(idx: np.ndarray, table: np.ndarray, groups: int, padding=(0, 0)) -
 
 
 @njit(inline="always")
-def _window_vec(img, n, oy, ox, kh, kw, sh, dh, dw, cg, blk, h0):  # pragma: no cover
-    """The windows of 8 output pixels (oy, ox..ox+7) of one output row, stride 1 along the
-    row: per tap and channel word one vector load of the padded planes."""
+def _window_vec(img, n, oy, ox, kh, kw, sh, sw, dh, dw, cg, blk, h0):  # pragma: no cover
+    """The windows of 8 output pixels (oy, ox..ox+7) of one output row, stride 1 or 2 along
+    the row: per tap and channel word one vector load of the padded planes (stride 2: two,
+    and their even lanes)."""
     wc, words = img.shape[2], blk.shape[0]
     cnt = vsplat(np.uint64(0))
     for i in range(kh):
         for u in range(wc):
-            base = ((n * img.shape[1] + oy * sh + i * dh) * wc + u) * img.shape[3] + ox
+            base = ((n * img.shape[1] + oy * sh + i * dh) * wc + u) * img.shape[3] + ox * sw
             for j in range(kw):
                 v = vload(img, base + j * dw)
+                if sw == 2:
+                    v = veven(v, vload(img, base + j * dw + 8))
                 cnt = vadd(cnt, vpopcnt(v))
                 bit = (i * kw + j) * cg + 64 * u
                 wd, s = bit >> 6, np.uint64(bit & 63)
@@ -144,9 +148,9 @@ def _gather(img, cg, kh, kw, sh, sw, dh, dw, ow, ohw, out, pa):  # pragma: no co
             p = p0 + h0
             oy = p // ow
             ox = p - oy * ow
-            if sw == 1 and p + 8 <= ohw and ox + 8 <= ow:  # 8 pixels of one row
-                cnt = vconvert(_window_vec(img, n, oy, ox, kh, kw, sh, dh, dw, cg, blk, h0),
-                               np.int64(0))
+            if sw <= 2 and p + 8 <= ohw and ox + 8 <= ow:  # 8 pixels of one row
+                cnt = vconvert(_window_vec(img, n, oy, ox, kh, kw, sh, sw, dh, dw, cg, blk,
+                                           h0), np.int64(0))
                 vstore(pa, n * pa.shape[1] + p, cnt)
                 continue
             for lane in range(h0, h0 + 8):

@@ -167,6 +167,19 @@ def vconvert(typingctx, v, proto):
 
 
 @intrinsic
+def veven(typingctx, a, b):
+    """The even lanes of the 16 lanes ``a, b``: ``(a0, a2, a4, a6, b0, b2, b4, b6)``."""
+    if not isinstance(a, Vec) or a != b:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.shuffle_vector(args[0], args[1], ir.Constant(
+            ir.VectorType(_I32, LANES), list(range(0, 2 * LANES, 2))))
+
+    return a(a, b), codegen
+
+
+@intrinsic
 def vget(typingctx, v, lane):
     """Lane ``lane`` of ``v`` as a scalar."""
     if not isinstance(v, Vec) or not isinstance(lane, types.Integer):
