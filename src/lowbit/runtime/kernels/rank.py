@@ -12,6 +12,8 @@ tests/runtime/kernels/test_rank.py.
 
 from __future__ import annotations
 
+import types
+
 import numpy as np
 from numba import njit, prange
 
@@ -75,7 +77,15 @@ def _guess(x: np.ndarray, t: np.ndarray, t0: float, inv: float, out: np.ndarray)
 # (tens of microseconds, milliseconds when another process holds a core) costs more than
 # the work
 PARALLEL_MIN = 1 << 16
-_SERIAL = {f: njit(cache=True)(f.py_func) for f in (_count, _guess, _rank)}
+def _serial(f):
+    """A one-thread copy of ``f`` under its own name (numba's cache is keyed by the function's
+    qualified name: two dispatchers of one name would share cache entries)."""
+    g = types.FunctionType(f.py_func.__code__, f.py_func.__globals__, f"{f.__name__}_serial")
+    g.__qualname__ = g.__name__
+    return njit(cache=True)(g)
+
+
+_SERIAL = {f: _serial(f) for f in (_count, _guess, _rank)}
 
 
 def _even(t: np.ndarray) -> bool:
