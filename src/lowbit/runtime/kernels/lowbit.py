@@ -450,3 +450,60 @@ def build(layer):
 
     run.kernel = kernel
     return run
+
+
+# -- benchmark cases ---------------------------------------------------------------------------
+def _ort_matmulnbits(m: int, n: int, k: int, rng, accuracy_level: int):
+    """ONNX Runtime's com.microsoft MatMulNBits (4 bits, blocks of 32, zero point 8) on random
+    packed weights, at numba's thread count; None without onnxruntime."""
+    try:
+        import onnxruntime as ort
+        from onnx import TensorProto, helper, numpy_helper
+    except ImportError:
+        return None
+    block = 32
+    kb = -(-k // block)
+    blob = rng.integers(0, 256, (n, kb, block // 2), dtype=np.uint8)
+    scales = (rng.random(n * kb, dtype=np.float32) + 0.5) * np.float32(0.01)
+    node = helper.make_node("MatMulNBits", ["A", "B", "scales"], ["Y"], domain="com.microsoft",
+                            K=k, N=n, bits=4, block_size=block, accuracy_level=accuracy_level)
+    graph = helper.make_graph(
+        [node], "matmulnbits", [helper.make_tensor_value_info("A", TensorProto.FLOAT, [m, k])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [m, n])],
+        initializer=[numpy_helper.from_array(blob, "B"), numpy_helper.from_array(scales,
+                                                                                 "scales")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21),
+                                                    helper.make_opsetid("com.microsoft", 1)])
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = numba.get_num_threads(), 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    try:
+        sess = ort.InferenceSession(model.SerializeToString(), so,
+                                    providers=["CPUExecutionProvider"])
+    except Exception:  # an ORT build without the contrib op
+        return None
+    x = {"A": rng.standard_normal((m, k), dtype=np.float32)}
+    return lambda: sess.run(None, x)
+
+
+def bench_cases(M: int, N: int, K: int, rng) -> dict:
+    """name -> (callable running the kernel once on pre-packed random operands, MACs):
+    ``gemv_w{4,3,2}_f32`` (per-row scale and zero point), ``gemv_w4g64_f32`` (groups of 64),
+    ``ort_matmulnbits_w4`` (ORT's default fused kernel, accuracy level 4: int8 activations,
+    not exact) and ``ort_matmulnbits_w4_fp32`` (accuracy level 0: float32)."""
+    x = rng.standard_normal((M, K), dtype=np.float32)
+    cases = {}
+    for bits, gs in ((4, None), (3, None), (2, None), (4, 64)):
+        codes = rng.integers(0, 2**bits, (N, K))
+        groups = 1 if gs is None else -(-K // gs)
+        words = pack_nbit(codes, bits, gs)
+        scale = rng.random((N, groups), dtype=np.float32) + np.float32(0.5)
+        zero = np.full((N, groups), 2 ** (bits - 1))
+        name = f"gemv_w{bits}" + (f"g{gs}" if gs else "") + "_f32"
+        cases[name] = ((lambda w=words, s=scale, z=zero, b=bits, g=gs:
+                        gemv_nbit(x, w, s, z, b, K, g)), M * N * K)
+    for name, level in (("ort_matmulnbits_w4", 4), ("ort_matmulnbits_w4_fp32", 0)):
+        fn = _ort_matmulnbits(M, N, K, rng, level)
+        if fn is not None:
+            cases[name] = (fn, M * N * K)
+    return cases
