@@ -128,8 +128,10 @@ def _inputs(arch, n, seed):
 
 @pytest.fixture
 def every_size(monkeypatch):
-    """Packed kernels for every batch size, so that convolutions (rows = N*OH*OW) take them."""
+    """Packed kernels for every layer and batch size (the small layers of these models and
+    convolutions, rows = N*OH*OW, stay with BLAS otherwise)."""
     monkeypatch.setattr(lb, "MAX_ROWS", 10**9)
+    monkeypatch.setattr(lb, "MIN_WEIGHTS", 0)
 
 
 def _recording(run, inputs):
@@ -218,7 +220,9 @@ def test_lookup_path_equals_the_reference(arch, seed, tmp_path, every_size):
         assert any(t["kernel"] == "lowbit-lookup" for t in t_fast.values() if "kernel" in t)
 
 
-def test_large_batches_keep_the_reference_product(tmp_path):
+def test_large_batches_keep_the_reference_product(tmp_path, monkeypatch):
+    monkeypatch.setattr(lb, "MIN_WEIGHTS", 0)
     ref, fast = _load_both(_model("lenet300", "twn-float-a"), tmp_path)
+    assert "lowbit-gemv-w2" in kernels(fast).values()
     x = _inputs("lenet300", lb.MAX_ROWS + 1, 0)
     np.testing.assert_array_equal(fast(x), ref(x))

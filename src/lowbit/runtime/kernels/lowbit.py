@@ -64,10 +64,12 @@ LANES = 8                       # one 256-bit vector of float32 / int32
 SLOTS = {2: 16, 3: 10, 4: 8, 5: 6}  # codes per int32 word
 CHUNK = {b: LANES * p for b, p in SLOTS.items()}  # columns per chunk: 128, 80, 64, 48
 MAX_ROWS = 32                   # above: the reference's BLAS product (compute-bound)
+MIN_WEIGHTS = 2**18             # smaller layers (1 MiB as float32) stay with BLAS: in cache
+KB = 8                          # chunks per column block of the four-row kernel
 _X_LIMIT = 2.0**90              # K' max|x| below this: the scaled slot sums cannot overflow
 _F32_EXACT = 2**24
 
-i32, u32, f32 = np.int32, np.uint32, np.float32
+i32, u32, u64, f32 = np.int32, np.uint32, np.uint64, np.float32
 
 
 # -- LLVM helpers ------------------------------------------------------------------------------
@@ -147,7 +149,7 @@ def _one(acc, x, xb, v, i, e, g, h, s, b):
     """One row: slot ``s`` of word ``v`` (lane ``i``) times ``x[xb + 8 s]`` into its own
     accumulator."""
     t = _acc(s, b) * LANES + i
-    acc[t] = _fma(x[xb + s * LANES], _in_place(v, s, b), acc[t])
+    acc[t] = _fma(x[u64(xb + s * LANES)], _in_place(v, s, b), acc[t])
 
 
 @njit(inline="always")
@@ -178,9 +180,12 @@ def _tree(t, o):
 
 
 def _kernels(bits: int):
-    """The one-row and four-row kernels for ``bits``: ``kernel(x, w, scale, off, sx, cpg,
-    m0, out)`` writes rows ``m0..`` (one-row) or the first ``4*(M//4)`` rows (four-row) of
-    ``out``. Views start every group so that indices are provably >= 0 (a possibly negative
+    """The one-row and four-row kernels for ``bits``: ``one_row(x, w, scale, off, sx, cpg,
+    m0, out)`` writes rows ``m0..`` of ``out``, ``four_rows(..., cpg, tile, out)`` its first
+    ``4*(M//4)`` rows, ``tile`` weight rows at a time and the columns in blocks of ``KB``
+    chunks, so that four activation rows of a block stay in L1 while the tile's rows pass
+    (the accumulators wait in ``buf``: the same sums in the same order as without blocks).
+    Views start every group and block so that indices are provably >= 0 (a possibly negative
     index takes numba's wraparound select, which stops the vectoriser)."""
     p = SLOTS[bits]
     ch, na, na4 = LANES * p, LANES * min(p, 10), 8 * LANES
@@ -191,45 +196,64 @@ def _kernels(bits: int):
         for n in prange(n_rows):
             acc = numba.carray(_stack(na), na)
             r = numba.carray(_stack(LANES), LANES)
+            tot = numba.carray(_stack(LANES), LANES)
             for m in range(m0, out.shape[0]):
-                y = f32(0.0)
+                y = f32(0.0)  # the zero-point terms
+                for i in range(LANES):
+                    tot[i] = 0.0
+                xm, wn = x[m], w[n]
                 for g in range(groups):
-                    xg, wg = x[m, g * cpg * ch:], w[n, g * cpg * LANES:]
                     for j in range(na):
                         acc[j] = 0.0
-                    for c in range(cpg):
+                    for c in range(g * cpg, (g + 1) * cpg):
                         for i in range(LANES):
-                            _slots(_one, bits, acc, xg, c * ch + i, wg[c * LANES + i], i, 0,
-                                   0, 0)
+                            _slots(_one, bits, acc, xm, c * ch + i, wn[u64(c * LANES + i)], i,
+                                   0, 0, 0)
                     for i in range(LANES):
                         r[i] = 0.0
                     _slots(_fold, bits, acc, r, 0, 0, 0, 0, 0, 0)
-                    y += scale[n, g] * (_tree(r, 0) + off[n, g] * sx[m, g])
-                out[m, n] = y
+                    sg = scale[n, g]
+                    for i in range(LANES):  # group scales lane by lane: cheap small groups
+                        tot[i] = _fma(r[i], sg, tot[i])
+                    y += sg * (off[n, g] * sx[m, g])
+                out[m, n] = _tree(tot, 0) + y
 
     @njit(parallel=True, cache=True)
-    def four_rows(x, w, scale, off, sx, cpg, m0, out):
+    def four_rows(x, w, scale, off, sx, cpg, tile, out):
         n_rows, groups = scale.shape
-        for n in prange(n_rows):
+        for t in prange((n_rows + tile - 1) // tile):
+            n0, n1 = t * tile, min(n_rows, (t + 1) * tile)
+            buf = np.empty((tile, na4), np.float32)
             acc = numba.carray(_stack(na4), na4)
             r = numba.carray(_stack(LANES), LANES)
             for m in range(0, out.shape[0] - 3, 4):
-                for k in range(4):
-                    out[m + k, n] = 0.0
-                for g in range(groups):
-                    o = g * cpg * ch
-                    x0, x1, x2, x3 = x[m, o:], x[m + 1, o:], x[m + 2, o:], x[m + 3, o:]
-                    wg = w[n, g * cpg * LANES:]
-                    for j in range(na4):
-                        acc[j] = 0.0
-                    for c in range(cpg):
-                        for i in range(LANES):
-                            _slots(_four, bits, acc, x0, x1, x2, x3, c * ch + i,
-                                   wg[c * LANES + i], i)
+                for n in range(n0, n1):
                     for k in range(4):
-                        for i in range(LANES):
-                            r[i] = acc[2 * k * LANES + i] + acc[(2 * k + 1) * LANES + i]
-                        out[m + k, n] += scale[n, g] * (_tree(r, 0) + off[n, g] * sx[m + k, g])
+                        out[m + k, n] = 0.0
+                for g in range(groups):
+                    buf[:] = 0.0
+                    for cb in range(0, cpg, KB):
+                        nc = min(cpg - cb, KB)
+                        o = (g * cpg + cb) * ch
+                        x0, x1, x2, x3 = x[m, o:], x[m + 1, o:], x[m + 2, o:], x[m + 3, o:]
+                        for n in range(n0, n1):
+                            wg = w[n, (g * cpg + cb) * LANES:]
+                            bn = buf[n - n0]
+                            for j in range(na4):
+                                acc[j] = bn[j]
+                            for c in range(nc):
+                                for i in range(LANES):
+                                    _slots(_four, bits, acc, x0, x1, x2, x3, c * ch + i,
+                                           wg[c * LANES + i], i)
+                            for j in range(na4):
+                                bn[j] = acc[j]
+                    for n in range(n0, n1):
+                        bn = buf[n - n0]
+                        for k in range(4):
+                            for i in range(LANES):
+                                r[i] = bn[2 * k * LANES + i] + bn[(2 * k + 1) * LANES + i]
+                            y = _tree(r, 0) + off[n, g] * sx[m + k, g]
+                            out[m + k, n] += scale[n, g] * y
 
     return one_row, four_rows
 
@@ -279,7 +303,7 @@ def gemv_nbit(x: np.ndarray, packed: np.ndarray, scales, zeros, bits: int, K: in
     (:func:`pack_nbit`), float32 (M, N); ``scales``/``zeros``: scalar, (N,) or (N, G) with
     ``group_size`` columns a group. Within :func:`error_bound` of the exact product."""
     x = np.asarray(x, np.float32)
-    n, m = packed.shape[0], x.shape[0]
+    n = packed.shape[0]
     kp = padded_k(K, bits, group_size)
     scale = _per_group(scales, n)
     groups = scale.shape[1]
@@ -287,17 +311,27 @@ def gemv_nbit(x: np.ndarray, packed: np.ndarray, scales, zeros, bits: int, K: in
     if groups != kp // gs or x.shape[1] != K or packed.shape[1] * SLOTS[bits] != kp:
         raise ValueError("x, packed, scales and group_size do not fit together")
     off = -_per_group(zeros, n, groups)
+    return _gemv(x, packed, scale, off, bits, K, gs, bool(off.any()))
+
+
+def _gemv(x, packed, scale, off, bits: int, k: int, gs: int, offsets: bool) -> np.ndarray:
+    """gemv_nbit on checked arguments: ``scale`` and ``off = -zero`` float32 (N, G)."""
+    m, (n, groups) = x.shape[0], scale.shape
+    kp = groups * gs
     xp = np.zeros((m, kp), np.float32)
-    xp[:, :K] = x
-    amax = float(np.abs(xp).max(initial=0.0))
-    if not amax * kp < _X_LIMIT:
+    xp[:, :k] = x
+    if not max(float(xp.max()), -float(xp.min())) * kp < _X_LIMIT:
         raise ValueError("x is too large (or not finite) for the scaled slot sums")
-    sx = xp.reshape(m, groups, gs).sum(axis=2, dtype=np.float32)
+    if offsets:
+        sx = xp.reshape(m, groups, gs).sum(axis=2, dtype=np.float32)
+    else:
+        sx = np.zeros((m, groups), np.float32)
     out = np.empty((m, n), np.float32)
     one_row, four_rows = _KERNELS[bits]
-    m4 = m // 4 * 4 if m >= 4 else 0
-    if m4:
-        four_rows(xp, packed, scale, off, sx, gs // CHUNK[bits], 0, out[:m4])
+    m4 = m // 4 * 4
+    if m4:  # tiles of weight rows: at least two per thread, at most 32 rows
+        tile = max(1, min(32, n // (2 * numba.get_num_threads())))
+        four_rows(xp, packed, scale, off, sx, gs // CHUNK[bits], tile, out[:m4])
     if m4 < m:
         one_row(xp, packed, scale, off, sx, gs // CHUNK[bits], m4, out)
     return out
@@ -354,10 +388,12 @@ class _Packed:
         self.zero = -lo / step                # q = step (c - zero), w = s q, both exact
         self.words = pack_nbit(self.codes, self.bits, group_size)
         self.scale = _per_group(scale, n, groups) * np.float32(step)
+        self.off = -_per_group(self.zero, n, groups)
+        self.gs = group_size or padded_k(k, self.bits)
 
     def __call__(self, rows: np.ndarray) -> np.ndarray:
-        return gemv_nbit(rows, self.words, self.scale, self.zero, self.bits, self.k,
-                         self.group_size)
+        return _gemv(rows, self.words, self.scale, self.off, self.bits, self.k, self.gs,
+                     bool(self.off.any()))
 
 
 def _float_parts(layer) -> list[_Packed] | None:
@@ -433,7 +469,10 @@ def _lookup_sums(rows: np.ndarray, masks: list[_Packed]) -> list[np.ndarray]:
 
 def build(layer):
     """A fast ``run(layer, x, trace)`` for a float-path layer with integer weights of at most
-    4 bits, or a lookup-path layer; None for any other."""
+    4 bits, or a lookup-path layer, of at least ``MIN_WEIGHTS`` weights (a smaller weight
+    matrix is read from cache and BLAS is faster); None for any other."""
+    if int(np.prod(layer.weight.shape)) < MIN_WEIGHTS:
+        return None
     if layer.path == "float":
         parts, kernel = _float_parts(layer), "lowbit-gemv"
         if parts is not None:
