@@ -70,8 +70,8 @@ def test_gemv_within_the_bound_of_a_float64_oracle(bits, m, k, n, grouped, magni
 
 
 def test_the_bound_is_not_vacuous():
-    """The measured error is a small fraction of the bound, and the bound is within a small
-    factor of BLAS's own ``gamma_K sum |x w|`` (both against float64)."""
+    """The measured error is a small fraction of the bound, and the bound is no looser than
+    BLAS's own worst case ``gamma_K sum |x w|`` (both against float64)."""
     x, codes, scale, zero = _data(1, 4, 3, 4096, 64, None)
     y = lb.gemv_nbit(x, lb.pack_nbit(codes, 4), scale, zero, 4, 4096)
     w = _decoded(codes, scale, zero, None)
@@ -79,7 +79,7 @@ def test_the_bound_is_not_vacuous():
     bound = lb.error_bound(x, codes, scale, zero, 4)
     blas = lb.gamma(4096) * (np.abs(x).astype(np.float64) @ np.abs(w).astype(np.float64).T)
     assert np.abs(y - oracle).max() <= 0.05 * bound.max()
-    assert bound.max() <= 12 * blas.max()
+    assert bound.max() <= blas.max()
 
 
 def test_integer_inputs_are_exact():
