@@ -220,9 +220,33 @@ def test_lookup_path_equals_the_reference(arch, seed, tmp_path, every_size):
         assert any(t["kernel"] == "lowbit-lookup" for t in t_fast.values() if "kernel" in t)
 
 
+def test_small_layers_stay_with_blas(tmp_path):
+    """LeNet300's largest quantized layer has 30,000 weights, below MIN_WEIGHTS."""
+    _, fast = _load_both(_model("lenet300", "twn-float-a"), tmp_path)
+    assert set(kernels(fast).values()) == {"reference"}
+
+
 def test_large_batches_keep_the_reference_product(tmp_path, monkeypatch):
     monkeypatch.setattr(lb, "MIN_WEIGHTS", 0)
     ref, fast = _load_both(_model("lenet300", "twn-float-a"), tmp_path)
     assert "lowbit-gemv-w2" in kernels(fast).values()
     x = _inputs("lenet300", lb.MAX_ROWS + 1, 0)
     np.testing.assert_array_equal(fast(x), ref(x))
+
+
+def test_a_large_layer_takes_the_packed_kernel_by_default(tmp_path):
+    """With the default thresholds: a 2048 x 1024 4-bit layer (Ivan's grid: 5-bit codes) at
+    batch 1 and 4, within the bound's reach of the reference (logits to 1e-5)."""
+    import torch
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 2048), torch.nn.ReLU(),
+                              torch.nn.Linear(2048, 1024), torch.nn.ReLU(),
+                              torch.nn.Linear(1024, 10))
+    net = lowbit.quantize(net, lowbit.Recipe(weight="ivan", act="ivan", w_bits=4, a_bits=32))
+    ref, fast = _load_both(net.eval(), tmp_path)
+    assert kernels(fast)["3"].startswith("lowbit-gemv")
+    for n in (1, 4):
+        x = _inputs("lenet300", n, n)
+        want, got = ref(x), fast(x)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())

@@ -77,8 +77,12 @@ from lowbit.runtime.records import integers
 LANES = 8                       # one 256-bit vector of float32 / int32
 SLOTS = {2: 16, 3: 10, 4: 8, 5: 6}  # codes per int32 word
 CHUNK = {b: LANES * p for b, p in SLOTS.items()}  # columns per chunk: 128, 80, 64, 48
-MAX_ROWS = 32                   # above: the reference's BLAS product (compute-bound)
-MIN_WEIGHTS = 2**18             # smaller layers (1 MiB as float32) stay with BLAS: in cache
+# where the packed kernels pay (measured at 1 thread vs numpy's BLAS on a Zen 4, ratios
+# BLAS time / packed time at M = 1, 4, 8, 16, 32: 1024^2 0.7 1.5 1.0 0.9 0.7; 2048^2 2.0 2.1
+# 1.6 1.0 0.9; 4096^2 2.4 2.8 2.3 1.2 0.8): a smaller float32 matrix is read from cache, and
+# more rows make the product compute-bound, where BLAS's fp32 FMA loop is the faster one
+MAX_ROWS = 16                   # input rows per call at most, else the reference's product
+MIN_WEIGHTS = 2**21             # weights at least (8 MiB as float32), else None from build
 KB = 8                          # chunks per column block of the four-row kernel
 _X_LIMIT = 2.0**90              # K' max|x| below this: the scaled slot sums cannot overflow
 _F32_EXACT = 2**24
