@@ -163,14 +163,19 @@ def _observe_export_run(net, x, tmp_path):
     return got, want, trace
 
 
-def test_grouped_conv_integer_path(tmp_path):
+def grouped_conv_net():
+    """A quantized net with grouped, strided and padded convolutions, and its input."""
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3, padding=1, groups=2, bias=True),
                               torch.nn.ReLU(), torch.nn.Conv2d(8, 6, 3, stride=2, groups=2),
                               torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(6 * 3 * 3, 5))
     net = lowbit.quantize(net, lowbit.Recipe(weight="ivan", act="ivan", w_bits=3, a_bits=3,
                                              keep_first=False, keep_last=False))
-    x = torch.rand(8, 4, 8, 8)
+    return net, torch.rand(8, 4, 8, 8)
+
+
+def test_grouped_conv_integer_path(tmp_path):
+    net, x = grouped_conv_net()
     got, want, trace = _observe_export_run(net, x, tmp_path)
     assert trace["2"]["path"] == "integer" and len(trace["2"]["acc"]) == 2
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)

@@ -30,7 +30,7 @@ from lowbit.runtime.kernels import integer as ki
 from lowbit.runtime.layers import Layer
 from lowbit.runtime.records import Codebook, Grid, Weight
 
-from ..test_model import SHAPES, _GroupInt4, _model
+from ..test_model import SHAPES, _GroupInt4, _model, grouped_conv_net
 
 pytestmark = pytest.mark.skipif(ki.ISA is None, reason="the integer kernels need AVX2")
 FAST = settings(max_examples=30, deadline=None)
@@ -292,13 +292,7 @@ def _observed(net, x, tmp_path) -> Path:
 
 def test_grouped_conv_model(tmp_path):
     """The net of tests/runtime/test_model.py::test_grouped_conv_integer_path."""
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3, padding=1, groups=2, bias=True),
-                              torch.nn.ReLU(), torch.nn.Conv2d(8, 6, 3, stride=2, groups=2),
-                              torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(6 * 3 * 3, 5))
-    net = lowbit.quantize(net, lowbit.Recipe(weight="ivan", act="ivan", w_bits=3, a_bits=3,
-                                             keep_first=False, keep_last=False))
-    x = torch.rand(8, 4, 8, 8)
+    net, x = grouped_conv_net()
     served = _equal_models(_observed(net, x, tmp_path), x.numpy())
     assert "2" in served
 
