@@ -34,7 +34,14 @@ from lowbit.slots import apply_specs, quantizer_slots
 from lowbit.train import TrainConfig, atomic_save, evaluate, fit
 from lowbit.train.files import atomic_write_text, load_verified
 from lowbit.train.inq import fit_inq, inq_layers
-from lowbit.train.qnet import fit_qnet, qnet_config, set_hard, soft_quantizers
+from lowbit.train.qnet import (
+    BN_BATCHES,
+    FINAL_TEMPERATURE,
+    fit_qnet,
+    qnet_config,
+    set_hard,
+    soft_quantizers,
+)
 
 MODEL_FORMAT, MODEL_VERSION = "lowbit-model", 1
 JOB_NAME = "job.json"  # what a run directory was started for; --resume checks it
@@ -64,8 +71,13 @@ class Job:
     config: TrainConfig = field(default_factory=TrainConfig)
     data_dir: str | None = None
     init: str | None = None  # a float model.pt to start from (fine-tuning, INQ, qnet)
-    temperature_factor: float = 5.0  # qnet: T = epoch x factor (yang2019 sec. 4.1, ResNet)
-    temperature_per_step: bool = False  # qnet: ramp T within each epoch (short budgets)
+    # qnet temperature: a per-step ramp to final_temperature in each phase (default: the paper's
+    # ResNet end point, T = 5 x 55 epochs = 275; lowbit.train.qnet); None: the factor schedule
+    # T = epoch x temperature_factor (yang2019 sec. 4.1), ramped per step if temperature_per_step
+    temperature_factor: float = 5.0
+    temperature_per_step: bool = False
+    final_temperature: float | None = FINAL_TEMPERATURE
+    qnet_bn_batches: int = BN_BATCHES  # qnet: BatchNorm re-estimation under eq. (11); 0: off
 
 
 # Augmentation per dataset: He et al. 2016's pad-crop-flip for CIFAR; none for digits (a mirrored
@@ -133,11 +145,14 @@ def _train(job: Job, net: nn.Module, train, test, out_dir: Path, resume: bool, p
                 "epochs": sum(s["epochs"] for s in steps),
                 "wall_seconds": sum(s["wall_seconds"] for s in steps)}
     if kind is Procedure.QNET:
-        r = fit_qnet(net, *data, config, out_dir, job.temperature_factor, resume=resume,
-                     progress=progress, per_step=job.temperature_per_step)
+        final = job.final_temperature
+        r = fit_qnet(net, *data, config, out_dir, None if final else job.temperature_factor,
+                     resume=resume, progress=progress, per_step=job.temperature_per_step,
+                     final_temperature=final, bn_batches=job.qnet_bn_batches)
         return {"test_accuracy": r["hard_test_accuracy"], "test_loss": r["hard_test_loss"],
                 "epochs": sum(s["epochs"] for s in r["phases"]),
-                "wall_seconds": sum(s["wall_seconds"] for s in r["phases"])}
+                "wall_seconds": sum(s["wall_seconds"] for s in r["phases"]),
+                "qnet": {k: v for k, v in r.items() if k != "phases"}}
     return fit(net, *data, config, out_dir, resume=resume, progress=progress)
 
 
@@ -161,7 +176,8 @@ def job_record(job: Job, kwargs: dict[str, Any], net: nn.Module) -> dict[str, An
     return {"model": job.model, "model_kwargs": kwargs, "dataset": job.dataset,
             "recipe": job.recipe.to_dict(), "config": config, "init": job.init,
             "temperature_factor": job.temperature_factor,
-            "temperature_per_step": job.temperature_per_step}
+            "temperature_per_step": job.temperature_per_step,
+            "final_temperature": job.final_temperature, "qnet_bn_batches": job.qnet_bn_batches}
 
 
 def _record_diff(stored: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
@@ -259,6 +275,8 @@ def run(job: Job, out_dir: str | Path, resume: bool = False, progress: bool = Tr
         "recipe": job.recipe.to_dict(), "config": asdict(effective_config(job, net)),
         "procedure": procedure(net).value, "init": job.init,
     }
+    if "qnet" in result:  # soft / hard / hard after BatchNorm re-estimation, labelled
+        summary["qnet"] = result["qnet"]
     summary["packed_bytes_estimate"] = summary["packed_bytes"]
     summary.update(_export_run(net, out_dir, kwargs, job.dataset))  # the real file's size
     summary["size_ratio"] = summary["packed_bytes"] / summary["float_bytes"]

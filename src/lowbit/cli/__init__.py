@@ -46,9 +46,21 @@ def _recipe(a, **fields):
                   act_options=parse_assignments(a.a_option), **fields)
 
 
+def _final_temperature(a) -> float | None:
+    """qnet's final T: --final-temperature (0: none), else the paper's end point unless the
+    factor schedule was asked for (--temperature-factor / --temperature-per-step)."""
+    from lowbit.train.qnet import FINAL_TEMPERATURE
+
+    if a.final_temperature is not None:
+        return a.final_temperature or None
+    factor_asked = a.temperature_factor is not None or a.temperature_per_step
+    return None if factor_asked else FINAL_TEMPERATURE
+
+
 def _train_parser(sub) -> None:
     from lowbit.data.registry import DATASETS
     from lowbit.models import MODELS
+    from lowbit.train.qnet import BN_BATCHES
 
     p = sub.add_parser("train", help="train a (quantized) model; writes model.pt, summary.json",
                        description="Train a model, float or quantized, and write DIR/model.pt, "
@@ -78,10 +90,18 @@ def _train_parser(sub) -> None:
     p.add_argument("--grad-clip", type=float,
                    help="clip the gradients' global L2 norm to this value (default: none; "
                         "qnet: 5)")
-    p.add_argument("--temperature-factor", type=float, default=5.0,
-                   help="qnet: temperature T = epoch x factor (yang2019 sec. 4.1; default 5)")
+    p.add_argument("--final-temperature", type=float,
+                   help="qnet: ramp T per step to this value in each phase (default 275, the "
+                        "end of yang2019's ResNet schedule T = 5 x 55 epochs; 0 or "
+                        "--temperature-factor: the factor schedule instead)")
+    p.add_argument("--temperature-factor", type=float,
+                   help="qnet: temperature T = epoch x factor (yang2019 sec. 4.1; default 5), "
+                        "instead of --final-temperature")
     p.add_argument("--temperature-per-step", action="store_true",
-                   help="qnet: ramp T linearly within each epoch (for budgets of few epochs)")
+                   help="qnet, with --temperature-factor: ramp T linearly within each epoch")
+    p.add_argument("--qnet-bn-batches", type=int, default=BN_BATCHES,
+                   help=f"qnet: re-estimate BatchNorm statistics under the hard quantizers over "
+                        f"this many training batches at the end (default {BN_BATCHES}; 0: off)")
     for flag, typ, field, what in (("--epochs", int, "epochs", "epochs"),
                                    ("--batch-size", int, "batch_size", "batch size"),
                                    ("--lr", float, "lr", "learning rate"),
@@ -126,8 +146,9 @@ def _cmd_train(a) -> int:
                             schedule=a.schedule, num_threads=a.threads, grad_clip=a.grad_clip,
                             augment=a.augment, precision=a.precision,
                             channels_last=a.channels_last)
-    job = Job(a.model, a.dataset, recipe, config, a.data_dir, a.init, a.temperature_factor,
-              a.temperature_per_step)
+    job = Job(a.model, a.dataset, recipe, config, a.data_dir, a.init,
+              5.0 if a.temperature_factor is None else a.temperature_factor,
+              a.temperature_per_step, _final_temperature(a), a.qnet_bn_batches)
     s = run(job, a.out, resume=a.resume, progress=progress_wanted(not a.no_progress),
             overwrite=a.overwrite)
     print(f"test accuracy {100 * s['test_accuracy']:.2f} %  loss {s['test_loss']:.4f}  "

@@ -23,7 +23,15 @@ Gradients, eq. (7)-(10), with sigma_i = sigmoid(T (beta x - b_i)):
   which is what we implement (the exact derivatives of eq. 6). Eq. (8) is evaluated as
   sum_i s_i sigma_i - o, which is y / alpha without dividing by alpha (defined at alpha = 0).
   ``grad_temperature`` (default: T) replaces T in the backward only: sec. 4.1, "freezing T = 1 for
-  the back-propagation of binary quantization achieves better performance".
+  the back-propagation of binary quantization achieves better performance". Where it replaces T
+  is a reading: the sentence does not say. ``grad_keeps_t=False`` replaces every T of eq.
+  (7), (9), (10) (the sigmoids and the chain-rule factor T); ``grad_keeps_t=True`` replaces it in
+  the sigmoids only and keeps the factor T, dy/dx = alpha T beta sum_i s_i h_i (1 - h_i) with
+  h_i = sigmoid(T_grad (beta x - b_i)): the derivative at T_grad = 1 times T, as the authors'
+  reference code computes it (github.com/aliyun/alibabacloud-quantization-networks, anybit.py,
+  ``updateQuaGradWeight``: "set T = 1 when train binary model", ``y_grad = self.backward(x, 1,
+  ...).mul(T)``, the same y_grad also in the beta gradient). SoftWeight's 1-bit default is the
+  reference reading (:mod:`lowbit.quantizers.soft`).
 
 Records (:func:`hard_encode`, :func:`hard_grid`): eq. (11) is code k -> alpha * Y_k, an
   IntegerGrid of the integer level set Y times alpha (every set of table 2 is integer), or a
@@ -117,9 +125,10 @@ class _SoftQuantize(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, biases, alpha, beta, steps, offset, t, t_grad):
+    def forward(ctx, x, biases, alpha, beta, steps, offset, t, t_grad, keep_t):
         ctx.steps, ctx.offset, ctx.same_t = steps, offset, t_grad is None
         tg = t if t_grad is None else t_grad
+        ctx.tc = t if keep_t else tg  # the chain-rule factor T of eq. (7), (9), (10)
         ctx.fused = kernels.fusable(x, biases, alpha, beta, t, tg)
         if ctx.fused:  # one pass; only x is kept, the backward recomputes the sigmoids
             ctx.save_for_backward(x, biases, alpha, beta, t, tg)
@@ -148,21 +157,21 @@ class _SoftQuantize(torch.autograd.Function):
         if ctx.fused:
             return _fused_backward(ctx, g)
         x, biases, alpha, beta, dsum, inner = ctx.saved_tensors
-        tg = ctx.tg
+        tg, tc = ctx.tg, ctx.tc
         need = ctx.needs_input_grad
         gd = g * dsum
-        gx = gd * (alpha * tg * beta) if need[0] else None
+        gx = gd * (alpha * tc * beta) if need[0] else None
         galpha = (g * inner).sum().reshape(alpha.shape) if need[2] else None
-        gbeta = ((gd * x).sum() * (alpha * tg)).reshape(beta.shape) if need[3] else None
+        gbeta = ((gd * x).sum() * (alpha * tc)).reshape(beta.shape) if need[3] else None
         gb = None
         if need[1]:
             u = beta * x
             parts = []
             for i, s in enumerate(ctx.steps):
                 sig = torch.sigmoid((u - biases[i]) * tg)
-                parts.append((g * sig * (1.0 - sig)).sum() * (-alpha * tg * s))
+                parts.append((g * sig * (1.0 - sig)).sum() * (-alpha * tc * s))
             gb = torch.stack(parts).reshape(biases.shape)
-        return gx, gb, galpha, gbeta, None, None, None, None
+        return gx, gb, galpha, gbeta, None, None, None, None, None
 
 
 def _fused_backward(ctx, g):
@@ -170,9 +179,10 @@ def _fused_backward(ctx, g):
     x, biases, alpha, beta, t, tg = ctx.saved_tensors
     need = ctx.needs_input_grad
     grad_t = None if ctx.same_t else (beta * tg, biases * tg)
+    tc = ctx.tc  # T (grad_keeps_t) or the backward temperature
     gx, sums = kernels.soft_backward(g, x, beta * t, biases * t, grad_t, ctx.steps, ctx.offset,
-                                     alpha * tg * beta, need_b=need[1])
-    at = float(alpha * tg)
+                                     alpha * tc * beta, need_b=need[1])
+    at = float(alpha * tc)
 
     def grad(v, like):
         return torch.as_tensor(v, dtype=like.dtype).reshape(like.shape)
@@ -180,7 +190,7 @@ def _fused_backward(ctx, g):
     gb = grad([-at * s * v for s, v in zip(ctx.steps, sums[2:], strict=True)], biases)
     return (gx if need[0] else None, gb if need[1] else None,
             grad(sums[0], alpha) if need[2] else None,
-            grad(sums[1] * at, beta) if need[3] else None, None, None, None, None)
+            grad(sums[1] * at, beta) if need[3] else None, None, None, None, None, None)
 
 
 def _steps_offset(levels: torch.Tensor) -> tuple[list[float], float]:
@@ -198,12 +208,15 @@ def soft_quantize(
     alpha: torch.Tensor | float = 1.0,
     beta: torch.Tensor | float = 1.0,
     grad_temperature: torch.Tensor | float | None = None,
+    grad_keeps_t: bool = False,
 ) -> torch.Tensor:
     """Eq. (6): alpha * (sum_i s_i sigmoid(T (beta x - b_i)) - o), o = -levels[0].
 
     ``levels`` (n + 1,) ascending, ``biases`` (n,); ``alpha``, ``beta``, ``temperature``
     scalars (floats or 0-d tensors; tensors that require grad get eq. 8/9 gradients, biases
-    eq. 10). Backward: exact derivatives, eq. (7)-(10) (see the module doc).
+    eq. 10). Backward: exact derivatives, eq. (7)-(10) (see the module doc); with
+    ``grad_temperature`` the sigmoids of the backward use it, and the chain-rule factor is T
+    (``grad_keeps_t``, the reference code's binary backward) or ``grad_temperature``.
     """
     x, levels, biases, steps, offset = _check_args(x, levels, biases)
     if x.numel() == 0:
@@ -211,7 +224,8 @@ def soft_quantize(
     a, b, t = (_as_scalar(v, x, name) for v, name in
                ((alpha, "alpha"), (beta, "beta"), (temperature, "temperature")))
     tg = None if grad_temperature is None else _as_scalar(grad_temperature, x, "grad_temperature")
-    return _SoftQuantize.apply(x, biases.to(x.dtype).reshape(-1), a, b, steps, offset, t, tg)
+    return _SoftQuantize.apply(x, biases.to(x.dtype).reshape(-1), a, b, steps, offset, t, tg,
+                               bool(grad_keeps_t))
 
 
 def _hard_codes(x: torch.Tensor, biases: torch.Tensor, beta: torch.Tensor | float = 1.0):

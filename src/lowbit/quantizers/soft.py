@@ -68,6 +68,7 @@ class _SoftMixin:
         self.register_buffer("temperature", torch.ones(()))
         self.hard = False
         self.grad_temperature: float | None = None
+        self.grad_keeps_t = False  # with grad_temperature: keep the chain-rule factor T
 
     @torch.no_grad()
     def _init(self, x: torch.Tensor, q: float | None = None) -> None:
@@ -80,7 +81,8 @@ class _SoftMixin:
         if self.hard or self.is_frozen:
             return hard_quantize(x, self.levels, self.biases, self.alpha, self.beta)
         return soft_quantize(x, self.levels, self.biases, self.temperature, self.alpha,
-                             self.beta, grad_temperature=self.grad_temperature)
+                             self.beta, grad_temperature=self.grad_temperature,
+                             grad_keeps_t=self.grad_keeps_t)
 
     def _freeze(self) -> None:
         self.hard = True  # eq. (11) from now on, whatever set_hard says
@@ -112,8 +114,12 @@ class SoftWeight(_SoftMixin, WeightQuantizer):
     """Weights through eq. (6) (training) or eq. (11) (``hard``: inference, export).
 
     ``init_from(weight)``: k-means biases, beta = 5p/(4q), alpha = 1/beta (sec. 4.1).
-    1-bit: b = 0, and the backward uses T = 1 ("freezing T = 1 for the back-propagation of
-    binary quantization", sec. 4.1); set ``grad_temperature = None`` to use T.
+    1-bit: b = 0, and the backward's sigmoids use T = 1 ("freezing T = 1 for the
+    back-propagation of binary quantization", sec. 4.1) while the chain-rule factor T of eq.
+    (7)/(9) stays (``grad_keeps_t``): the T = 1 derivative times T, as the authors' reference
+    code computes it (anybit.py, ``y_grad = self.backward(x, 1, ...).mul(T)``; see
+    :mod:`lowbit.functional.soft`). ``grad_keeps_t = False`` drops that factor (lowbit before
+    issue 12: gradients T times smaller); ``grad_temperature = None`` uses T throughout.
     ``encode`` describes the hard (inference) function: decode(encode(w)) equals forward(w)
     exactly when ``hard`` is True or after ``freeze()`` (which sets ``hard`` for good); in soft
     mode forward is the smooth eq. (6) and differs.
@@ -128,7 +134,9 @@ class SoftWeight(_SoftMixin, WeightQuantizer):
         if len(lv) > 2**bits:
             raise ValueError(f"{len(lv)} levels do not fit in {bits} bits")
         self._setup(lv, learn_biases)
-        self.grad_temperature = 1.0 if len(lv) == 2 else None
+        binary = len(lv) == 2
+        self.grad_temperature = 1.0 if binary else None
+        self.grad_keeps_t = binary
 
     def init_from(self, weight: torch.Tensor) -> None:
         check_nonempty(weight, "weight")

@@ -18,12 +18,36 @@ activations until the model converges." Our reading (:data:`PAPER_PHASES`):
   3. both soft and trained.
 After the last phase every quantizer is switched to eq. (11) (Algorithm 1, inference network).
 Deviation: the paper does not say whether phase 2 calibrates or restarts T; we calibrate when
-activations are first switched on, and keep T running. The paper also clips gradients (L2 norm 5)
-which :func:`fit` does not do.
+activations are first switched on. The paper clips gradients (L2 norm 5): :func:`qnet_config`.
+
+Final temperature (issue 12, the default of :class:`lowbit.experiment.Job` and the CLI): the
+paper's ResNet schedule T = epoch x 5 over "at most 55 epochs" (sec. 4.1) ends at T = 275
+(:data:`FINAL_TEMPERATURE`). A short budget cannot run 55 epochs, so ``final_temperature``
+compresses that linear ramp into the steps the phase has: T = final x (step + 1) / steps, which
+reaches the paper's final T at the phase's last step (the zoo's old T -> 50 left a soft/hard gap:
+issue 12 item 1). The temperature restarts with each phase, as the authors' reference code does
+(github.com/aliyun/alibabacloud-quantization-networks: each phase is its own run of
+quan_weight_main.py / quan_all_main.py with ``t = (epoch + 1) * args.temperature`` from epoch 0);
+``restart_temperature=False`` runs one ramp over all phases. The ``factor`` schedule (T = (global
+epoch + 1) x factor, kept running across phases) is the earlier reading, still available.
+
+BatchNorm re-estimation (issue 12 item 2; not in the paper or the reference code, which
+evaluates the hard network with the running statistics gathered under soft weights): after the
+last phase, with every quantizer on eq. (11), :func:`reestimate_batchnorm` recomputes each
+BatchNorm's running mean/variance as the cumulative average (momentum None) over ``bn_batches``
+training batches, in train mode under no_grad. :func:`fit_qnet` reports the soft accuracy (the
+last phase's evaluation, eq. 6), the hard accuracy with the soft statistics and the hard accuracy
+after re-estimation (the model it returns), labelled; each phase's metrics.jsonl records say
+which function each quantizer evaluated with ("eval_weights", "eval_activations").
+
+Phase seeds: phase k trains with seed ``config.seed + k * PHASE_SEED_STRIDE`` (:func:`phase_seed`),
+so each phase draws its own shuffle and augmentation order (issue 12 item 5), and phase k of seed
+s never replays a phase of another small seed.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -33,14 +57,19 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lowbit.data.augment import augment_batch
 from lowbit.nn.layers import QuantAct, QuantConv2d, QuantLinear
 from lowbit.quantizers.soft import SoftAct, SoftWeight
 from lowbit.train.config import TrainConfig
 from lowbit.train.loop import evaluate, fit
+from lowbit.train.metrics import rewrite_jsonl
 
 SOFT_KINDS: tuple[type, ...] = (SoftWeight, SoftAct)
 CALIBRATION_CAP = 1 << 20  # values kept per layer for k-means (q uses every value)
 GRAD_CLIP = 5.0  # "we clip the gradients with an L2 norm of 5" (sec. 4.1)
+FINAL_TEMPERATURE = 275.0  # ResNet: T = epoch x 5 (sec. 4.1) at its last epoch, 55
+BN_BATCHES = 100  # training batches for the BatchNorm re-estimation under eq. (11)
+PHASE_SEED_STRIDE = 1 << 16  # phase k trains with seed + k * stride (mod 2**32)
 
 
 def temperature_schedule(epoch: int, factor: float, fraction: float = 1.0) -> float:
@@ -111,6 +140,87 @@ def qnet_batch_callback(factor: float, offset: int = 0, kinds: tuple[type, ...] 
         set_temperature(model, t, kinds)
 
     return on_batch_start
+
+
+def ramp_temperature(step: int, steps: int, final: float) -> float:
+    """T = final x (step + 1) / steps for the 0-based ``step`` of ``steps``: the paper's linear
+    T = epoch x factor with factor = final / steps, reaching ``final`` at the last step."""
+    if not (isinstance(final, (int, float)) and math.isfinite(final) and final > 0):
+        raise ValueError(f"final temperature must be a finite number > 0, got {final!r}")
+    if not 0 <= step < steps:
+        raise ValueError(f"step must be in [0, {steps}), got {step!r}")
+    return float(final * (step + 1) / steps)
+
+
+def qnet_ramp_callback(final: float, epochs: int, offset_steps: int = 0, total_epochs: int = 0,
+                       kinds: tuple[type, ...] = SOFT_KINDS
+                       ) -> Callable[[int, int, int, nn.Module], None]:
+    """``on_batch_start`` for :func:`fit`: T = :func:`ramp_temperature` over the run's steps.
+
+    ``epochs`` of fit's epochs, ``num_batches`` each; ``offset_steps`` (in epochs) and
+    ``total_epochs`` (0: ``epochs``) place this fit inside a longer ramp (one ramp over all
+    phases)."""
+    ramp_temperature(0, 1, final)
+    total = total_epochs or epochs
+
+    def on_batch_start(epoch: int, batch: int, num_batches: int, model: nn.Module) -> None:
+        step = (offset_steps + epoch) * num_batches + batch
+        set_temperature(model, ramp_temperature(step, total * num_batches, final), kinds)
+
+    return on_batch_start
+
+
+def phase_seed(seed: int, k: int) -> int:
+    """The seed phase ``k`` (0-based) trains with: ``seed + k * PHASE_SEED_STRIDE`` mod 2**32
+    (phase 0 keeps ``seed``), so every phase draws a new shuffle/augmentation order."""
+    return (seed + k * PHASE_SEED_STRIDE) % (1 << 32)
+
+
+def _batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+@torch.no_grad()
+def reestimate_batchnorm(model: nn.Module, images: Tensor, batches: int = BN_BATCHES,
+                         batch_size: int = 128, augment: str = "none",
+                         generator: torch.Generator | None = None) -> int:
+    """Recompute every BatchNorm's running mean/variance under the model as it is now (issue 12:
+    the hard eq. 11 network after training with soft weights).
+
+    Running statistics are reset and accumulated as the cumulative average (momentum None)
+    over ``batches`` shuffled training batches of uint8 ``images`` (augmented as
+    ``augment``), in train mode without gradients; the momenta and the model's mode are
+    restored. Returns the number of BatchNorm layers re-estimated (0: nothing ran)."""
+    bns = _batchnorms(model)
+    if not bns or batches <= 0:
+        return 0
+    device = next(model.parameters()).device
+    index = torch.randperm(len(images), generator=generator)
+    momenta, was_training = [m.momentum for m in bns], model.training
+    try:
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None
+        model.train()
+        for b in range(min(batches, math.ceil(len(index) / batch_size))):
+            x = images[index[b * batch_size:(b + 1) * batch_size]].float().div_(255.0)
+            model(augment_batch(x, augment, generator).to(device))
+    finally:
+        for m, mom in zip(bns, momenta, strict=True):
+            m.momentum = mom
+        model.train(was_training)
+    return len(bns)
+
+
+def _label_metrics(path: Path, phase: QNetPhase) -> None:
+    """Add to every record of a phase's metrics.jsonl which function its test accuracy was
+    evaluated with: eq. (6) "soft", eq. (11) "hard", or "float" activations."""
+    if not path.exists():
+        return
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    labels = {"eval_weights": "soft eq. (6)" if phase.train_weights else "hard eq. (11)",
+              "eval_activations": "soft eq. (6)" if phase.quantize_acts else "float"}
+    rewrite_jsonl([r | labels for r in records], path)
 
 
 def _soft_acts(model: nn.Module) -> list[QuantAct]:
@@ -212,21 +322,40 @@ def _phase_dir(out_dir: Path, k: int, phase: QNetPhase) -> Path:
 
 
 def fit_qnet(model: nn.Module, train: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor],
-             config: TrainConfig, out_dir: str | Path, factor: float,
+             config: TrainConfig, out_dir: str | Path, factor: float | None = None,
              phases: tuple[QNetPhase, ...] = PAPER_PHASES, resume: bool = False,
-             progress: bool = True, per_step: bool = False) -> dict[str, Any]:
+             progress: bool = True, per_step: bool = False,
+             final_temperature: float | None = None, restart_temperature: bool | None = None,
+             bn_batches: int = BN_BATCHES) -> dict[str, Any]:
     """Train a model holding SoftWeight/SoftAct quantizers in ``phases`` (sec. 4.1).
 
     Each phase is one :func:`fit` of ``config.epochs`` epochs in ``out_dir/phase<k>-<name>``
-    (so ``resume`` works per phase), T = (global epoch + 1) * factor, or with ``per_step`` the
-    ramp of :func:`qnet_batch_callback`. A model without quantized activations (weights only)
-    runs only the phases that leave activations off (the paper's phases stage the activation
-    quantization; without it, phase 3 would repeat phase 1). Activations are calibrated
-    on 1000 training samples (generator seeded with ``config.seed``) when first switched on.
-    Ends with every quantizer on eq. (11) and all requires_grad flags restored; returns
-    {"phases": [fit summaries], "hard_test_loss", "hard_test_accuracy"}.
+    (so ``resume`` works per phase), seeded with :func:`phase_seed`. Temperature: with
+    ``final_temperature`` (default :data:`FINAL_TEMPERATURE` when ``factor`` is None) the
+    per-step ramp of :func:`qnet_ramp_callback` to that T, restarted each phase unless
+    ``restart_temperature`` is False; with ``factor``, T = (global epoch + 1) * factor, or with
+    ``per_step`` the ramp of :func:`qnet_batch_callback`, running on across phases unless
+    ``restart_temperature``. A model without quantized activations (weights only) runs only the
+    phases that leave activations off (the paper's phases stage the activation quantization;
+    without it, phase 3 would repeat phase 1). Activations are calibrated on 1000 training
+    samples (generator seeded with ``config.seed``) when first switched on.
+
+    Ends with every quantizer on eq. (11), BatchNorm statistics re-estimated under it over
+    ``bn_batches`` training batches (0: kept from training) and all requires_grad flags
+    restored; returns {"phases": [fit summaries], "soft_test_accuracy"/"_loss" (the last
+    phase's evaluation, eq. 6 where that phase trained), "hard_test_accuracy_soft_bn"/"_loss"
+    (eq. 11, training's BatchNorm statistics), "hard_test_accuracy"/"hard_test_loss" (eq. 11,
+    re-estimated statistics: the returned model), "bn_reestimated" (layers), "temperature"}
+    (:func:`lowbit.experiment.run` writes them to summary.json under "qnet").
     """
-    temperature_schedule(0, factor)
+    if factor is None and final_temperature is None:
+        final_temperature = FINAL_TEMPERATURE
+    if final_temperature is not None:
+        ramp_temperature(0, 1, final_temperature)
+        restart = True if restart_temperature is None else restart_temperature
+    else:
+        temperature_schedule(0, factor)
+        restart = bool(restart_temperature)
     out_dir, summaries, calibrated = Path(out_dir), [], False
     if not _soft_acts(model):
         phases = tuple(p for p in phases if not p.quantize_acts)
@@ -240,16 +369,38 @@ def fit_qnet(model: nn.Module, train: tuple[Tensor, Tensor], test: tuple[Tensor,
                 calibrated = True
             kinds = ((SoftWeight,) if phase.train_weights else ()) + (
                 (SoftAct,) if phase.train_acts else ())
-            hooks = ({"on_batch_start": qnet_batch_callback(factor, k * config.epochs, kinds)}
-                     if per_step else
-                     {"on_epoch_start": qnet_epoch_callback(factor, k * config.epochs, kinds)})
-            summaries.append(fit(model, train, test, config, _phase_dir(out_dir, k, phase),
-                                 resume=resume, progress=progress, **hooks))
+            offset = 0 if restart else k * config.epochs
+            if final_temperature is not None:
+                total = config.epochs * (1 if restart else len(phases))
+                hooks = {"on_batch_start": qnet_ramp_callback(
+                    final_temperature, config.epochs, offset, total, kinds)}
+            elif per_step:
+                hooks = {"on_batch_start": qnet_batch_callback(factor, offset, kinds)}
+            else:
+                hooks = {"on_epoch_start": qnet_epoch_callback(factor, offset, kinds)}
+            phase_dir = _phase_dir(out_dir, k, phase)
+            summaries.append(fit(model, train, test, replace(config, seed=phase_seed(
+                config.seed, k)), phase_dir, resume=resume, progress=progress, **hooks))
+            _label_metrics(phase_dir / "metrics.jsonl", phase)
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)
     set_hard(model, True)
     for m in _soft_acts(model):
         m.quant_enabled = True
-    loss, accuracy = evaluate(model, *test)
-    return {"phases": summaries, "hard_test_loss": loss, "hard_test_accuracy": accuracy}
+    loss_soft_bn, acc_soft_bn = evaluate(model, *test)
+    gen = torch.Generator().manual_seed(config.seed)
+    n_bn = reestimate_batchnorm(model, train[0], bn_batches, config.batch_size, config.augment,
+                                gen)
+    loss, accuracy = evaluate(model, *test) if n_bn else (loss_soft_bn, acc_soft_bn)
+    result = {"phases": summaries,
+              "soft_test_accuracy": summaries[-1]["test_accuracy"],
+              "soft_test_loss": summaries[-1]["test_loss"],
+              "hard_test_accuracy_soft_bn": acc_soft_bn, "hard_test_loss_soft_bn": loss_soft_bn,
+              "hard_test_accuracy": accuracy, "hard_test_loss": loss, "bn_reestimated": n_bn,
+              "bn_batches": bn_batches if n_bn else 0,
+              "temperature": ({"final": final_temperature, "restart_per_phase": restart}
+                              if final_temperature is not None else
+                              {"factor": factor, "per_step": per_step,
+                               "restart_per_phase": restart})}
+    return result
