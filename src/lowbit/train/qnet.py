@@ -42,7 +42,7 @@ which function each quantizer evaluated with ("eval_weights", "eval_activations"
 
 Phase seeds: phase k trains with seed ``config.seed + k * PHASE_SEED_STRIDE`` (:func:`phase_seed`),
 so each phase draws its own shuffle and augmentation order (issue 12 item 5), and phase k of seed
-s never replays a phase of another small seed.
+s < 1000 never replays a phase of another seed below 1000.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ CALIBRATION_CAP = 1 << 20  # values kept per layer for k-means (q uses every val
 GRAD_CLIP = 5.0  # "we clip the gradients with an L2 norm of 5" (sec. 4.1)
 FINAL_TEMPERATURE = 275.0  # ResNet: T = epoch x 5 (sec. 4.1) at its last epoch, 55
 BN_BATCHES = 100  # training batches for the BatchNorm re-estimation under eq. (11)
-PHASE_SEED_STRIDE = 1 << 16  # phase k trains with seed + k * stride (mod 2**32)
+PHASE_SEED_STRIDE = 1000  # phase k trains with seed + k * stride (see phase_seed)
 
 
 def temperature_schedule(epoch: int, factor: float, fraction: float = 1.0) -> float:
@@ -172,7 +172,12 @@ def qnet_ramp_callback(final: float, epochs: int, offset_steps: int = 0, total_e
 
 def phase_seed(seed: int, k: int) -> int:
     """The seed phase ``k`` (0-based) trains with: ``seed + k * PHASE_SEED_STRIDE`` mod 2**32
-    (phase 0 keeps ``seed``), so every phase draws a new shuffle/augmentation order."""
+    (phase 0 keeps ``seed``), so every phase draws a new shuffle/augmentation order.
+
+    The stride is small on purpose: torch's CPU generator keeps only the low 32 bits of a seed,
+    and fit's shuffle seed is ``(seed << 20) + epoch``, so only ``seed mod 2**12`` reaches the
+    shuffle (a stride of 2**12 or more would replay phase 0's order). 1000 keeps phases 0-3
+    of seeds below 1000 distinct from each other and from the other seeds' phase 0."""
     return (seed + k * PHASE_SEED_STRIDE) % (1 << 32)
 
 
@@ -221,6 +226,25 @@ def _label_metrics(path: Path, phase: QNetPhase) -> None:
     labels = {"eval_weights": "soft eq. (6)" if phase.train_weights else "hard eq. (11)",
               "eval_activations": "soft eq. (6)" if phase.quantize_acts else "float"}
     rewrite_jsonl([r | labels for r in records], path)
+
+
+def _with_beta_floor(hooks: dict[str, Callable], model: nn.Module, fraction: float
+                     ) -> dict[str, Callable]:
+    """``hooks`` plus an ``on_batch_start`` projecting each SoftAct's beta onto beta >=
+    ``fraction`` x its value now (the calibrated one when the phase starts)."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"act_beta_floor must be in (0, 1], got {fraction!r}")
+    floors = [(m.quant.beta, fraction * float(m.quant.beta.detach())) for m in _soft_acts(model)]
+    inner = hooks.get("on_batch_start")
+
+    def on_batch_start(epoch: int, batch: int, num_batches: int, net: nn.Module) -> None:
+        with torch.no_grad():
+            for beta, low in floors:
+                beta.clamp_(min=low)
+        if inner is not None:
+            inner(epoch, batch, num_batches, net)
+
+    return {**hooks, "on_batch_start": on_batch_start}
 
 
 def _soft_acts(model: nn.Module) -> list[QuantAct]:
@@ -326,7 +350,8 @@ def fit_qnet(model: nn.Module, train: tuple[Tensor, Tensor], test: tuple[Tensor,
              phases: tuple[QNetPhase, ...] = PAPER_PHASES, resume: bool = False,
              progress: bool = True, per_step: bool = False,
              final_temperature: float | None = None, restart_temperature: bool | None = None,
-             bn_batches: int = BN_BATCHES) -> dict[str, Any]:
+             bn_batches: int = BN_BATCHES, act_beta_floor: float | None = None
+             ) -> dict[str, Any]:
     """Train a model holding SoftWeight/SoftAct quantizers in ``phases`` (sec. 4.1).
 
     Each phase is one :func:`fit` of ``config.epochs`` epochs in ``out_dir/phase<k>-<name>``
@@ -339,6 +364,10 @@ def fit_qnet(model: nn.Module, train: tuple[Tensor, Tensor], test: tuple[Tensor,
     phases that leave activations off (the paper's phases stage the activation quantization;
     without it, phase 3 would repeat phase 1). Activations are calibrated on 1000 training
     samples (generator seeded with ``config.seed``) when first switched on.
+
+    ``act_beta_floor`` (a fraction f in (0, 1]): before every step of a phase that trains the
+    activation quantizers, each SoftAct's beta is projected onto beta >= f x its calibrated
+    value (projected SGD; not in the paper: issue 12 item 3, beta changing sign).
 
     Ends with every quantizer on eq. (11), BatchNorm statistics re-estimated under it over
     ``bn_batches`` training batches (0: kept from training) and all requires_grad flags
@@ -378,6 +407,8 @@ def fit_qnet(model: nn.Module, train: tuple[Tensor, Tensor], test: tuple[Tensor,
                 hooks = {"on_batch_start": qnet_batch_callback(factor, offset, kinds)}
             else:
                 hooks = {"on_epoch_start": qnet_epoch_callback(factor, offset, kinds)}
+            if act_beta_floor and phase.train_acts:
+                hooks = _with_beta_floor(hooks, model, act_beta_floor)
             phase_dir = _phase_dir(out_dir, k, phase)
             summaries.append(fit(model, train, test, replace(config, seed=phase_seed(
                 config.seed, k)), phase_dir, resume=resume, progress=progress, **hooks))
