@@ -19,7 +19,8 @@ from lowbit.slots import apply_specs, quantizer_slots
 
 ROLE_ATTR = {"weight": "weight", "activation": "act", "gradient": "grad"}
 OTHER_STR = {("TTQWeight", "scale_grad"): "mean", ("TTQWeight", "init"): "mean",
-             ("UniformWeight", "observer"): "mse", ("UniformAct", "observer"): "dynamic"}
+             ("UniformWeight", "observer"): "mse", ("UniformAct", "observer"): "dynamic",
+             ("PACTAct", "alpha_from"): "mse"}
 
 
 def _other(cls: type, name: str, kind: type, default):
