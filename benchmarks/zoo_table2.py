@@ -24,6 +24,20 @@ MNIST (the fallback is printed and written in the results); ``--model/--dataset`
    float model on 128 real training images, both in the cells' precision and memory format,
    interleaved rounds in one process, median ratio.
 
+4. Seeds: ``--seeds S [S ...]`` runs every cell once per seed (the fine-tune's TrainConfig.seed:
+   shuffle, augmentation, stochastic quantizers), labelled ``<label>_s<S>``; without it a cell
+   runs once at seed 0 with the plain label (the committed cells). results.md shows each
+   setting's mean, and [min, max] and n when it has several seeds.
+5. Schedule: lowbit.train steps the lr schedule per batch (cosine over the cell's steps); each
+   cell's JSON records the schedule that ran (``schedule``); cells from before per-batch
+   stepping carry none and are reported as stepped per epoch (a flat lr in a 1-epoch cell).
+6. PACT cells fine-tune, so PACTAct gets ``alpha_from="mse"`` (alpha from the first batch's
+   pre-activation, lowbit.quantizers.learned) unless ``--pact-alpha-init``: the paper's 10.
+
+Provenance: every cell's JSON holds the exact command line (``command``), the git commit and
+whether the tree was dirty (``git_commit``, ``git_dirty``, ``git_dirty_files``), the seed, the
+schedule and the lowbit/torch versions (``versions``); older JSONs without them still load.
+
 Resumable: each finished cell is ``OUT/cells/<label>.json`` and is skipped on a rerun; an
 interrupted cell resumes from its epoch checkpoint in ``WORK/cells/<label>``.
 Cost (resnet20, 67 cells, bf16 + channels-last, 1 thread per job): about 2 min per cell-epoch.
@@ -76,8 +90,11 @@ def applies(method, w: int, a: int) -> bool:
     return True
 
 
-def cell_specs(names: list[str], settings=SETTINGS) -> list[dict]:
-    """One dict per (method, setting) that applies: label, method label, weight/act and bits."""
+def cell_specs(names: list[str], settings=SETTINGS, seeds: list[int] | None = None
+               ) -> list[dict]:
+    """One dict per (method, setting) that applies, and per seed of ``seeds`` (label suffix
+    ``_s<seed>``; None: one cell at seed 0, plain label): label, method label, weight/act, bits
+    and seed."""
     from lowbit.quantizers.registry import get_method
 
     specs = []
@@ -86,9 +103,13 @@ def cell_specs(names: list[str], settings=SETTINGS) -> list[dict]:
         weight = name if m.weight is not None else PAIRED_WEIGHT[name]
         label = name if weight == name else f"{weight}+{name}"
         for w, a in settings:
-            if applies(m, w, a):
-                specs.append({"label": f"{label}_w{w}a{a}", "method": label, "weight": weight,
-                              "w_bits": w, "act": name, "a_bits": a})
+            if not applies(m, w, a):
+                continue
+            for seed in (seeds if seeds is not None else [None]):
+                suffix = "" if seed is None else f"_s{seed}"
+                specs.append({"label": f"{label}_w{w}a{a}{suffix}", "method": label,
+                              "weight": weight, "w_bits": w, "act": name, "a_bits": a,
+                              "seed": 0 if seed is None else seed})
     return specs
 
 
@@ -116,7 +137,7 @@ def pick_task(model: str | None, dataset: str | None) -> tuple[str, str, str]:
         return model or "lenet5", dataset or "mnist", note
 
 
-def finetune_config(task: dict, epochs: int):
+def finetune_config(task: dict, epochs: int, seed: int = 0):
     """The model's default config for the dataset (CIFAR: crop-flip augmentation), lr / 10 unless
     ``task["lr"]``, in the task's precision and memory format (the fast path, fast_path.py)."""
     from lowbit.experiment import default_config
@@ -124,7 +145,40 @@ def finetune_config(task: dict, epochs: int):
     lr = task["lr"] if task["lr"] is not None else default_config(task["model"]).lr / 10
     return default_config(task["model"], task["dataset"], epochs=epochs,
                           num_threads=task["threads"], lr=lr, precision=task["precision"],
-                          channels_last=task["channels_last"])
+                          channels_last=task["channels_last"], seed=seed)
+
+
+def cell_recipe(spec: dict, pact_alpha_init: bool = False):
+    """The cell's Recipe: first/last layers float; PACT fine-tunes with alpha from the observed
+    activations (``alpha_from="mse"``) unless ``pact_alpha_init`` (the paper's 10)."""
+    from lowbit.recipe import Recipe
+
+    act_options = {"alpha_from": "mse"} if spec["act"] == "pact" and not pact_alpha_init else {}
+    return Recipe(spec["weight"], spec["w_bits"], spec["act"], spec["a_bits"],
+                  keep_first=True, keep_last=True, keep_bits=32, act_options=act_options)
+
+
+def schedule_of(summary: dict, config, train_size: int, stages: int) -> dict:
+    """The lr schedule a cell ran: fit()'s own record, or (INQ / qnet, whose summaries do not
+    carry it) the same record rebuilt from the config, per stage (each stage restarts it)."""
+    import math
+
+    from lowbit.train.optim import schedule_record
+
+    rec = summary.get("schedule") or schedule_record(
+        config, math.ceil(train_size / config.batch_size))
+    return rec | {"stages": stages}
+
+
+def cell_provenance(task: dict, seed: int) -> dict:
+    """What made a cell: command line, commit and dirty state, seed, lowbit/torch versions."""
+    import torch
+
+    import lowbit
+
+    return {"command": task["command"], "git_commit": task["commit"],
+            "git_dirty": task.get("dirty"), "git_dirty_files": task.get("dirty_files"),
+            "seed": seed, "versions": {"lowbit": lowbit.__version__, "torch": torch.__version__}}
 
 
 def train_float(model: str, dataset: str, epochs: int, work: Path,
@@ -176,12 +230,13 @@ def run_cell(spec: dict, task: dict, work: Path, cells: Path) -> dict:
 
     if task["threads"]:
         torch.set_num_threads(task["threads"])
+    from lowbit.data import load_dataset
     from lowbit.experiment import Job, run
-    from lowbit.recipe import Recipe
 
-    recipe = Recipe(spec["weight"], spec["w_bits"], spec["act"], spec["a_bits"],
-                    keep_first=True, keep_last=True, keep_bits=32)
-    config = finetune_config(task, stage_epochs(spec, task["epochs"]))
+    seed = spec.get("seed", 0)
+    recipe = cell_recipe(spec, task.get("pact_alpha_init", False))
+    epochs = stage_epochs(spec, task["epochs"])
+    config = finetune_config(task, epochs, seed)
     init = work / "float" / "model.pt"
     job = Job(task["model"], task["dataset"], recipe, config, init=str(init),
               temperature_factor=task["temperature_factor"],
@@ -192,8 +247,14 @@ def run_cell(spec: dict, task: dict, work: Path, cells: Path) -> dict:
     cell |= {"model": task["model"], "dataset": task["dataset"], "lr": config.lr,
              "epochs_per_stage": config.epochs, "precision": config.precision,
              "channels_last": config.channels_last, "augment": config.augment}
+    train_size = len(load_dataset(task["dataset"], "train").labels)
+    stages = max(1, round(s.get("epochs", epochs) / epochs))
+    cell["schedule"] = schedule_of(s, config, train_size, stages)
     cell |= step_ratio(init, task["dataset"], recipe, config)
     cell |= {"trained_by": task["command"], "trained_at_commit": task["commit"]}
+    cell |= cell_provenance(task, seed)
+    if spec["act"] == "pact":
+        cell["pact_alpha_from"] = "init" if task.get("pact_alpha_init") else "mse"
     write_atomic(cell, cells / f"{spec['label']}.json")
     return cell
 
@@ -204,14 +265,11 @@ def remeasure_steps(cells_dir: Path, init: Path, dataset: str, methods: list[str
     is now."""
     from types import SimpleNamespace
 
-    from lowbit.recipe import Recipe
-
     for path in sorted(cells_dir.glob("*.json")):
         cell = json.loads(path.read_text())
         if cell["act"] not in methods:
             continue
-        recipe = Recipe(cell["weight"], cell["w_bits"], cell["act"], cell["a_bits"],
-                        keep_first=True, keep_last=True, keep_bits=32)
+        recipe = cell_recipe(cell, cell.get("pact_alpha_from", "init") == "init")
         config = SimpleNamespace(precision=cell.get("precision", "fp32"),
                                  channels_last=cell.get("channels_last", False))
         cell |= step_ratio(init, dataset, recipe, config) | {"step_commit": git_commit()}
@@ -248,9 +306,26 @@ def add_drops(cells: list[dict], float_acc: float) -> list[dict]:
 
 
 def _acc(rows: list[dict], method: str, w: int, a: int) -> float | None:
+    """Mean test accuracy of the (method, w/a) cells (one per seed), None without any."""
     hits = [r["test_accuracy"] for r in rows
             if (r["method"], r["w_bits"], r["a_bits"]) == (method, w, a)]
-    return hits[0] if hits else None
+    return sum(hits) / len(hits) if hits else None
+
+
+def seed_stats(values: list[float]) -> dict:
+    """mean, min, max and n of one setting's per-seed accuracies."""
+    return {"mean": sum(values) / len(values), "min": min(values), "max": max(values),
+            "n": len(values)}
+
+
+def _matrix_cell(rows: list[dict], float_acc: float) -> str:
+    """'mean (change)' for one seed, 'mean [min, max] n=k (change)' for several (percent)."""
+    st = seed_stats([r["test_accuracy"] for r in rows])
+    change = 100 * (st["mean"] - float_acc)
+    if st["n"] == 1:
+        return f"{100 * st['mean']:.2f} ({change:+.2f})"
+    return (f"{100 * st['mean']:.2f} [{100 * st['min']:.2f}, {100 * st['max']:.2f}] "
+            f"n={st['n']} ({change:+.2f})")
 
 
 def target_qnet_3bit(rows: list[dict], float_acc: float) -> dict:
@@ -299,28 +374,51 @@ def check_targets(rows: list[dict], float_acc: float) -> dict[str, dict]:
             "no method's training step slower than 1.5x float": target_step_cost(rows)}
 
 
-def matrix_lines(rows: list[dict]) -> list[str]:
-    """Table 2's shape: methods x settings, 'accuracy (drop)'."""
+def matrix_lines(rows: list[dict], float_acc: float) -> list[str]:
+    """Table 2's shape: methods x settings, 'accuracy (change)', over seeds: mean [min, max] n."""
     lines = ["| method | " + " | ".join(f"{w}/{a}" for w, a in SETTINGS) + " |",
              "|---|" + "---:|" * len(SETTINGS)]
     for method in sorted({r["method"] for r in rows}):
-        by = {(r["w_bits"], r["a_bits"]): r for r in rows if r["method"] == method}
-        cells = [f"{100 * by[s]['test_accuracy']:.2f} ({-by[s]['drop_points']:+.2f})"
-                 if s in by else "-" for s in SETTINGS]
+        by: dict[tuple[int, int], list[dict]] = {}
+        for r in rows:
+            if r["method"] == method:
+                by.setdefault((r["w_bits"], r["a_bits"]), []).append(r)
+        cells = [_matrix_cell(by[s], float_acc) if s in by else "-" for s in SETTINGS]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return lines
 
 
 def detail_lines(rows: list[dict]) -> list[str]:
-    lines = ["| cell | W/A | test acc % | drop (points) | step ratio [min, max] | epochs | "
-             "train s |", "|---|---|---:|---:|---:|---:|---:|"]
+    lines = ["| cell | W/A | seed | test acc % | drop (points) | step ratio [min, max] | epochs | "
+             "train s |", "|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['method']} | {setting_name(r['w_bits'], r['a_bits'], r['method'])} "
+                     f"| {r.get('seed', 0)} "
                      f"| {100 * r['test_accuracy']:.2f} | {r['drop_points']:.2f} "
                      f"| {r['step_ratio']:.2f} [{r['step_ratio_min']:.2f}, "
                      f"{r['step_ratio_max']:.2f}]{_retimed(r)} | {r['epochs']} "
                      f"| {r['wall_seconds']:.1f} |")
     return lines
+
+
+def schedule_text(row: dict) -> str:
+    """The lr schedule a cell ran, in words; a cell without a record predates per-batch
+    stepping (its schedule was stepped per epoch: a flat lr within each epoch)."""
+    rec = row.get("schedule")
+    if not rec:
+        return "stepped per epoch (cell predates per-batch stepping: flat lr within an epoch)"
+    stages = f", restarted in each of {rec['stages']} stages" if rec.get("stages", 1) > 1 else ""
+    return f"{rec['name']} stepped {rec['stepped']} over {rec['total_steps']} steps{stages}"
+
+
+def schedule_lines(rows: list[dict]) -> list[str]:
+    """One line per distinct schedule the rows ran, with the cells that ran it."""
+    by: dict[str, list[str]] = {}
+    for r in rows:
+        by.setdefault(schedule_text(r), []).append(r["label"])
+    return [f"- {text}: {len(labels)} cell(s)"
+            + (f" ({', '.join(labels)})" if len(labels) <= 12 else "")
+            for text, labels in by.items()]
 
 
 def _retimed(row: dict) -> str:
@@ -338,7 +436,7 @@ def markdown(rows: list[dict], targets: dict, meta: dict) -> str:
             f"{meta['jobs']} parallel cell(s).  ",
             f"Float model: {meta['float_epochs']} epochs{_float_origin(meta)}, test accuracy "
             f"**{100 * meta['float_accuracy']:.2f} %**. Each cell fine-tunes from it for "
-            f"{meta['epochs']} epoch(s) at lr {meta['lr']:g} (cosine), augmentation "
+            f"{meta['epochs']} epoch(s) at base lr {meta['lr']:g} (schedule: below), augmentation "
             f"{meta.get('augment', 'none')}, {meta.get('precision', 'fp32')} autocast"
             f"{', channels-last' if meta.get('channels_last') else ''} (evaluation in fp32); "
             "qnet with quantized activations and inq run 3 stages of that budget each (qnet "
@@ -349,7 +447,11 @@ def markdown(rows: list[dict], targets: dict, meta: dict) -> str:
             "## Test accuracy % (change from float, points)\n",
             "qnet's 3/32 is the paper's 3(±4)/32; `dorefa+pact` = PACT activations with DoReFa "
             "weights, `xnor+hwgq` = HWGQ activations with XNOR weights.\n"]
-    lines = head + matrix_lines(rows)
+    lines = head + ["Learning-rate schedule actually run (per cell JSON ``schedule``):\n",
+                    *schedule_lines(rows), "",
+                    "Cells with several seeds show mean [min, max] n=seeds (change of the mean "
+                    "from float).\n"]
+    lines += matrix_lines(rows, meta["float_accuracy"])
     lines += ["\n## Per cell (step ratio = quantized / float training step, batch 128, median "
               "of interleaved rounds)\n"] + detail_lines(rows)
     lines.append("\n## Targets (the paper's claims)\n")
@@ -384,7 +486,11 @@ def plot(rows: list[dict], meta: dict, path: Path) -> None:
     width = 0.8 / max(1, len(methods))
     fig, ax = plt.subplots(figsize=(max(8, 1.4 * len(SETTINGS)), 5))
     for k, m in enumerate(methods):
-        by = {(r["w_bits"], r["a_bits"]): r["drop_points"] for r in rows if r["method"] == m}
+        drops: dict[tuple[int, int], list[float]] = {}
+        for r in rows:
+            if r["method"] == m:
+                drops.setdefault((r["w_bits"], r["a_bits"]), []).append(r["drop_points"])
+        by = {k: sum(v) / len(v) for k, v in drops.items()}  # mean over seeds
         xs = [i + (k - (len(methods) - 1) / 2) * width for i, s in enumerate(SETTINGS) if s in by]
         ax.bar(xs, [by[s] for s in SETTINGS if s in by], width, label=m, color=colors(k % 20))
     ax.axhline(0, color="k", lw=0.8)
@@ -431,6 +537,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--temperature-per-step", action=argparse.BooleanOptionalAction,
                    default=True, help="qnet: ramp T within each epoch (default: yes, since a "
                    "cell has few epochs)")
+    p.add_argument("--seeds", type=int, nargs="+", help="run every cell at each seed (labels "
+                   "<cell>_s<seed>); default: one run at seed 0 with the plain label")
+    p.add_argument("--pact-alpha-init", action="store_true", help="PACT cells start alpha at "
+                   "the paper's from-scratch 10 instead of the observed range (alpha_from=mse)")
     p.add_argument("--remeasure-steps", action="store_true",
                    help="train nothing: re-time the step ratio of the finished cells of "
                    "--methods with the current code (after a speed-up), rewrite the report")
@@ -460,9 +570,10 @@ def main() -> None:
             "threads": a.threads, "precision": a.precision, "channels_last": a.channels_last,
             "temperature_factor": a.temperature_factor,
             "temperature_per_step": a.temperature_per_step,
-            "command": prov["command"], "commit": prov["commit"]}
+            "command": prov["command"], "commit": prov["commit"], "dirty": prov["dirty"],
+            "dirty_files": prov["dirty_files"], "pact_alpha_init": a.pact_alpha_init}
     settings = [tuple(int(b) for b in s.split("/")) for s in a.settings]
-    specs = cell_specs(a.methods, [s for s in SETTINGS if s in settings])
+    specs = cell_specs(a.methods, [s for s in SETTINGS if s in settings], a.seeds)
     if a.remeasure_steps:
         remeasure_steps(cells_dir, a.work / "float" / "model.pt", dataset, a.methods)
     if a.remeasure_steps or a.report_only:

@@ -128,7 +128,7 @@ def test_frozen_activation_records():
 
 def test_ttq_init_and_parameters_learn():
     w = torch.tensor([-4.0, -2.0, -0.1, 0.0, 0.1, 1.0, 3.0])  # delta = 0.2
-    q = TTQWeight(2)
+    q = TTQWeight(2, scale_grad="mean", init="mean")
     q.init_from(w)
     assert float(q.wp.detach()) == pytest.approx(2.0)
     assert float(q.wn.detach()) == pytest.approx(3.0)
@@ -136,12 +136,26 @@ def test_ttq_init_and_parameters_learn():
     q(w).sum().backward()
     assert float(q.wp.grad) == 1.0 and float(q.wn.grad) == -1.0  # "mean": 2 / 2 per region
     assert {n for n, _ in q.named_parameters()} == {"wp", "wn"}
-    paper = TTQWeight(2, scale_grad="sum")
-    paper.init_from(w)
-    paper(w).sum().backward()
-    assert float(paper.wp.grad) == 2.0 and float(paper.wn.grad) == -2.0  # eq. (7) as printed
     with pytest.raises(ValueError, match="scale_grad"):
         TTQWeight(2, scale_grad="max")
+    with pytest.raises(ValueError, match="init"):
+        TTQWeight(2, init="max")
+
+
+def test_ttq_defaults_are_the_papers_unit_scales_and_summed_gradient():
+    """Zhu et al. 2017 eq. (7) and the reference code (W_p = W_n = 1.0, summed gradient)."""
+    w = torch.tensor([-4.0, -2.0, -0.1, 0.0, 0.1, 1.0, 3.0])  # delta = 0.2
+    paper = TTQWeight(2)
+    assert (paper.scale_grad, paper.init) == ("sum", "one")
+    paper.init_from(w)  # a no-op: the scales stay at 1
+    assert float(paper.wp) == 1.0 and float(paper.wn) == 1.0
+    g = torch.tensor([0.5, -1.0, 7.0, 7.0, 7.0, 2.0, 0.25])  # an arbitrary upstream gradient
+    wl = w.clone().requires_grad_(True)
+    (paper(wl) * g).sum().backward()
+    assert paper(w).tolist() == [-1.0, -1.0, 0.0, 0.0, 0.0, 1.0, 1.0]
+    assert float(paper.wp.grad) == 2.25  # sum over I_p = {1.0, 3.0}
+    assert float(paper.wn.grad) == 0.5   # -(0.5 - 1.0): minus the sum over I_n = {-4, -2}
+    assert wl.grad.tolist() == g.tolist()  # W_p = W_n = 1: eq. (8) passes g through
 
 
 def test_act_modules():

@@ -18,8 +18,9 @@ from lowbit.quantizers.spec import QuantSpec, spec_or_none
 from lowbit.slots import apply_specs, quantizer_slots
 
 ROLE_ATTR = {"weight": "weight", "activation": "act", "gradient": "grad"}
-OTHER_STR = {("TTQWeight", "scale_grad"): "sum", ("UniformWeight", "observer"): "mse",
-             ("UniformAct", "observer"): "dynamic"}
+OTHER_STR = {("TTQWeight", "scale_grad"): "mean", ("TTQWeight", "init"): "mean",
+             ("UniformWeight", "observer"): "mse", ("UniformAct", "observer"): "dynamic",
+             ("PACTAct", "alpha_from"): "mse"}
 
 
 def _other(cls: type, name: str, kind: type, default):

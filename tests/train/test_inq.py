@@ -119,3 +119,35 @@ def test_partition_with_channels_last_buffers_matches_contiguous():
         assert torch.equal(a.frozen_mask, b.frozen_mask)
         assert torch.equal(a.frozen_values, b.frozen_values) and torch.equal(wa, wb)
     assert torch.equal(a(wa), b(wb))
+
+
+def test_each_retraining_step_draws_a_new_order(tmp_path, monkeypatch):
+    """Issue 12 item 5: every step fits with its own seed, so shuffle/augmentation orders differ."""
+    import lowbit.train.inq as inq
+    from lowbit.data.batches import iterate_batches
+    from lowbit.train.loop import shuffle_seed
+
+    seeds = []
+    real_fit = inq.fit
+
+    def spy(model, train, test, config, out_dir, **kw):
+        seeds.append(config.seed)
+        return real_fit(model, train, test, config, out_dir, **kw)
+
+    monkeypatch.setattr(inq, "fit", spy)
+    train, test = make_data(64, seed=1), make_data(16, seed=2)
+    config = TrainConfig(epochs=1, batch_size=8, lr=0.01, schedule="none", seed=7)
+    fit_inq(inq_model(), train, test, config, tmp_path, portions=(0.5, 0.75, 0.875, 1.0),
+            progress=False)
+    assert seeds == [7, (7 + 0x9E3779B1) % 2**32, (7 + 2 * 0x9E3779B1) % 2**32]
+    assert seeds[0] == inq.step_seed(7, 1) and len(set(seeds)) == 3
+
+    def order(seed):  # the sample indices of the first epoch in fit()'s shuffled order
+        g = torch.Generator().manual_seed(shuffle_seed(seed, 0))
+        dummy = torch.zeros(64, 1, 1, 1, dtype=torch.uint8)
+        return torch.cat([i for _, i in iterate_batches(dummy, torch.arange(64), 8, True, g)])
+
+    perms = [order(s) for s in seeds]
+    assert all(sorted(p.tolist()) == list(range(64)) for p in perms)
+    assert not torch.equal(perms[0], perms[1]) and not torch.equal(perms[1], perms[2])
+    assert not torch.equal(perms[0], perms[2])

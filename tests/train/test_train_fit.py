@@ -90,7 +90,7 @@ def test_metrics_lines_and_summary(tmp_path, train_data, test_data) -> None:
     lines = _lines(tmp_path / "metrics.jsonl")
     assert len(lines) == 4
     assert set(lines[0]) == {"epoch", "train_loss", "train_accuracy", "test_loss",
-                             "test_accuracy", "lr", "epoch_seconds"}
+                             "test_accuracy", "lr", "lr_last", "epoch_seconds"}
     assert lines == summary["history"]
     assert summary["test_accuracy"] == lines[-1]["test_accuracy"]
     assert 0.0 <= summary["test_accuracy"] <= 1.0

@@ -33,6 +33,16 @@ class HWGQAct(ActQuantizer):
     """Q(x) = 0 for x <= 0, else the nearest of 2^b - 1 positive levels fitted (once, offline)
     to the half-normal N(0, 1) restricted to x > 0 (inputs are assumed batch-normalised).
 
+    Input-scale assumption (Cai et al. 2017 sec. 3: the levels are fitted once to N(0, 1)
+    because batch normalisation makes the pre-activations approximately unit Gaussian): lowbit's
+    BatchNorm layers are affine, so a channel's input here is roughly N(beta, gamma^2) with its
+    learned gamma, beta, not N(0, 1). In the zoo's float ResNet-20
+    (benchmarks/results/zoo_table2/float_aug) the median |gamma| is 0.70 (10th-90th percentile
+    0.50-0.95) and the median beta -0.19, so the fixed 2-bit step 0.538 is ~1.4x the step
+    that is MSE-optimal for the median channel (0.538 x 0.70). Training can move gamma to fit
+    the levels (as the paper relies on), but a short fine-tune barely does; the levels are not
+    rescaled here (a per-layer observed-std scale would change the deployed grid and is not
+    the paper's). Results that use HWGQ should say so (issue 12 item 7).
     ``backward``: HWGQBackward.CLIPPED (default, the paper's), LOG_TAILED or RELU.
     ``fit``: LevelFit.UNIFORM (default: uniform steps as Cai et al. deploy) or LLOYD (non-uniform).
     """

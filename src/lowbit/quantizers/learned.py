@@ -121,11 +121,40 @@ class LSQAct(ActQuantizer):
         return lsq_encode(x, self.step, self.qn, self.qp)
 
 
+ALPHA_FROM = ("init", "mse")  # PACTAct's alpha_from: the fixed alpha_init, or observed (MSE)
+ALPHA_CANDIDATES = 64  # alphas tried by pact_mse_alpha, as fractions of the batch's max
+
+
+@torch.no_grad()
+def pact_mse_alpha(x: torch.Tensor, bits: int, candidates: int = ALPHA_CANDIDATES
+                   ) -> torch.Tensor:
+    """The alpha among (k / candidates) max(x), k = 1..candidates, minimising the mean squared
+    error between :func:`pact` (x, alpha, bits) and relu(x) on the batch ``x``: the clipping
+    level whose quantized activation is closest to the float model's ReLU. Ties: the smallest."""
+    relu = x.detach().float().clamp(min=0).flatten()
+    top = relu.max()
+    if not bool(top > 0):
+        return top.new_ones(())
+    alphas = top * torch.arange(1, candidates + 1, dtype=relu.dtype) / candidates
+    sample = relu[:: max(1, relu.numel() // 200_000)]  # a strided sample bounds the cost
+    errors = torch.stack([((pact(sample, a, bits) - sample) ** 2).mean() for a in alphas])
+    return alphas[int(torch.argmin(errors))]
+
+
 class PACTAct(ActQuantizer):
     """PACT (eq. 1-3): clip(x, 0, alpha), quantized to 2^b levels; replaces the ReLU.
 
-    ``alpha``: one learned scalar per layer, initialised to ``alpha_init`` = 10 (the paper's
-    initial value). ``regularization()`` returns lambda_alpha * alpha^2, the paper's L2 on alpha;
+    ``alpha``: one learned scalar per layer. ``alpha_from`` "init" (default) starts it at
+    ``alpha_init`` = 10, the paper's initial value for training from scratch. ``alpha_from``
+    "mse" is for fine-tuning a trained float model (issue 12 item 6): the first training batch
+    sets alpha to :func:`pact_mse_alpha` of the layer's pre-activation, the alpha whose b-bit
+    output is closest (MSE) to the float ReLU it replaces. Why not the max or a high percentile:
+    at 2 bits the levels are {0, 1, 2, 3} alpha/3, and with alpha at the max of a BN output
+    (~10-20, like the paper's 10) most activations round to 0 (the committed dorefa+pact 2/2
+    fine-tune: 28.87 %); the MSE choice trades that rounding against clipping per bit width
+    (it approaches the max as b grows). Until that batch (or in eval before any training) the
+    alpha is derived from the batch at hand without being stored, as :class:`LSQAct` does.
+    ``regularization()`` returns lambda_alpha * alpha^2, the paper's L2 on alpha;
     ``lowbit.train`` adds it to the loss of every module that has it. Note: the optimizer's
     ``weight_decay`` also reaches alpha (it is a parameter like any other): decay wd is the
     gradient of (wd/2) alpha^2, so set ``lambda_alpha=0`` to rely on it alone. The default
@@ -137,16 +166,36 @@ class PACTAct(ActQuantizer):
     BITS = tuple(range(1, 9))
     REPLACES_ACTIVATION = True
 
-    def __init__(self, bits: int, alpha_init: float = 10.0, lambda_alpha: float = 1e-4) -> None:
+    def __init__(self, bits: int, alpha_init: float = 10.0, lambda_alpha: float = 1e-4,
+                 alpha_from: str = "init") -> None:
         super().__init__(bits)
         if not alpha_init > 0:
             raise ValueError(f"alpha_init must be > 0, got {alpha_init}")
+        if alpha_from not in ALPHA_FROM:
+            raise ValueError(f"alpha_from must be one of {ALPHA_FROM}, got {alpha_from!r}")
         self.lambda_alpha = float(lambda_alpha)
         self.alpha_init = float(alpha_init)  # the option (alpha itself is learned from there)
+        self.alpha_from = alpha_from
         self.alpha = nn.Parameter(torch.tensor(float(alpha_init)))
+        if alpha_from != "init":  # only then: older files of the default PACTAct still load
+            self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return pact(x, self.alpha, self.bits)
+        alpha = self.alpha
+        if self.alpha_from != "init" and not bool(self.initialized) and x.numel():
+            observed = pact_mse_alpha(x, self.bits).to(self.alpha.dtype)
+            if self.training and bool(x.detach().max() > 0):
+                with torch.no_grad():
+                    self.alpha.copy_(observed)
+                    self.initialized.fill_(True)
+            else:
+                alpha = observed
+        return pact(x, alpha, self.bits)
+
+    def _freeze(self) -> None:
+        if self.alpha_from != "init" and not bool(self.initialized):
+            raise LowbitError("PACTAct(alpha_from='mse') has seen no training batch: its alpha "
+                              "is not initialised; train or calibrate it before freeze()")
 
     def codebook(self) -> IntegerGrid:
         return self.encode(torch.zeros(0))[1]
@@ -161,4 +210,5 @@ class PACTAct(ActQuantizer):
         return self.lambda_alpha * self.alpha**2
 
     def extra_repr(self) -> str:
-        return f"bits={self.bits}, lambda_alpha={self.lambda_alpha}"
+        return (f"bits={self.bits}, lambda_alpha={self.lambda_alpha}, "
+                f"alpha_from={self.alpha_from}")

@@ -41,28 +41,39 @@ class TWNWeight(WeightQuantizer):
 class TTQWeight(WeightQuantizer):
     """TTQ (Zhu et al. 2017): {-W_n, 0, W_p} with trained W_p, W_n; delta = t max|w|.
 
-    ``init_from`` sets W_p (W_n) to the mean |w| of the float weights above delta (below
-    -delta); an empty region falls back to mean|w| over the tensor. Before ``init_from`` both
-    are 1. Deviation: the paper does not fix this initial value.
-    ``scale_grad`` "mean" (default) divides the scales' gradients by their region sizes; "sum"
-    is the paper's eq. (7) as printed (see ``lowbit.functional.ternary``: with "sum" and SGD
-    the scales diverge on ResNet-20).
+    Defaults are the paper's and its reference code's (czhu95/ternarynet,
+    examples/Ternary-Net/ternary.py, ``tw_ternarize``: ``W_p``/``W_n`` are variables created with
+    ``initializer=1.0`` and receive the plain sum of the gradients over their region, trained
+    with the ResNet's SGD at lr 0.1): ``init`` "one" keeps W_p = W_n = 1 (``init_from`` changes
+    nothing), ``scale_grad`` "sum" is eq. (7) as printed. The BatchNorm after each layer absorbs
+    the common scale, so a unit scale is not a mismatch in the layer's output; it makes each
+    step's relative change of W_p/W_n small (the summed gradient divided by 1, not by ~0.1).
+    Options, kept for comparison (issue 12 item 4 measures both): ``init`` "mean" sets W_p
+    (W_n) to the mean |w| of the float weights above delta (below -delta; an empty region falls
+    back to mean|w| over the tensor), and ``scale_grad`` "mean" divides each scale's gradient
+    by its region size (``lowbit.functional.ternary``).
     After :meth:`freeze`, W_p and W_n are the fixed table (no gradient reaches them).
     """
 
     BITS = (2,)
+    INITS = ("one", "mean")
 
-    def __init__(self, bits: int, t: float = TTQ_THRESHOLD, scale_grad: str = "mean") -> None:
+    def __init__(self, bits: int, t: float = TTQ_THRESHOLD, scale_grad: str = "sum",
+                 init: str = "one") -> None:
         super().__init__(bits)
         if not 0.0 <= t < 1.0:
             raise ValueError(f"TTQ threshold factor t must be in [0, 1), got {t}")
         check_ttq_scale_grad(scale_grad)
-        self.t, self.scale_grad = t, scale_grad
+        if init not in self.INITS:
+            raise ValueError(f"TTQ init must be one of {self.INITS}, got {init!r}")
+        self.t, self.scale_grad, self.init = t, scale_grad, init
         self.wp = nn.Parameter(torch.ones(()))
         self.wn = nn.Parameter(torch.ones(()))
 
     @torch.no_grad()
     def init_from(self, weight: torch.Tensor) -> None:
+        if self.init == "one":  # the paper's / reference code's W_p = W_n = 1
+            return
         w = weight.detach()
         delta = ttq_delta(w, self.t)
         fallback = w.abs().mean()
@@ -79,4 +90,4 @@ class TTQWeight(WeightQuantizer):
         return ttq_encode(weight, self.wp, self.wn, self.t)
 
     def extra_repr(self) -> str:
-        return f"bits={self.bits}, t={self.t}, scale_grad={self.scale_grad}"
+        return f"bits={self.bits}, t={self.t}, scale_grad={self.scale_grad}, init={self.init}"

@@ -31,9 +31,10 @@ class TrainConfig:
     """Hyper-parameters of :func:`lowbit.train.fit`.
 
     ``optimizer``: "adam" (Kingma & Ba 2015) or "sgd" (with ``momentum``, Nesterov off).
-    ``schedule`` (stepped once per epoch): "cosine" (Loshchilov & Hutter 2017, SGDR without
-    restarts, to 0 over ``epochs``), "step" (x0.1 at 50% and 75% of the epochs, as He et al.
-    2016 for CIFAR) or "none". ``num_threads`` None leaves torch's thread count alone.
+    ``schedule`` (stepped after every batch, :mod:`lowbit.train.optim`): "cosine" (Loshchilov &
+    Hutter 2017, SGDR without restarts, to 0 over ``epochs`` x batches per epoch steps), "step"
+    (x0.1 at the start of the epochs at 50% and 75% of ``epochs``, as He et al. 2016 for CIFAR)
+    or "none". ``num_threads`` None leaves torch's thread count alone.
     ``grad_clip``: clip the gradients' global L2 norm to this value (None: no clipping).
     ``augment``: "none" or "crop-flip" (pad 4, random 32x32 crop, random horizontal flip: He et
     al. 2016's CIFAR augmentation; :mod:`lowbit.data.augment`), drawn from the epoch's seeded

@@ -12,6 +12,11 @@ The procedure attaches to the quantizer type: it partitions the layers whose wei
 is an :class:`INQWeight` (:func:`inq_layers`), wherever a recipe or a LayerRule put one; every
 other layer's parameters train as in :func:`fit` in every retraining step.
 
+Each retraining step i trains with its own seed, :func:`step_seed` (config.seed, i), so every
+step draws a new shuffle and augmentation order (Algorithm 1 retrains each step as a new run
+over the data; replaying step 1's order in every step is no part of it). Step 1 keeps
+``config.seed`` itself.
+
 Deviation: after the last portion (1.0) every weight is frozen, so that step is not retrained
 (only biases / batch-norm could move); it is evaluated. Algorithm 1 likewise ends there.
 Tests: tests/train/test_inq.py.
@@ -33,6 +38,13 @@ from lowbit.train.config import TrainConfig
 from lowbit.train.loop import evaluate, fit
 
 PAPER_PORTIONS = (0.5, 0.75, 0.875, 1.0)
+SEED_STRIDE = 0x9E3779B1  # odd (golden-ratio constant): steps get distinct seeds mod 2^32
+
+
+def step_seed(seed: int, step: int) -> int:
+    """The seed of retraining step ``step`` (1-based): ``seed`` for step 1, then
+    (seed + (step - 1) * SEED_STRIDE) mod 2^32, distinct for every step of a run."""
+    return (seed + (step - 1) * SEED_STRIDE) % 2**32
 
 
 def inq_layers(model: nn.Module) -> list[tuple[str, nn.Module, INQWeight]]:
@@ -74,7 +86,8 @@ def fit_inq(
 ) -> dict[str, Any]:
     """Run INQ on an INQ-quantized (pre-trained) ``model``: for each accumulated portion,
     partition, then retrain with :func:`lowbit.train.fit` in ``out_dir/step<i>`` (``config``,
-    with ``epochs = epochs_per_step`` when given). The last portion (1.0) is evaluated only.
+    with ``epochs = epochs_per_step`` when given, and the step's own seed, :func:`step_seed`).
+    The last portion (1.0) is evaluated only.
 
     ``resume=True`` re-runs the partitions (deterministic given the model) and resumes every
     step's fit from its checkpoint, so an interrupted run continues where it stopped.
@@ -88,7 +101,8 @@ def fit_inq(
         inq_partition_(model, portion)
         frozen = min(q.frozen_fraction for _, _, q in inq_layers(model))
         if portion < 1.0:
-            summary = fit(model, train, test, config, out_dir / f"step{i}", resume=resume,
+            step_config = dataclasses.replace(config, seed=step_seed(config.seed, i))
+            summary = fit(model, train, test, step_config, out_dir / f"step{i}", resume=resume,
                           progress=progress)
         else:
             loss, accuracy = evaluate(model, *test)

@@ -3,6 +3,9 @@
 Exact resume: the shuffle order of epoch ``e`` comes from a fresh ``torch.Generator`` seeded
 from ``(config.seed, e)``, and the checkpoint written after every epoch holds the model,
 optimizer and scheduler states plus the global torch RNG state (dropout, stochastic quantizers).
+The lr schedule is stepped after every optimizer step (:mod:`lowbit.train.optim`); a checkpoint
+says so (``schedule_stepped``), and one written when the schedule was stepped per epoch is
+refused on resume rather than continued under the other schedule.
 Training 2 epochs, stopping and resuming to 4 gives the same weights, bit for bit, as 4 epochs
 in one go (tests/train/test_train_fit.py::test_resume_is_bit_exact).
 """
@@ -31,7 +34,7 @@ from lowbit.threads import configure_threads
 from lowbit.train.checkpoint import atomic_save, load_checkpoint, make_checkpoint
 from lowbit.train.config import TrainConfig
 from lowbit.train.metrics import append_jsonl, rewrite_jsonl
-from lowbit.train.optim import make_optimizer, make_scheduler
+from lowbit.train.optim import STEPPED, make_optimizer, make_scheduler, schedule_record
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +111,11 @@ def train_epoch(
     epoch: int,
     progress: bool = True,
     on_batch_start: Callable[[int, int, int, nn.Module], None] | None = None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
 ) -> tuple[float, float]:
     """One pass over ``data`` (0-based ``epoch``); returns mean training loss and accuracy.
+
+    ``scheduler`` (if given) is stepped after every optimizer step (the per-batch schedule).
 
     Raises ``FloatingPointError`` naming the epoch and batch (1-based) on a NaN/Inf loss.
     The epoch's generator draws the shuffle, then each batch's augmentation (``config.augment``).
@@ -147,6 +153,8 @@ def train_epoch(
         if config.grad_clip is not None:
             nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
         for module, weight in after_step:
             module.after_step(weight)
         total_loss += loss.item() * len(y)
@@ -168,6 +176,9 @@ def _config_diff(stored: dict[str, Any], config: TrainConfig) -> list[str]:
 def _restore(path: Path, model: nn.Module, optimizer, scheduler, config: TrainConfig) -> list:
     """Load the checkpoint at ``path`` into the training objects; return its metrics history."""
     state = load_checkpoint(path)
+    if state.get("schedule_stepped") != STEPPED:
+        raise CheckpointError(f"{path} was written when the lr schedule was stepped per epoch; "
+                              f"this lowbit steps it {STEPPED}: start a fresh run")
     diff = _config_diff(state["config"], config)
     if diff:
         raise CheckpointError(f"{path} was written with a different TrainConfig ({'; '.join(diff)})"
@@ -202,15 +213,21 @@ def _start(model, optimizer, scheduler, config: TrainConfig, out_dir: Path, resu
     return history
 
 
-def _summary(history: list[dict[str, Any]]) -> dict[str, Any]:
+def _summary(history: list[dict[str, Any]], schedule: dict[str, Any]) -> dict[str, Any]:
     last = history[-1]
     return {
         "test_accuracy": last["test_accuracy"],
         "test_loss": last["test_loss"],
         "epochs": len(history),
         "wall_seconds": sum(record["epoch_seconds"] for record in history),
+        "schedule": schedule,
         "history": history,
     }
+
+
+def _last_lr(scheduler) -> float:
+    """The lr the scheduler's most recent step trained with (factor at step last_epoch - 1)."""
+    return scheduler.base_lrs[0] * scheduler.lr_lambdas[0](max(0, scheduler.last_epoch - 1))
 
 
 def fit(
@@ -227,13 +244,15 @@ def fit(
     """Train ``model`` on uint8 ``train`` images for ``config.epochs`` epochs.
 
     After every epoch, writes ``out_dir/checkpoint.pt`` atomically and appends one line to
-    ``out_dir/metrics.jsonl`` (epoch (1-based), train/test loss and accuracy, lr, epoch_seconds).
+    ``out_dir/metrics.jsonl`` (epoch (1-based), train/test loss and accuracy, lr of the epoch's
+    first and last batch (``lr``, ``lr_last``), epoch_seconds).
     ``resume=True`` continues from the checkpoint (from scratch, logged, if there is none);
     the config must match the checkpoint's (``num_threads`` excepted). ``on_epoch_start`` is
     called with the 0-based epoch index and the model before each epoch, ``on_batch_start``
     as :func:`train_epoch` says before each batch. Seeds torch with
     ``config.seed`` first; model initialization is the caller's. Returns the summary:
-    test_accuracy, test_loss, epochs, wall_seconds (all epochs, resumed ones too), history.
+    test_accuracy, test_loss, epochs, wall_seconds (all epochs, resumed ones too), schedule
+    (:func:`lowbit.train.optim.schedule_record`: name, "per batch", steps), history.
     """
     data, test_data = as_dataset(train, "train"), as_dataset(test, "test")
     out_dir = Path(out_dir)
@@ -243,25 +262,26 @@ def fit(
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, config)
-    scheduler = make_scheduler(optimizer, config)
+    batches = math.ceil(len(data[1]) / config.batch_size)
+    scheduler = make_scheduler(optimizer, config, batches)
     history = _start(model, optimizer, scheduler, config, out_dir, resume)
     for epoch in range(len(history), config.epochs):
         if on_epoch_start is not None:
             on_epoch_start(epoch, model)
         started = time.perf_counter()
-        train_loss, train_accuracy = train_epoch(model, data, optimizer, config, epoch, progress,
-                                                 on_batch_start)
-        test_loss, test_accuracy = evaluate(model, *test_data)
         lr = optimizer.param_groups[0]["lr"]
-        scheduler.step()
+        train_loss, train_accuracy = train_epoch(model, data, optimizer, config, epoch, progress,
+                                                 on_batch_start, scheduler)
+        test_loss, test_accuracy = evaluate(model, *test_data)
         record = {"epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": train_accuracy,
                   "test_loss": test_loss, "test_accuracy": test_accuracy, "lr": lr,
-                  "epoch_seconds": time.perf_counter() - started}
+                  "lr_last": _last_lr(scheduler), "epoch_seconds": time.perf_counter() - started}
         history.append(record)
         atomic_save(make_checkpoint(
             epoch=epoch + 1, model=model.state_dict(), optimizer=optimizer.state_dict(),
             scheduler=scheduler.state_dict(), torch_rng_state=torch.get_rng_state(),
-            history=history, config=asdict(config)), out_dir / CHECKPOINT_NAME)
+            history=history, config=asdict(config), schedule_stepped=STEPPED),
+            out_dir / CHECKPOINT_NAME)
         append_jsonl(record, out_dir / METRICS_NAME)
         log.info("%s", epoch_line(record, config.epochs, history))
-    return _summary(history)
+    return _summary(history, schedule_record(config, batches))

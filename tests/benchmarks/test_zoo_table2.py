@@ -1,0 +1,58 @@
+"""benchmarks/zoo_table2.py: seeds, provenance and the report over old and new cell JSONs."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import zoo_table2 as zt  # noqa: E402
+
+CELLS = ROOT / "benchmarks" / "results" / "zoo_table2" / "cells"
+
+
+def test_seeds_label_each_cell_and_default_keeps_the_plain_label():
+    plain = zt.cell_specs(["ttq"], [(2, 32)])
+    assert [(s["label"], s["seed"]) for s in plain] == [("ttq_w2a32", 0)]
+    seeded = zt.cell_specs(["ttq", "pact"], [(2, 32), (2, 2)], [1, 2])
+    assert [s["label"] for s in seeded] == ["ttq_w2a32_s1", "ttq_w2a32_s2",
+                                            "dorefa+pact_w2a2_s1", "dorefa+pact_w2a2_s2"]
+    assert zt.cell_recipe(seeded[2]).act_options == (("alpha_from", "mse"),)
+    assert zt.cell_recipe(seeded[2], pact_alpha_init=True).act_options == ()
+
+
+def test_committed_cells_still_render_and_new_ones_show_mean_min_max_n():
+    old = [json.loads(p.read_text()) for p in sorted(CELLS.glob("*.json"))]
+    assert old and all("schedule" not in c for c in old)
+    float_acc = 0.9
+    new = [old[0] | {"label": f"{old[0]['label']}_s{k}", "seed": k, "test_accuracy": acc,
+                     "schedule": {"name": "cosine", "stepped": "per batch", "total_steps": 391,
+                                  "stages": 1}}
+           for k, acc in ((1, 0.80), (2, 0.84), (3, 0.82))]
+    rows = zt.add_drops([c for c in old if c["label"] != old[0]["label"]] + new, float_acc)
+    meta = {"model": "resnet20", "dataset": "cifar10", "task_note": "t", "threads": 1,
+            "jobs": 1, "float_epochs": 1, "float_accuracy": float_acc, "epochs": 1, "lr": 0.01,
+            "command": "c", "commit": "k"}
+    md = zt.markdown(rows, zt.check_targets(rows, float_acc), meta)
+    assert "82.00 [80.00, 84.00] n=3 (-8.00)" in md
+    assert "cosine stepped per batch over 391 steps: 3 cell(s)" in md
+    assert f"stepped per epoch (cell predates per-batch stepping: flat lr within an epoch): " \
+           f"{len(old) - 1} cell(s)" in md
+    assert zt._acc(rows, new[0]["method"], new[0]["w_bits"], new[0]["a_bits"]) == \
+        sum(c["test_accuracy"] for c in new) / 3
+
+
+def test_cell_provenance_fields():
+    import torch
+
+    import lowbit
+
+    task = {"command": "python benchmarks/zoo_table2.py --seeds 1", "commit": "abc1234",
+            "dirty": True, "dirty_files": [" M x.py"]}
+    p = zt.cell_provenance(task, 1)
+    assert p == {"command": task["command"], "git_commit": "abc1234", "git_dirty": True,
+                 "git_dirty_files": [" M x.py"], "seed": 1,
+                 "versions": {"lowbit": lowbit.__version__, "torch": torch.__version__}}
