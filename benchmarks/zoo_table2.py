@@ -240,7 +240,9 @@ def run_cell(spec: dict, task: dict, work: Path, cells: Path) -> dict:
     init = work / "float" / "model.pt"
     job = Job(task["model"], task["dataset"], recipe, config, init=str(init),
               temperature_factor=task["temperature_factor"],
-              temperature_per_step=task["temperature_per_step"])
+              temperature_per_step=task["temperature_per_step"],
+              final_temperature=task.get("final_temperature") or None,
+              qnet_bn_batches=task.get("qnet_bn_batches", 0))
     s = run(job, work / "cells" / spec["label"], resume=True, progress=False)
     cell = spec | {k: s[k] for k in ("test_accuracy", "test_loss", "epochs", "wall_seconds",
                                      "float_bytes", "packed_bytes") if k in s}
@@ -253,6 +255,10 @@ def run_cell(spec: dict, task: dict, work: Path, cells: Path) -> dict:
     cell |= step_ratio(init, task["dataset"], recipe, config)
     cell |= {"trained_by": task["command"], "trained_at_commit": task["commit"]}
     cell |= cell_provenance(task, seed)
+    if spec["method"] == "qnet":  # the temperature schedule and BN re-estimation that ran
+        cell["qnet"] = {"final_temperature": task.get("final_temperature") or None,
+                        "temperature_factor": task["temperature_factor"],
+                        "bn_batches": task.get("qnet_bn_batches", 0), **s.get("qnet", {})}
     if spec["act"] == "pact":
         cell["pact_alpha_from"] = "init" if task.get("pact_alpha_init") else "mse"
     write_atomic(cell, cells / f"{spec['label']}.json")
@@ -401,6 +407,17 @@ def detail_lines(rows: list[dict]) -> list[str]:
     return lines
 
 
+def _qnet_schedule_text(meta: dict) -> str:
+    if meta.get("final_temperature"):
+        bn = meta.get("qnet_bn_batches", 0)
+        return (f"qnet's T ramps per step to {meta['final_temperature']:g} in each phase "
+                "(restarted per phase), BatchNorm statistics "
+                + (f"re-estimated under the hard weights ({bn} batches)" if bn else
+                   "as trained (soft weights)"))
+    return (f"qnet's T = epoch x {meta.get('temperature_factor', 5):g}"
+            f"{' ramped per step' if meta.get('temperature_per_step') else ''}")
+
+
 def schedule_text(row: dict) -> str:
     """The lr schedule a cell ran, in words; a cell without a record predates per-batch
     stepping (its schedule was stepped per epoch: a flat lr within each epoch)."""
@@ -440,8 +457,7 @@ def markdown(rows: list[dict], targets: dict, meta: dict) -> str:
             f"{meta.get('augment', 'none')}, {meta.get('precision', 'fp32')} autocast"
             f"{', channels-last' if meta.get('channels_last') else ''} (evaluation in fp32); "
             "qnet with quantized activations and inq run 3 stages of that budget each (qnet "
-            f"weights-only: one phase); qnet's T = epoch x {meta.get('temperature_factor', 5):g}"
-            f"{' ramped per step' if meta.get('temperature_per_step') else ''}; first/last layers "
+            f"weights-only: one phase); {_qnet_schedule_text(meta)}; first/last layers "
             "float. The paper trains ResNet-18 on ImageNet for 55 epochs: numbers here are the "
             "shape at a small budget, not a reproduction of its values.\n",
             "## Test accuracy % (change from float, points)\n",
@@ -532,8 +548,14 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--precision", choices=("fp32", "bf16"), default="bf16",
                    help="training precision of every run (bf16 autocast: fast_path.py)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--final-temperature", type=float, default=275.0,
+                   help="qnet: T ramps per step to this in each phase, restarted per phase "
+                   "(the paper's ResNet end point 5 x 55; lowbit.train.qnet); 0: the factor "
+                   "schedule of --temperature-factor")
+    p.add_argument("--qnet-bn-batches", type=int, default=100, help="qnet: batches of "
+                   "BatchNorm re-estimation under the hard weights at the end (0: off)")
     p.add_argument("--temperature-factor", type=float, default=5.0,
-                   help="qnet: T = epoch x factor (the paper's 5 for ResNets)")
+                   help="qnet with --final-temperature 0: T = epoch x factor")
     p.add_argument("--temperature-per-step", action=argparse.BooleanOptionalAction,
                    default=True, help="qnet: ramp T within each epoch (default: yes, since a "
                    "cell has few epochs)")
@@ -570,6 +592,7 @@ def main() -> None:
             "threads": a.threads, "precision": a.precision, "channels_last": a.channels_last,
             "temperature_factor": a.temperature_factor,
             "temperature_per_step": a.temperature_per_step,
+            "final_temperature": a.final_temperature, "qnet_bn_batches": a.qnet_bn_batches,
             "command": prov["command"], "commit": prov["commit"], "dirty": prov["dirty"],
             "dirty_files": prov["dirty_files"], "pact_alpha_init": a.pact_alpha_init}
     settings = [tuple(int(b) for b in s.split("/")) for s in a.settings]
@@ -595,7 +618,8 @@ def main() -> None:
             "threads": a.threads, "jobs": a.jobs, "precision": a.precision,
             "channels_last": a.channels_last, "augment": finetune_config(task, 1).augment,
             "temperature_factor": a.temperature_factor,
-            "temperature_per_step": a.temperature_per_step}
+            "temperature_per_step": a.temperature_per_step,
+            "final_temperature": a.final_temperature, "qnet_bn_batches": a.qnet_bn_batches}
     write_atomic({"meta": meta, "targets": targets, "rows": rows}, a.out / "results.json")
     (a.out / "results.md").write_text(markdown(rows, targets, meta))
     plot(rows, meta, a.out / "table2.png")

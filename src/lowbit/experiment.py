@@ -277,6 +277,8 @@ def run(job: Job, out_dir: str | Path, resume: bool = False, progress: bool = Tr
     }
     if "qnet" in result:  # soft / hard / hard after BatchNorm re-estimation, labelled
         summary["qnet"] = result["qnet"]
+    if "schedule" in result:  # the lr schedule that ran (lowbit.train.optim.schedule_record)
+        summary["schedule"] = result["schedule"]
     summary["packed_bytes_estimate"] = summary["packed_bytes"]
     summary.update(_export_run(net, out_dir, kwargs, job.dataset))  # the real file's size
     summary["size_ratio"] = summary["packed_bytes"] / summary["float_bytes"]

@@ -81,3 +81,11 @@ def test_evaluate_rejects_float_images() -> None:
     images, labels = make_data(4, seed=0)
     with pytest.raises(ValueError, match="uint8"):
         evaluate(make_model(), images.float(), labels)
+
+
+def test_shuffle_orders_differ_for_seeds_4096_apart() -> None:
+    """torch keeps 32 bits of a generator's seed: the old ``(seed << 20) + epoch`` gave seeds
+    0 and 4096 one order."""
+    orders = [torch.randperm(50, generator=torch.Generator().manual_seed(shuffle_seed(s, 1)))
+              for s in (0, 4096, 2**32)]
+    assert not torch.equal(orders[0], orders[1]) and not torch.equal(orders[0], orders[2])

@@ -12,6 +12,7 @@ in one go (tests/train/test_train_fit.py::test_resume_is_bit_exact).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
@@ -98,9 +99,13 @@ def quantizer_hooks(model: nn.Module) -> tuple[list[nn.Module], list[tuple[nn.Mo
 
 
 def shuffle_seed(seed: int, epoch: int) -> int:
-    """Seed of epoch ``epoch``'s shuffle; distinct for every (seed, epoch) with epoch < 2**20,
-    so runs with seeds s and s+1 do not share shuffles shifted by one epoch."""
-    return (seed << 20) + epoch
+    """Seed of epoch ``epoch``'s shuffle: a 32-bit hash of (seed, epoch). torch's CPU generator
+    draws ``randperm`` from a Mersenne Twister seeded with the low 32 bits of its seed, so a
+    seed such as ``(seed << 20) + epoch`` (what this was) gave seeds s and s + 4096 the same
+    orders; hashed, runs with any two seeds (and seeds s, s+1 one epoch apart) do not share
+    shuffles, except by a 2^-32 chance."""
+    digest = hashlib.blake2b(f"lowbit-shuffle:{seed}:{epoch}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "little")
 
 
 def train_epoch(
