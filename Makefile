@@ -21,8 +21,16 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 
+# The suite in two processes, side by side (a 2-vCPU machine): the numba kernel tests, whose
+# first compile of the kernels takes minutes on a clean machine, beside all the others; both
+# must pass. `pytest` alone runs the same tests in one process.
+KERNEL_TESTS := tests/runtime/kernels tests/bench
 test: $(STAMP) lint
-	$(BIN)/python -m pytest
+	@log=$$(mktemp); \
+	$(BIN)/python -m pytest $(KERNEL_TESTS) > $$log 2>&1 & pid=$$!; \
+	$(BIN)/python -m pytest $(addprefix --ignore=,$(KERNEL_TESTS)); rest=$$?; \
+	wait $$pid; kern=$$?; echo "--- $(KERNEL_TESTS) (run beside the above):"; cat $$log; \
+	rm -f $$log; test $$rest -eq 0 && test $$kern -eq 0
 
 clean:
 	rm -rf $(VENV) runs

@@ -29,16 +29,20 @@ def _modules():
 
 
 def accelerate(model):
-    """Give each weight layer of ``model`` the first fast kernel that serves it, and each
-    activation quantizer the numba rank (:mod:`lowbit.runtime.kernels.rank`); returns
+    """Give each weight layer of ``model`` the first fast kernel that serves it, each
+    activation quantizer the numba rank (:mod:`lowbit.runtime.kernels.rank`) and each
+    residual add the coded add (:mod:`lowbit.runtime.kernels.nodes`); returns
     ``model``. ``kernels(model)`` tells which each layer got."""
     import functools
 
+    from lowbit.runtime.kernels import nodes
     from lowbit.runtime.kernels.rank import rank
 
     for node in model.nodes:
         if node.op == "quantize":  # an instance attribute in place of Grid.rank
             node.grid.rank = functools.partial(rank, node.grid.thresholds)
+        elif node.op == "add":
+            node.fast = nodes.add
     mods = list(_modules())
     for layer in model.layers:
         layer.fast = None

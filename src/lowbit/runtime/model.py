@@ -73,7 +73,7 @@ class Node:
         arity = {"input": 0, "add": 2}.get(self.op, 1)
         if len(self.inputs) != arity:
             r.fail(f"{self.op} takes {arity} inputs, got {len(self.inputs)}")
-        self.rec, self.layer, self.grid = rec, None, None
+        self.rec, self.layer, self.grid, self.fast = rec, None, None, None
         getattr(self, f"_read_{self.op}", lambda r, g: None)(r, grids)
 
     def _read_normalize(self, r, grids):
@@ -247,6 +247,10 @@ def _run(node: Node, args: list, trace):
         return node.layer(x, trace)
     if op == "quantize":
         return node.grid.rank(_float(x)), node.grid
+    if node.fast is not None:  # a fast kernel (lowbit.runtime.fast); None: not served
+        y = node.fast(args)
+        if y is not None:
+            return y
     if op == "flatten":
         if isinstance(x, tuple):
             return ops.flatten(x[0], node.start, node.end), x[1]

@@ -58,3 +58,21 @@ def test_serial_and_parallel_variants_agree():
         for n in (100, mod.PARALLEL_MIN + 7):
             x = rng.normal(size=n).astype(np.float32)
             assert np.array_equal(rank(t, x), np.searchsorted(t, x, side="right"))
+
+
+def test_drifting_even_grid_falls_back_to_the_search():
+    """Steps within a quarter of their mean (so the grid counts as even) that drift by many
+    steps: the one-step correction cannot reach the rank, the kernel reports it and the
+    binary search gives numpy's answer."""
+    from lowbit.runtime.kernels import rank as mod
+
+    m = 200
+    d = np.where(np.arange(m - 1) < m // 2, 1.2, 0.8)
+    t = np.concatenate(([0.0], np.cumsum(d))).astype(np.float32)
+    assert mod._even(t)
+    x = np.linspace(-5, t[-1] + 5, 5001, dtype=np.float32)
+    tp = np.concatenate(([-np.inf], t, [np.inf])).astype(np.float32)
+    step = (float(t[-1]) - float(t[0])) / (t.size - 1)
+    out = np.empty(x.shape, np.int16)
+    assert mod._SERIAL[mod._guess](x, tp, np.float32(t[0]), np.float32(1 / step), out)
+    assert np.array_equal(rank(t, x), np.searchsorted(t, x, side="right"))

@@ -1,9 +1,12 @@
 """An activation quantizer's rank, ``searchsorted(thresholds, x, side="right")``, in numba
-(the reference is numpy's searchsorted, :meth:`lowbit.runtime.records.Grid.rank`). Three
-strategies, chosen per grid: up to 16 thresholds a count ``sum_j (t_j <= x)`` that vectorises
-over the elements; evenly spaced thresholds (every integer grid) a guess
-``floor((x - t_0) / step) + 1`` corrected by comparisons with its neighbours; else a binary
-search.
+(the reference is numpy's searchsorted, :meth:`lowbit.runtime.records.Grid.rank`). Four
+strategies, chosen per grid: one threshold (binary activations) ``x >= t``; up to 16 a count
+``sum_j (t_j <= x)`` that vectorises over the elements; evenly spaced thresholds (every
+integer grid) a guess ``floor((x - t_0) / step) + 1`` corrected once, branch-free, by a
+comparison with each neighbour (a guess still wrong -- thresholds that drift from even -- sends
+the whole tensor to the binary search); else a binary search. Measured at one thread, 1M
+elements: one threshold 4.6 -> 0.34 ms (the count loop before), 255 even thresholds about 2x
+faster than the branching correction (a loaded machine: indicative).
 
 Exact: comparisons only, so the ranks equal numpy's for every float32 input, NaN included
 (numpy sorts NaN after every threshold: rank ``len(thresholds)``). Tested against numpy in
@@ -39,6 +42,17 @@ def _rank(x: np.ndarray, t: np.ndarray, out: np.ndarray) -> None:
 
 
 @njit(cache=True, parallel=True)
+def _one(x: np.ndarray, t0: float, out: np.ndarray) -> None:
+    """One threshold (a binary activation): ``x >= t0``, or NaN."""
+    n = x.size
+    step = 8192
+    for b in prange((n + step - 1) // step):
+        for i in range(b * step, min(n, (b + 1) * step)):
+            v = x[i]
+            out[i] = np.int16((v >= t0) | (v != v))
+
+
+@njit(cache=True, parallel=True)
 def _count(x: np.ndarray, t: np.ndarray, out: np.ndarray) -> None:
     n, m = x.size, t.size
     step = 2048
@@ -55,29 +69,33 @@ def _count(x: np.ndarray, t: np.ndarray, out: np.ndarray) -> None:
 
 
 @njit(cache=True, parallel=True)
-def _guess(x: np.ndarray, t: np.ndarray, t0: float, inv: float, out: np.ndarray) -> None:
-    n, m = x.size, t.size
+def _guess(x: np.ndarray, tp: np.ndarray, t0: float, inv: float, out: np.ndarray) -> bool:
+    """Evenly spaced thresholds ``tp[1:-1]`` (``tp`` padded with -inf, +inf): the guess
+    ``floor((x - t0) * inv) + 1`` corrected once by a comparison with each neighbour,
+    branch-free so that it vectorises. Returns True when some rank is still wrong (the guess
+    was more than one off: the caller then runs the binary search)."""
+    n, m = x.size, tp.size - 2
+    fm = np.float32(m)
     step = 4096
+    bad = 0
     for b in prange((n + step - 1) // step):
+        miss = 0
         for i in range(b * step, min(n, (b + 1) * step)):
             v = x[i]
-            if v != v:
-                out[i] = m
-                continue
-            g = (v - t0) * inv + 1.0
-            r = 0 if g < 0.0 else (m if g > m else int(g))
-            while r < m and t[r] <= v:
-                r += 1
-            while r > 0 and t[r - 1] > v:
-                r -= 1
+            g = min(max((v - t0) * inv + np.float32(1.0), np.float32(0.0)), fm)
+            r = np.int32(g if v == v else fm)  # NaN: rank m, as numpy sorts it last
+            r = min(max(r + np.int32(tp[r + 1] <= v) - np.int32(tp[r] > v), 0), m)
+            miss |= np.int32(tp[r] > v) | np.int32(tp[r + 1] <= v)
             out[i] = r
+        bad += miss
+    return bad != 0
 
 
 # the same loops on one thread: below PARALLEL_MIN elements a parallel region's start-up
 # (tens of microseconds, milliseconds when another process holds a core) costs more than
 # the work
 PARALLEL_MIN = 1 << 16
-def _serial(f):
+def serial_copy(f):
     """A one-thread copy of ``f`` under its own name (numba's cache is keyed by the function's
     qualified name: two dispatchers of one name would share cache entries)."""
     g = types.FunctionType(f.py_func.__code__, f.py_func.__globals__, f"{f.__name__}_serial")
@@ -85,7 +103,7 @@ def _serial(f):
     return njit(cache=True)(g)
 
 
-_SERIAL = {f: _serial(f) for f in (_count, _guess, _rank)}
+_SERIAL = {f: serial_copy(f) for f in (_one, _count, _guess, _rank)}
 
 
 def _even(t: np.ndarray) -> bool:
@@ -106,11 +124,15 @@ def rank(thresholds: np.ndarray, x: np.ndarray) -> np.ndarray:
     def pick(f):
         return f if flat.size >= PARALLEL_MIN else _SERIAL[f]
 
-    if t.size <= 16:
+    if t.size == 1:
+        pick(_one)(flat, t[0], dst)
+    elif t.size <= 16:
         pick(_count)(flat, t, dst)
     elif _even(t):
         step = (float(t[-1]) - float(t[0])) / (t.size - 1)
-        pick(_guess)(flat, t, float(t[0]), 1.0 / step, dst)
+        tp = np.concatenate(([-np.inf], t, [np.inf])).astype(np.float32)
+        if pick(_guess)(flat, tp, np.float32(t[0]), np.float32(1.0 / step), dst):
+            pick(_rank)(flat, t, dst)
     else:
         pick(_rank)(flat, t, dst)
     return out
