@@ -350,8 +350,8 @@ def fit_qnet(model: nn.Module, train: tuple[Tensor, Tensor], test: tuple[Tensor,
              phases: tuple[QNetPhase, ...] = PAPER_PHASES, resume: bool = False,
              progress: bool = True, per_step: bool = False,
              final_temperature: float | None = None, restart_temperature: bool | None = None,
-             bn_batches: int = BN_BATCHES, act_beta_floor: float | None = None
-             ) -> dict[str, Any]:
+             bn_batches: int = BN_BATCHES, act_beta_floor: float | None = None,
+             act_beta_grad_t: bool = True) -> dict[str, Any]:
     """Train a model holding SoftWeight/SoftAct quantizers in ``phases`` (sec. 4.1).
 
     Each phase is one :func:`fit` of ``config.epochs`` epochs in ``out_dir/phase<k>-<name>``
@@ -389,6 +389,8 @@ def fit_qnet(model: nn.Module, train: tuple[Tensor, Tensor], test: tuple[Tensor,
     if not _soft_acts(model):
         phases = tuple(p for p in phases if not p.quantize_acts)
     flags = [(p, p.requires_grad) for p in model.parameters()]
+    for m in _soft_acts(model):
+        m.quant.beta_grad_keeps_t = bool(act_beta_grad_t)
     try:
         for k, phase in enumerate(phases):
             _apply_phase(model, phase)
