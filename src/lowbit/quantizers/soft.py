@@ -47,19 +47,6 @@ from lowbit.functional.soft import (
 from lowbit.quantizers.base import ActQuantizer, WeightQuantizer
 
 
-class _ScaleGrad(torch.autograd.Function):
-    """Identity forward; the backward multiplies the gradient by ``factor``."""
-
-    @staticmethod
-    def forward(ctx, v, factor):
-        ctx.factor = factor
-        return v.view_as(v)
-
-    @staticmethod
-    def backward(ctx, g):
-        return g * ctx.factor, None
-
-
 class _SoftMixin:
     """State shared by SoftWeight and SoftAct: levels, biases, alpha, beta, T, hard switch."""
 
@@ -82,7 +69,6 @@ class _SoftMixin:
         self.hard = False
         self.grad_temperature: float | None = None
         self.grad_keeps_t = False  # with grad_temperature: keep the chain-rule factor T
-        self.beta_grad_keeps_t = True  # False: beta's gradient divided by T (SoftAct option)
 
     @torch.no_grad()
     def _init(self, x: torch.Tensor, q: float | None = None) -> None:
@@ -94,11 +80,8 @@ class _SoftMixin:
     def _quantize(self, x: torch.Tensor) -> torch.Tensor:
         if self.hard or self.is_frozen:
             return hard_quantize(x, self.levels, self.biases, self.alpha, self.beta)
-        beta = self.beta
-        if not self.beta_grad_keeps_t and beta.requires_grad:
-            beta = _ScaleGrad.apply(beta, 1.0 / float(self.temperature))
         return soft_quantize(x, self.levels, self.biases, self.temperature, self.alpha,
-                             beta, grad_temperature=self.grad_temperature,
+                             self.beta, grad_temperature=self.grad_temperature,
                              grad_keeps_t=self.grad_keeps_t)
 
     def _freeze(self) -> None:
