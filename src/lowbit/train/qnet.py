@@ -378,7 +378,9 @@ def fit_qnet(model: nn.Module, train: tuple[Tensor, Tensor], test: tuple[Tensor,
     (T included), clipped with every model parameter at L2 norm 20, at lr x 1 (the network at
     lr x 0.1). lowbit: unconstrained by default. Measured (issue 12 item 3; ResNet-20 2/2,
     10k CIFAR-10 images, 3 phases of 1 epoch, 2k test images): no default (0.0965 hard),
-    f = 0.5 0.20 hard (beta stays positive, but phase 2 already ends at 0.24); the collapse
+    f = 0.5 0.20 hard (beta stays positive, but phase 2 already ends at 0.24), with lr 0.001
+    and clip 20 (the reference's quantizer lr and clip) 0.23; beta's gradient divided by T
+    0.0995 (another layer's beta went to -0.60). The collapse
     is not only beta's sign: the paper's initialisation with k-means biases gives 0.1075
     hard (loss 77) before any training (levels alpha k = k / beta reached at the k-means
     midpoints, far below k / beta), so the option stays off until a reading trains.
