@@ -228,13 +228,18 @@ def _label_metrics(path: Path, phase: QNetPhase) -> None:
     rewrite_jsonl([r | labels for r in records], path)
 
 
-def _with_beta_floor(hooks: dict[str, Callable], model: nn.Module, fraction: float
-                     ) -> dict[str, Callable]:
-    """``hooks`` plus an ``on_batch_start`` projecting each SoftAct's beta onto beta >=
-    ``fraction`` x its value now (the calibrated one when the phase starts)."""
+def beta_floors(model: nn.Module, fraction: float) -> list[tuple[Tensor, float]]:
+    """(beta, ``fraction`` x its value now) for each SoftAct of ``model``: taken right after
+    calibration, the floors of ``act_beta_floor``."""
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"act_beta_floor must be in (0, 1], got {fraction!r}")
-    floors = [(m.quant.beta, fraction * float(m.quant.beta.detach())) for m in _soft_acts(model)]
+    return [(m.quant.beta, fraction * float(m.quant.beta.detach())) for m in _soft_acts(model)]
+
+
+def _with_beta_floor(hooks: dict[str, Callable], floors: list[tuple[Tensor, float]]
+                     ) -> dict[str, Callable]:
+    """``hooks`` plus an ``on_batch_start`` projecting each beta onto beta >= its floor
+    (:func:`beta_floors`) before every step."""
     inner = hooks.get("on_batch_start")
 
     def on_batch_start(epoch: int, batch: int, num_batches: int, net: nn.Module) -> None:
@@ -350,8 +355,7 @@ def fit_qnet(model: nn.Module, train: tuple[Tensor, Tensor], test: tuple[Tensor,
              phases: tuple[QNetPhase, ...] = PAPER_PHASES, resume: bool = False,
              progress: bool = True, per_step: bool = False,
              final_temperature: float | None = None, restart_temperature: bool | None = None,
-             bn_batches: int = BN_BATCHES, act_beta_floor: float | None = None
-             ) -> dict[str, Any]:
+             bn_batches: int = BN_BATCHES, act_beta_floor: float | None = None) -> dict[str, Any]:
     """Train a model holding SoftWeight/SoftAct quantizers in ``phases`` (sec. 4.1).
 
     Each phase is one :func:`fit` of ``config.epochs`` epochs in ``out_dir/phase<k>-<name>``
@@ -365,9 +369,21 @@ def fit_qnet(model: nn.Module, train: tuple[Tensor, Tensor], test: tuple[Tensor,
     without it, phase 3 would repeat phase 1). Activations are calibrated on 1000 training
     samples (generator seeded with ``config.seed``) when first switched on.
 
-    ``act_beta_floor`` (a fraction f in (0, 1]): before every step of a phase that trains the
-    activation quantizers, each SoftAct's beta is projected onto beta >= f x its calibrated
-    value (projected SGD; not in the paper: issue 12 item 3, beta changing sign).
+    ``act_beta_floor`` (a fraction f in (0, 1]; default None: off): before every step of a
+    phase that trains the activation quantizers, each SoftAct's beta is projected onto
+    beta >= f x its calibrated value (floors taken once, right after calibration; projected
+    SGD). Paper: beta is "the scale factor of the input" (sec. 3.1), initialised to 5p/(4q)
+    (sec. 4.1) and trained by eq. (9), with no constraint. Reference code (models/
+    quantization.py): beta an unconstrained nn.Parameter, its gradient eq. (9) by autograd
+    (T included), clipped with every model parameter at L2 norm 20, at lr x 1 (the network at
+    lr x 0.1). lowbit: unconstrained by default. Measured (issue 12 item 3; ResNet-20 2/2,
+    10k CIFAR-10 images, 3 phases of 1 epoch, 2k test images): no default (0.0965 hard),
+    f = 0.5 0.20 hard (beta stays positive, but phase 2 already ends at 0.24), with lr 0.001
+    and clip 20 (the reference's quantizer lr and clip) 0.23; beta's gradient divided by T
+    0.0995 (another layer's beta went to -0.60). The collapse
+    is not only beta's sign: the paper's initialisation with k-means biases gives 0.1075
+    hard (loss 77) before any training (levels alpha k = k / beta reached at the k-means
+    midpoints, far below k / beta), so the option stays off until a reading trains.
 
     Ends with every quantizer on eq. (11), BatchNorm statistics re-estimated under it over
     ``bn_batches`` training batches (0: kept from training) and all requires_grad flags
@@ -385,7 +401,9 @@ def fit_qnet(model: nn.Module, train: tuple[Tensor, Tensor], test: tuple[Tensor,
     else:
         temperature_schedule(0, factor)
         restart = bool(restart_temperature)
-    out_dir, summaries, calibrated = Path(out_dir), [], False
+    out_dir, summaries, calibrated, floors = Path(out_dir), [], False, []
+    if act_beta_floor:
+        beta_floors(nn.Sequential(), act_beta_floor)  # validate now
     if not _soft_acts(model):
         phases = tuple(p for p in phases if not p.quantize_acts)
     flags = [(p, p.requires_grad) for p in model.parameters()]
@@ -396,6 +414,8 @@ def fit_qnet(model: nn.Module, train: tuple[Tensor, Tensor], test: tuple[Tensor,
                 gen = torch.Generator().manual_seed(config.seed)
                 calibrate_activations(model, train[0], generator=gen)
                 calibrated = True
+                if act_beta_floor:
+                    floors = beta_floors(model, act_beta_floor)
             kinds = ((SoftWeight,) if phase.train_weights else ()) + (
                 (SoftAct,) if phase.train_acts else ())
             offset = 0 if restart else k * config.epochs
@@ -408,7 +428,7 @@ def fit_qnet(model: nn.Module, train: tuple[Tensor, Tensor], test: tuple[Tensor,
             else:
                 hooks = {"on_epoch_start": qnet_epoch_callback(factor, offset, kinds)}
             if act_beta_floor and phase.train_acts:
-                hooks = _with_beta_floor(hooks, model, act_beta_floor)
+                hooks = _with_beta_floor(hooks, floors)
             phase_dir = _phase_dir(out_dir, k, phase)
             summaries.append(fit(model, train, test, replace(config, seed=phase_seed(
                 config.seed, k)), phase_dir, resume=resume, progress=progress, **hooks))
