@@ -155,7 +155,20 @@ def cell_recipe(spec: dict, pact_alpha_init: bool = False):
 
     act_options = {"alpha_from": "mse"} if spec["act"] == "pact" and not pact_alpha_init else {}
     return Recipe(spec["weight"], spec["w_bits"], spec["act"], spec["a_bits"],
-                  keep_first=True, keep_last=True, keep_bits=32, act_options=act_options)
+                  keep_first=True, keep_last=True, keep_bits=32, act_options=act_options,
+                  weight_options=spec.get("weight_options", {}))
+
+
+#: ``--ttq-region-mean``: TTQ cells with lowbit's former defaults (scales initialised at the
+#: region means, mean scale gradient), labelled apart, to compare with the paper's
+TTQ_REGION_MEAN = {"init": "mean", "scale_grad": "mean"}
+
+
+def ttq_region_mean(specs: list[dict]) -> list[dict]:
+    """The TTQ cells of ``specs`` as ``ttq-mean`` cells (:data:`TTQ_REGION_MEAN`)."""
+    return [s | {"label": "ttq-mean" + s["label"][len("ttq"):], "method": "ttq-mean",
+                 "weight_options": dict(TTQ_REGION_MEAN)} if s["weight"] == "ttq" else s
+            for s in specs]
 
 
 def schedule_of(summary: dict, config, train_size: int, stages: int) -> dict:
@@ -561,6 +574,9 @@ def parse_args() -> argparse.Namespace:
                    "cell has few epochs)")
     p.add_argument("--seeds", type=int, nargs="+", help="run every cell at each seed (labels "
                    "<cell>_s<seed>); default: one run at seed 0 with the plain label")
+    p.add_argument("--ttq-region-mean", action="store_true", help="TTQ cells with the scales "
+                   "initialised at the region means and the mean gradient (lowbit's former "
+                   "defaults), labelled ttq-mean, beside the paper's defaults")
     p.add_argument("--pact-alpha-init", action="store_true", help="PACT cells start alpha at "
                    "the paper's from-scratch 10 instead of the observed range (alpha_from=mse)")
     p.add_argument("--remeasure-steps", action="store_true",
@@ -597,6 +613,8 @@ def main() -> None:
             "dirty_files": prov["dirty_files"], "pact_alpha_init": a.pact_alpha_init}
     settings = [tuple(int(b) for b in s.split("/")) for s in a.settings]
     specs = cell_specs(a.methods, [s for s in SETTINGS if s in settings], a.seeds)
+    if a.ttq_region_mean:
+        specs = ttq_region_mean(specs)
     if a.remeasure_steps:
         remeasure_steps(cells_dir, a.work / "float" / "model.pt", dataset, a.methods)
     if a.remeasure_steps or a.report_only:

@@ -56,3 +56,12 @@ def test_cell_provenance_fields():
     assert p == {"command": task["command"], "git_commit": "abc1234", "git_dirty": True,
                  "git_dirty_files": [" M x.py"], "seed": 1,
                  "versions": {"lowbit": lowbit.__version__, "torch": torch.__version__}}
+
+
+def test_ttq_region_mean_cells_are_labelled_apart_and_take_the_former_defaults():
+    specs = zt.ttq_region_mean(zt.cell_specs(["ttq", "twn"], [(2, 32)], [0]))
+    ttq = [s for s in specs if s["weight"] == "ttq"]
+    assert [s["label"] for s in ttq] == ["ttq-mean_w2a32_s0"] and ttq[0]["method"] == "ttq-mean"
+    q = zt.cell_recipe(ttq[0])
+    assert dict(q.weight_options) == {"init": "mean", "scale_grad": "mean"}
+    assert [s["label"] for s in specs if s["weight"] == "twn"] == ["twn_w2a32_s0"]
