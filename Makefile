@@ -21,16 +21,22 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 
-# The suite in two processes, side by side (a 2-vCPU machine): the numba kernel tests, whose
-# first compile of the kernels takes minutes on a clean machine, beside all the others; both
+# The suite in three processes side by side (a 2-vCPU machine): numba's first compile of the
+# kernels takes minutes on a clean machine and runs on one core, so the binary kernels' tests
+# and the other kernel tests each get a process beside all the remaining tests; every group
 # must pass. `pytest` alone runs the same tests in one process.
-KERNEL_TESTS := tests/runtime/kernels tests/bench
+KERNELS := tests/runtime/kernels
+GROUP_BINARY := $(KERNELS)/test_binary.py $(KERNELS)/test_fast_model.py tests/bench
+GROUP_KERNELS := $(filter-out $(GROUP_BINARY),$(wildcard $(KERNELS)/test_*.py))
 test: $(STAMP) lint
-	@log=$$(mktemp); \
-	$(BIN)/python -m pytest $(KERNEL_TESTS) > $$log 2>&1 & pid=$$!; \
-	$(BIN)/python -m pytest $(addprefix --ignore=,$(KERNEL_TESTS)); rest=$$?; \
-	wait $$pid; kern=$$?; echo "--- $(KERNEL_TESTS) (run beside the above):"; cat $$log; \
-	rm -f $$log; test $$rest -eq 0 && test $$kern -eq 0
+	@a=$$(mktemp); b=$$(mktemp); \
+	$(BIN)/python -m pytest $(GROUP_BINARY) > $$a 2>&1 & pa=$$!; \
+	$(BIN)/python -m pytest $(GROUP_KERNELS) > $$b 2>&1 & pb=$$!; \
+	$(BIN)/python -m pytest --ignore=$(KERNELS) --ignore=tests/bench; rest=$$?; \
+	wait $$pa; ra=$$?; wait $$pb; rb=$$?; \
+	echo "--- $(GROUP_BINARY) (run beside the above):"; cat $$a; \
+	echo "--- $(GROUP_KERNELS) (run beside the above):"; cat $$b; rm -f $$a $$b; \
+	test $$rest -eq 0 && test $$ra -eq 0 && test $$rb -eq 0
 
 clean:
 	rm -rf $(VENV) runs
