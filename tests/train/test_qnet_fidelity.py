@@ -157,3 +157,28 @@ def test_fit_qnet_reports_soft_and_hard_labelled_and_seeds_each_phase(tmp_path, 
     assert rec[0]["eval_activations"] == "soft eq. (6)"
     rec = json.loads((tmp_path / "phase1-weights" / "metrics.jsonl").read_text())
     assert rec["eval_weights"] == "soft eq. (6)" and rec["eval_activations"] == "float"
+
+
+def test_linear_activation_init_keeps_the_inputs_magnitude():
+    """``init="linear"``: beta = 5p/4q as the paper's, steps at beta x = i + 1/2, so the hard
+    output alpha k with alpha = 1/beta is the input rounded to the step 1/beta (sec. 4.1's
+    "keeps the magnitude"); the paper's k-means steps of skewed ReLU outputs do not."""
+    from lowbit.functional.soft import hard_quantize
+    from lowbit.quantizers.soft import SoftAct
+
+    torch.manual_seed(0)
+    x = torch.distributions.Exponential(4.0).sample((5000,))  # skewed, as ReLU outputs
+    q = float(x.max())
+    lin, km = SoftAct(2), SoftAct(2)
+    lin.calibrate(x, init="linear")
+    km.calibrate(x)
+    beta = 5 * 3 / (4 * q)
+    assert float(lin.beta) == pytest.approx(beta) and float(lin.alpha) == pytest.approx(1 / beta)
+    assert torch.equal(lin.biases, torch.tensor([0.5, 1.5, 2.5]))
+    y = hard_quantize(x, lin.levels, lin.biases, lin.alpha, lin.beta)
+    want = torch.clamp(torch.floor(x * beta + 0.5), 0, 3) / beta
+    assert torch.allclose(y, want, atol=1e-6)
+    err = lambda m: float((hard_quantize(x, m.levels, m.biases, m.alpha, m.beta) - x).abs().mean())  # noqa: E731
+    assert err(lin) < err(km)
+    with pytest.raises(ValueError, match="init"):
+        lin.calibrate(x, init="uniform")

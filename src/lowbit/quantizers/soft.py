@@ -177,10 +177,21 @@ class SoftAct(_SoftMixin, ActQuantizer):
         super().__init__(bits)
         self._setup(levels_for(bits, signed=False), learn_biases)
 
-    def calibrate(self, activations: torch.Tensor, q: float | None = None) -> None:
+    def calibrate(self, activations: torch.Tensor, q: float | None = None,
+                  init: str = "kmeans") -> None:
+        """``init="kmeans"``: the paper's (biases at beta x the k-means midpoints); ``"linear"``:
+        the same beta and alpha = 1/beta with evenly spaced steps b_i = i + 1/2 (a uniform
+        quantizer of step 1/beta, whose outputs alpha k do keep the inputs' magnitude -- what
+        the paper says alpha = 1/beta is for, sec. 4.1; with k-means steps of skewed ReLU
+        outputs they do not: issue 12 item 3)."""
         check_nonempty(activations, "activations")
         check_finite(activations, "activations")
+        if init not in ("kmeans", "linear"):
+            raise ValueError(f"init must be 'kmeans' or 'linear', got {init!r}")
         self._init(activations, q=q)
+        if init == "linear":
+            with torch.no_grad():
+                self.biases.copy_((self.levels[1:] + self.levels[:-1]) / 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._quantize(x)

@@ -258,7 +258,8 @@ def _soft_acts(model: nn.Module) -> list[QuantAct]:
 
 @torch.no_grad()
 def calibrate_activations(model: nn.Module, images: Tensor, n: int = 1000,
-                          batch_size: int = 250, generator: torch.Generator | None = None) -> int:
+                          batch_size: int = 250, generator: torch.Generator | None = None,
+                          init: str = "kmeans") -> int:
     """Initialise every SoftAct from the activations ``n`` random samples produce (sec. 4.1).
 
     ``images``: uint8 (N, C, H, W) as :func:`fit` takes them (scaled by 1/255). The activations
@@ -293,7 +294,7 @@ def calibrate_activations(model: nn.Module, images: Tensor, n: int = 1000,
             m.quant_enabled = e
         model.train(was_training)
     for m in acts:
-        m.quant.calibrate(torch.cat(seen[id(m)]), q=qmax[id(m)])
+        m.quant.calibrate(torch.cat(seen[id(m)]), q=qmax[id(m)], init=init)
     return len(acts)
 
 
@@ -355,7 +356,8 @@ def fit_qnet(model: nn.Module, train: tuple[Tensor, Tensor], test: tuple[Tensor,
              phases: tuple[QNetPhase, ...] = PAPER_PHASES, resume: bool = False,
              progress: bool = True, per_step: bool = False,
              final_temperature: float | None = None, restart_temperature: bool | None = None,
-             bn_batches: int = BN_BATCHES, act_beta_floor: float | None = None) -> dict[str, Any]:
+             bn_batches: int = BN_BATCHES, act_beta_floor: float | None = None,
+             act_init: str = "kmeans") -> dict[str, Any]:
     """Train a model holding SoftWeight/SoftAct quantizers in ``phases`` (sec. 4.1).
 
     Each phase is one :func:`fit` of ``config.epochs`` epochs in ``out_dir/phase<k>-<name>``
@@ -385,6 +387,10 @@ def fit_qnet(model: nn.Module, train: tuple[Tensor, Tensor], test: tuple[Tensor,
     hard (loss 77) before any training (levels alpha k = k / beta reached at the k-means
     midpoints, far below k / beta), so the option stays off until a reading trains.
 
+    ``act_init``: "kmeans" (the paper's, default) or "linear" -- the calibrated beta and
+    alpha = 1/beta with evenly spaced steps (:meth:`lowbit.quantizers.soft.SoftAct.calibrate`),
+    the uniform quantizer for which alpha = 1/beta keeps the magnitude.
+
     Ends with every quantizer on eq. (11), BatchNorm statistics re-estimated under it over
     ``bn_batches`` training batches (0: kept from training) and all requires_grad flags
     restored; returns {"phases": [fit summaries], "soft_test_accuracy"/"_loss" (the last
@@ -412,7 +418,7 @@ def fit_qnet(model: nn.Module, train: tuple[Tensor, Tensor], test: tuple[Tensor,
             _apply_phase(model, phase)
             if phase.quantize_acts and not calibrated:
                 gen = torch.Generator().manual_seed(config.seed)
-                calibrate_activations(model, train[0], generator=gen)
+                calibrate_activations(model, train[0], generator=gen, init=act_init)
                 calibrated = True
                 if act_beta_floor:
                     floors = beta_floors(model, act_beta_floor)
