@@ -392,8 +392,8 @@ def fit_qnet(model: nn.Module, train: tuple[Tensor, Tensor], test: tuple[Tensor,
     the uniform quantizer for which alpha = 1/beta keeps the magnitude. Measured (same 2/2
     budget as above): it does not train either -- phases 0.84 / 0.0965 / 0.099, hard 0.0995,
     the first two activation betas end at -0.71 and -0.77 -- so the k-means steps are not the
-    only cause; the sign change of beta is (`qexp.py --w 2 --a 2 --extra '{"act_init":
-    "linear"}'`, issue 12 notes).
+    only cause; the sign change of beta is (``benchmarks/qnet_short_budget.py --w 2 --a 2
+    --extra '{"act_init": "linear"}'``, which made every measurement of this docstring).
 
     Ends with every quantizer on eq. (11), BatchNorm statistics re-estimated under it over
     ``bn_batches`` training batches (0: kept from training) and all requires_grad flags
