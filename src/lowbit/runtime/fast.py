@@ -33,14 +33,12 @@ def accelerate(model):
     activation quantizer the numba rank (:mod:`lowbit.runtime.kernels.rank`) and each
     residual add the coded add (:mod:`lowbit.runtime.kernels.nodes`); returns
     ``model``. ``kernels(model)`` tells which each layer got."""
-    import functools
-
     from lowbit.runtime.kernels import nodes
-    from lowbit.runtime.kernels.rank import rank
+    from lowbit.runtime.kernels.rank import ranker
 
     for node in model.nodes:
         if node.op == "quantize":  # an instance attribute in place of Grid.rank
-            node.grid.rank = functools.partial(rank, node.grid.thresholds)
+            node.grid.rank = ranker(node.grid.thresholds)
         elif node.op == "add":
             node.fast = nodes.add
     mods = list(_modules())
