@@ -4,8 +4,8 @@ strategies, chosen per grid: one threshold (binary activations) ``x >= t``; up t
 ``sum_j (t_j <= x)`` that vectorises over the elements; evenly spaced thresholds (every
 integer grid) a guess ``floor((x - t_0) / step) + 1`` corrected once, branch-free, by a
 comparison with each neighbour (a guess still wrong -- thresholds that drift from even -- sends
-the whole tensor to the binary search); else a binary search. The strategy and its constants are chosen once
-per grid (:func:`ranker`), not per call.
+the whole tensor to the binary search); else a binary search. The strategy and its
+constants are chosen once per grid (:func:`ranker`), not per call.
 
 Exact: comparisons only, so the ranks equal numpy's for every float32 input, NaN included
 (numpy sorts NaN after every threshold: rank ``len(thresholds)``). Tested against numpy in
