@@ -25,7 +25,7 @@ import lowbit
 from lowbit.data import load_dataset
 from lowbit.experiment import model_kwargs
 from lowbit.models import build_model
-from lowbit.report.provenance import meta_header, provenance
+from lowbit.report.provenance import meta_header, provenance, write_provenance
 from lowbit.report.table import markdown_table
 from lowbit.report.timing import interleaved_many, train_step
 
@@ -88,10 +88,16 @@ def accuracy(init: str, epochs: int, recipe_name: str, precision: str, cl: bool,
     config = default_config("resnet20", "cifar10", epochs=epochs, lr=0.01, precision=precision,
                             channels_last=cl)
     out = work / f"{recipe_name.replace(' ', '_').replace('/', '-')}_{precision}_{int(cl)}"
+    reused = (out / "summary.json").exists()  # a finished run in --work: resume trains nothing
     s = run(Job("resnet20", "cifar10", recipe, config, init=init), out, resume=True)
+    record = out / "provenance.json"
+    if not reused:
+        write_provenance(out)
+    trained = json.loads(record.read_text()) if record.exists() else {}
     return {"recipe": recipe_name, "precision": precision, "channels_last": cl,
             "epochs": epochs, "test_accuracy": s["test_accuracy"],
-            "seconds_per_epoch": s["wall_seconds"] / s["epochs"]}
+            "seconds_per_epoch": s["wall_seconds"] / s["epochs"], "reused": reused,
+            "trained_at": trained.get("commit"), "trained_command": trained.get("command")}
 
 
 def markdown(rows: list[dict], acc: list[dict], meta: dict) -> str:
@@ -110,12 +116,17 @@ def markdown(rows: list[dict], acc: list[dict], meta: dict) -> str:
     if acc:
         lines += ["", "## Does the fast path keep accuracy?", "",
                   "Same recipe, same seed and data order, fine-tuned from the same float model; "
-                  "test accuracy in fp32 evaluation.", ""]
-        shown = [{**r, "acc": 100 * r["test_accuracy"]} for r in acc]
+                  "test accuracy in fp32 evaluation. \"trained at\": the commit of the run "
+                  "that trained the row (a finished run in --work is reused, not retrained, and "
+                  "keeps its commit, which can be older than the header's).", ""]
+        shown = [{**r, "acc": 100 * r["test_accuracy"],
+                  "at": (r.get("trained_at") or "not recorded")
+                  + (" (reused)" if r.get("reused") else "")} for r in acc]
         lines.append(markdown_table(shown, [
             ("recipe", "recipe", ""), ("precision", "precision", ""),
             ("channels_last", "channels-last", ""), ("epochs", "epochs", ""),
-            ("acc", "test acc %", ".2f"), ("seconds_per_epoch", "s / epoch", ".0f")]))
+            ("acc", "test acc %", ".2f"), ("seconds_per_epoch", "s / epoch", ".0f"),
+            ("at", "trained at", "")]))
     return "\n".join(lines) + "\n"
 
 

@@ -35,9 +35,13 @@ def run_cell(w: int, a: int, seed: int, epochs: int, work: Path, cells: Path) ->
 
     recipe = Recipe("ivan", w, "ivan", a, keep_first=False, keep_last=False)
     job = Job("lenet300", "mnist", recipe, default_config("lenet300", epochs=epochs, seed=seed))
+    from lowbit.report.provenance import git_state
+
     s = run(job, work / f"w{w}a{a}s{seed}", resume=True, progress=False)
+    git = git_state(HERE)
     cell = {k: s[k] for k in ("w_bits", "a_bits", "test_accuracy", "test_loss", "epochs",
-                              "wall_seconds", "float_bytes", "packed_bytes")} | {"seed": seed}
+                              "wall_seconds", "float_bytes", "packed_bytes")} | {
+        "seed": seed, "commit": git["commit"], "dirty": git["dirty"]}
     tmp = cells / f".w{w}a{a}s{seed}.json.tmp"
     tmp.write_text(json.dumps(cell))
     os.replace(tmp, cells / f"w{w}a{a}s{seed}.json")
@@ -68,6 +72,22 @@ def check_targets(rows: list[dict]) -> dict[str, dict]:
     return out
 
 
+def trained_at(cells: list[dict], history: str = "") -> list[str]:
+    """Markdown lines saying which commit trained how many cells: from each cell's ``commit``
+    (written since issue 12), and for cells without one, ``history`` (the text of
+    ``cells/HISTORY.md``, the record of how the earlier cells ran) or "not recorded"."""
+    counts: dict[str, int] = {}
+    for c in cells:
+        key = c.get("commit") or ""
+        key += " + uncommitted changes" if key and c.get("dirty") else ""
+        counts[key] = counts.get(key, 0) + 1
+    lines = [f"- `{k}`: {n} cell(s)" for k, n in sorted(counts.items()) if k]
+    if counts.get(""):
+        lines.append(f"- {counts['']} cell(s) without a recorded commit: "
+                     + (history.strip() or "not recorded"))
+    return lines
+
+
 def markdown(rows: list[dict], targets: dict, meta: dict) -> str:
     by = {(r["w_bits"], r["a_bits"]): r for r in rows}
     from lowbit.report.provenance import meta_header
@@ -75,8 +95,9 @@ def markdown(rows: list[dict], targets: dict, meta: dict) -> str:
     head = "| act bits \\ weight bits | " + " | ".join(map(str, BITS)) + " |"
     lines = ["# Ivan Figure 5 reproduction: LeNet300 on MNIST, test accuracy (%)\n",
              f"{meta_header(meta)}  ",
-             f"{meta['epochs']} epochs per run, seeds {meta['seeds']}; mean [min, max].\n",
-             head, "|---|" + "---:|" * len(BITS)]
+             f"{meta['epochs']} epochs per run, seeds {meta['seeds']}; mean [min, max]. The "
+             "header's commit wrote this report; the cells were trained at:\n",
+             *meta.get("trained_at", []), "", head, "|---|" + "---:|" * len(BITS)]
     for a in reversed(BITS):
         cells = []
         for w in BITS:
@@ -144,8 +165,10 @@ def main() -> None:
     from lowbit.report.provenance import provenance
 
     prov = provenance()
+    history = cells_dir / "HISTORY.md"
     meta = {"command": prov["command"], "commit": prov["commit"], "epochs": a.epochs,
-            "seeds": a.seeds, "provenance": prov}
+            "seeds": a.seeds, "provenance": prov,
+            "trained_at": trained_at(cells, history.read_text() if history.exists() else "")}
     (a.out / "results.json").write_text(json.dumps(
         {"meta": meta, "rows": rows, "targets": targets, "cells": cells}, indent=1))
     (a.out / "results.md").write_text(markdown(rows, targets, meta))

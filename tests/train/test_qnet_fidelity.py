@@ -182,3 +182,59 @@ def test_linear_activation_init_keeps_the_inputs_magnitude():
     assert err(lin) < err(km)
     with pytest.raises(ValueError, match="init"):
         lin.calibrate(x, init="uniform")
+
+
+def test_ramp_with_a_start_runs_from_start_to_final():
+    """The paper's ResNet ramp T = epoch x 5, epochs 1..55, compressed: 5 at the first step,
+    275 at the last, linear between; never below the first epoch's T."""
+    ts = [ramp_temperature(s, 11, 275.0, start=5.0) for s in range(11)]
+    assert ts[0] == 5.0 and ts[-1] == 275.0
+    assert ts[5] == pytest.approx(5.0 + 270.0 / 2)
+    assert all(b > a for a, b in zip(ts, ts[1:], strict=False))
+    assert ramp_temperature(0, 1, 275.0, start=5.0) == 275.0  # one step: the final T
+    for bad in (0.0, -1.0, float("inf")):
+        with pytest.raises(ValueError, match="start temperature"):
+            ramp_temperature(0, 4, 100.0, start=bad)
+    q = SoftAct(2)
+    cb = qnet_ramp_callback(60.0, epochs=1, start=6.0)
+    cb(0, 0, 10, nn.Sequential(q))
+    assert float(q.temperature) == 6.0
+
+
+def test_fit_alpha_is_the_least_squares_scale_of_the_hard_levels():
+    """alpha = sum x Y_k / sum Y_k^2 with k = #{i : beta x >= b_i}: computed in numpy."""
+    import numpy as np
+
+    from lowbit.functional.soft import fit_alpha
+
+    rng = np.random.default_rng(0)
+    x = np.maximum(rng.standard_normal(4000), 0.0) ** 2  # skewed, like ReLU outputs
+    levels, beta = np.array([0.0, 1.0, 2.0, 3.0]), 0.7
+    biases = np.array([0.1, 0.5, 1.6])
+    k = (beta * x[:, None] >= biases[None, :]).sum(1)
+    y = levels[k]
+    want = float((x * y).sum() / (y * y).sum())
+    got = fit_alpha(torch.tensor(x), torch.tensor(levels), torch.tensor(biases), beta)
+    assert got == pytest.approx(want, rel=1e-12)
+    # the fitted scale is a minimum of the squared error over alpha
+    err = [float(((x - a * y) ** 2).sum()) for a in (0.99 * want, want, 1.01 * want)]
+    assert err[1] < err[0] and err[1] < err[2]
+    # every value on the level 0: no information, alpha = 1 / beta
+    assert fit_alpha(torch.zeros(10), torch.tensor(levels), torch.tensor(biases), 0.5) == 2.0
+
+
+def test_soft_act_calibrate_alpha_fit_keeps_the_magnitude():
+    """alpha="fit": the hard outputs' scale matches the activations' (issue 12 item 3), where
+    the paper's alpha = 1 / beta blows up k-means-stepped skewed activations."""
+    x = torch.relu(torch.randn(20000, generator=torch.Generator().manual_seed(0))) ** 3
+    paper, fitted = SoftAct(2), SoftAct(2)
+    paper.calibrate(x)
+    fitted.calibrate(x, alpha="fit")
+    assert torch.equal(paper.biases, fitted.biases) and paper.beta == fitted.beta
+    paper.hard = fitted.hard = True
+    err_paper = float((paper(x) - x).pow(2).mean())
+    err_fit = float((fitted(x) - x).pow(2).mean())
+    assert err_fit < err_paper
+    assert float(fitted.alpha) < float(paper.alpha)
+    with pytest.raises(ValueError, match="alpha must be"):
+        SoftAct(2).calibrate(x, alpha="mean")

@@ -367,3 +367,22 @@ def init_soft_params(
     c = kmeans_1d(x, n + 1)
     biases = beta * (c[1:] + c[:-1]) / 2
     return biases.to(levels.dtype), 1.0 / beta, beta
+
+
+def fit_alpha(x: torch.Tensor, levels: torch.Tensor, biases: torch.Tensor,
+              beta: torch.Tensor | float) -> float:
+    """The output scale alpha minimising sum (x - alpha Y_k(x))^2 over the values ``x``, with
+    k(x) the eq. (11) code at these ``biases`` and ``beta``: alpha = sum x Y_k / sum Y_k^2
+    (1 / beta if every value lands on the level 0).
+
+    Not the paper's alpha = 1 / beta (sec. 4.1), which keeps the magnitude only for a uniform
+    quantizer of step 1 / beta; with k-means steps on skewed ReLU outputs the first step sits
+    far below 1 / beta and alpha = 1 / beta blows small activations up (issue 12 item 3):
+    :meth:`lowbit.quantizers.soft.SoftAct.calibrate` ``alpha="fit"``.
+    """
+    x = tensor_arg(x, "x").detach().reshape(-1).to(torch.float64)
+    lv = tensor_arg(levels, "levels", table=True).detach().reshape(-1).to(torch.float64)
+    y = lv[_hard_codes(x, biases.to(torch.float64), _as_scalar(beta, x, "beta"))]
+    den = float((y * y).sum())
+    b = float(beta)
+    return float((x * y).sum()) / den if den > 0 else 1.0 / b

@@ -37,6 +37,7 @@ from torch import nn
 from lowbit.functional.checks import check_finite, check_nonempty
 from lowbit.functional.codebook import Codebook
 from lowbit.functional.soft import (
+    fit_alpha,
     hard_encode,
     hard_grid,
     hard_quantize,
@@ -178,20 +179,28 @@ class SoftAct(_SoftMixin, ActQuantizer):
         self._setup(levels_for(bits, signed=False), learn_biases)
 
     def calibrate(self, activations: torch.Tensor, q: float | None = None,
-                  init: str = "kmeans") -> None:
+                  init: str = "kmeans", alpha: str = "reciprocal") -> None:
         """``init="kmeans"``: the paper's (biases at beta x the k-means midpoints); ``"linear"``:
         the same beta and alpha = 1/beta with evenly spaced steps b_i = i + 1/2 (a uniform
         quantizer of step 1/beta, whose outputs alpha k do keep the inputs' magnitude -- what
         the paper says alpha = 1/beta is for, sec. 4.1; with k-means steps of skewed ReLU
-        outputs they do not: issue 12 item 3)."""
+        outputs they do not: issue 12 item 3).
+
+        ``alpha="reciprocal"``: the paper's alpha = 1/beta; ``"fit"``: the least-squares scale
+        of the hard levels to these activations (:func:`lowbit.functional.soft.fit_alpha`),
+        which keeps their magnitude whatever the steps."""
         check_nonempty(activations, "activations")
         check_finite(activations, "activations")
         if init not in ("kmeans", "linear"):
             raise ValueError(f"init must be 'kmeans' or 'linear', got {init!r}")
+        if alpha not in ("reciprocal", "fit"):
+            raise ValueError(f"alpha must be 'reciprocal' or 'fit', got {alpha!r}")
         self._init(activations, q=q)
-        if init == "linear":
-            with torch.no_grad():
+        with torch.no_grad():
+            if init == "linear":
                 self.biases.copy_((self.levels[1:] + self.levels[:-1]) / 2)
+            if alpha == "fit":
+                self.alpha.fill_(fit_alpha(activations, self.levels, self.biases, self.beta))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._quantize(x)

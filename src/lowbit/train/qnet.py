@@ -142,30 +142,36 @@ def qnet_batch_callback(factor: float, offset: int = 0, kinds: tuple[type, ...] 
     return on_batch_start
 
 
-def ramp_temperature(step: int, steps: int, final: float) -> float:
+def ramp_temperature(step: int, steps: int, final: float, start: float | None = None) -> float:
     """T = final x (step + 1) / steps for the 0-based ``step`` of ``steps``: the paper's linear
-    T = epoch x factor with factor = final / steps, reaching ``final`` at the last step."""
-    if not (isinstance(final, (int, float)) and math.isfinite(final) and final > 0):
-        raise ValueError(f"final temperature must be a finite number > 0, got {final!r}")
+    T = epoch x factor with factor = final / steps, reaching ``final`` at the last step.
+
+    With ``start``: linear from ``start`` at step 0 to ``final`` at the last step (the paper's
+    ramp T = epoch x 5 over epochs 1..55 runs from 5 to 275, never below its first epoch's T)."""
+    for name, v in (("final", final), ("start", final if start is None else start)):
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+            raise ValueError(f"{name} temperature must be a finite number > 0, got {v!r}")
     if not 0 <= step < steps:
         raise ValueError(f"step must be in [0, {steps}), got {step!r}")
-    return float(final * (step + 1) / steps)
+    if start is None:
+        return float(final * (step + 1) / steps)
+    return float(start + (final - start) * (step / (steps - 1) if steps > 1 else 1.0))
 
 
 def qnet_ramp_callback(final: float, epochs: int, offset_steps: int = 0, total_epochs: int = 0,
-                       kinds: tuple[type, ...] = SOFT_KINDS
+                       kinds: tuple[type, ...] = SOFT_KINDS, start: float | None = None
                        ) -> Callable[[int, int, int, nn.Module], None]:
     """``on_batch_start`` for :func:`fit`: T = :func:`ramp_temperature` over the run's steps.
 
     ``epochs`` of fit's epochs, ``num_batches`` each; ``offset_steps`` (in epochs) and
     ``total_epochs`` (0: ``epochs``) place this fit inside a longer ramp (one ramp over all
-    phases)."""
-    ramp_temperature(0, 1, final)
+    phases); ``start``: the ramp's first T (:func:`ramp_temperature`)."""
+    ramp_temperature(0, 1, final, start)
     total = total_epochs or epochs
 
     def on_batch_start(epoch: int, batch: int, num_batches: int, model: nn.Module) -> None:
         step = (offset_steps + epoch) * num_batches + batch
-        set_temperature(model, ramp_temperature(step, total * num_batches, final), kinds)
+        set_temperature(model, ramp_temperature(step, total * num_batches, final, start), kinds)
 
     return on_batch_start
 
@@ -259,7 +265,7 @@ def _soft_acts(model: nn.Module) -> list[QuantAct]:
 @torch.no_grad()
 def calibrate_activations(model: nn.Module, images: Tensor, n: int = 1000,
                           batch_size: int = 250, generator: torch.Generator | None = None,
-                          init: str = "kmeans") -> int:
+                          init: str = "kmeans", alpha: str = "reciprocal") -> int:
     """Initialise every SoftAct from the activations ``n`` random samples produce (sec. 4.1).
 
     ``images``: uint8 (N, C, H, W) as :func:`fit` takes them (scaled by 1/255). The activations
@@ -294,7 +300,7 @@ def calibrate_activations(model: nn.Module, images: Tensor, n: int = 1000,
             m.quant_enabled = e
         model.train(was_training)
     for m in acts:
-        m.quant.calibrate(torch.cat(seen[id(m)]), q=qmax[id(m)], init=init)
+        m.quant.calibrate(torch.cat(seen[id(m)]), q=qmax[id(m)], init=init, alpha=alpha)
     return len(acts)
 
 
@@ -357,7 +363,8 @@ def fit_qnet(model: nn.Module, train: tuple[Tensor, Tensor], test: tuple[Tensor,
              progress: bool = True, per_step: bool = False,
              final_temperature: float | None = None, restart_temperature: bool | None = None,
              bn_batches: int = BN_BATCHES, act_beta_floor: float | None = None,
-             act_init: str = "kmeans") -> dict[str, Any]:
+             act_init: str = "kmeans", act_alpha: str = "reciprocal",
+             initial_temperature: float | None = None) -> dict[str, Any]:
     """Train a model holding SoftWeight/SoftAct quantizers in ``phases`` (sec. 4.1).
 
     Each phase is one :func:`fit` of ``config.epochs`` epochs in ``out_dir/phase<k>-<name>``
@@ -422,7 +429,8 @@ def fit_qnet(model: nn.Module, train: tuple[Tensor, Tensor], test: tuple[Tensor,
             _apply_phase(model, phase)
             if phase.quantize_acts and not calibrated:
                 gen = torch.Generator().manual_seed(config.seed)
-                calibrate_activations(model, train[0], generator=gen, init=act_init)
+                calibrate_activations(model, train[0], generator=gen, init=act_init,
+                                      alpha=act_alpha)
                 calibrated = True
                 if act_beta_floor:
                     floors = beta_floors(model, act_beta_floor)
@@ -432,7 +440,8 @@ def fit_qnet(model: nn.Module, train: tuple[Tensor, Tensor], test: tuple[Tensor,
             if final_temperature is not None:
                 total = config.epochs * (1 if restart else len(phases))
                 hooks = {"on_batch_start": qnet_ramp_callback(
-                    final_temperature, config.epochs, offset, total, kinds)}
+                    final_temperature, config.epochs, offset, total, kinds,
+                    initial_temperature)}
             elif per_step:
                 hooks = {"on_batch_start": qnet_batch_callback(factor, offset, kinds)}
             else:
