@@ -11,6 +11,20 @@ issue 12 notes came from this script (about 6-9 min each for 2/2, 3 phases of 1 
     python benchmarks/qnet_short_budget.py --w 2 --a 2 --extra '{"act_beta_floor": 0.5}'
     python benchmarks/qnet_short_budget.py --w 2 --a 2 --extra '{"act_init": "linear"}'
     python benchmarks/qnet_short_budget.py --w 1 --mode factor50       # the zoo's former T -> 50
+
+Issue 12 item 3 (the activation defaults act_alpha="fit", act_grad_temperature=1; JSON null
+gives the paper's backward at T):
+
+    python benchmarks/qnet_short_budget.py --w 2 --a 2                 # defaults
+    python benchmarks/qnet_short_budget.py --w 2 --a 2 --extra '{"act_grad_temperature": null}'
+    python benchmarks/qnet_short_budget.py --w 32 --a 2 --init-check   # hard net before a step
+    python benchmarks/qnet_short_budget.py --w 32 --a 2 --n 5000 --phases activations \
+        --extra '{"act_alpha": "reciprocal"}'                          # phase 2 alone
+
+``--w 32`` keeps the weights float; ``--phases activations`` runs phase 2 alone (activation
+quantizers calibrated and trained, everything else too); ``--init-check`` trains nothing: the
+hard network's accuracy right after calibration, with training's and re-estimated BatchNorm
+statistics, for each act_alpha.
 """
 
 from __future__ import annotations
@@ -39,6 +53,10 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=1, help="epochs per phase")
     p.add_argument("--clip", type=float, default=0.0, help="gradient clip (0: qnet's 5)")
     p.add_argument("--extra", default="{}", help="fit_qnet keyword arguments, as JSON")
+    p.add_argument("--phases", choices=("all", "activations"), default="all",
+                   help="all: the paper's three phases; activations: phase 2 alone")
+    p.add_argument("--init-check", action="store_true", help="train nothing: the hard "
+                   "network after calibration, per act_alpha")
     p.add_argument("--data-dir")
     a = p.parse_args()
     torch.set_num_threads(1)
@@ -67,20 +85,48 @@ def main() -> None:
     acts = [m for m in q.modules() if isinstance(m, SoftAct)]
     for m in acts:
         m.register_forward_pre_hook(spy)
+    if a.init_check:
+        print(json.dumps({"args": vars(a), **init_check(q, train, test, cfg.batch_size)}))
+        return
+    phases = qnet.PAPER_PHASES if a.phases == "all" else (qnet.PAPER_PHASES[1],)
     t0 = time.time()
     with tempfile.TemporaryDirectory() as d:
         if a.mode == "factor50":
             r = qnet.fit_qnet(q, train, test, cfg, d, 50.0, progress=False, per_step=True,
-                              **json.loads(a.extra))
+                              phases=phases, **json.loads(a.extra))
         else:
-            r = qnet.fit_qnet(q, train, test, cfg, d, progress=False, **json.loads(a.extra))
+            r = qnet.fit_qnet(q, train, test, cfg, d, progress=False, phases=phases,
+                              **json.loads(a.extra))
     out = {k: v for k, v in r.items() if k != "phases"}
     out["phase_acc"] = [s["test_accuracy"] for s in r["phases"]]
     out["seconds"] = round(time.time() - t0)
     if betas:
         out["beta_min_seen"] = min(betas)
-        out["act_betas_end"] = [round(float(m.beta), 4) for m in acts][:6]
+        out["act_betas_end"] = [round(float(m.beta.detach()), 4) for m in acts][:6]
     print(json.dumps({"args": vars(a), **out}))
+
+
+def init_check(q, train, test, batch_size: int) -> dict:
+    """Hard accuracy right after calibration (no training), training's BatchNorm statistics
+    and re-estimated ones, for act_alpha "reciprocal" (the paper's) and "fit"."""
+    import copy
+
+    from lowbit.train import qnet
+    from lowbit.train.loop import evaluate
+
+    out = {}
+    for alpha in ("reciprocal", "fit"):
+        m = copy.deepcopy(q)
+        qnet.calibrate_activations(m, train[0], generator=torch.Generator().manual_seed(0),
+                                   alpha=alpha)
+        for act in qnet._soft_acts(m):
+            act.quant_enabled = True
+        qnet.set_hard(m, True)
+        out[f"{alpha}_hard"] = evaluate(m, *test)[1]
+        qnet.reestimate_batchnorm(m, train[0], qnet.BN_BATCHES, batch_size, "none",
+                                  torch.Generator().manual_seed(1))
+        out[f"{alpha}_hard_bn_reestimated"] = evaluate(m, *test)[1]
+    return out
 
 
 if __name__ == "__main__":

@@ -238,3 +238,41 @@ def test_soft_act_calibrate_alpha_fit_keeps_the_magnitude():
     assert float(fitted.alpha) < float(paper.alpha)
     with pytest.raises(ValueError, match="alpha must be"):
         SoftAct(2).calibrate(x, alpha="mean")
+
+
+def test_fit_qnet_activation_defaults_fit_alpha_and_backward_at_t1(tmp_path):
+    """Issue 12 item 3: fit_qnet calibrates the activations with the least-squares alpha and
+    runs their backward at T = 1 (weights keep the paper's); None / "reciprocal" give the
+    paper's reading back."""
+    from lowbit.functional.soft import fit_alpha
+    from lowbit.train.qnet import ACT_GRAD_TEMPERATURE, calibrate_activations, fit_qnet
+
+    def run(**kw):
+        model = lowbit.quantize(mlp_bn(), lowbit.Recipe("qnet", 2, "qnet", 2, keep_first=False,
+                                                        keep_last=False))
+        fit_qnet(model, images(64, 5), images(32, 6), TrainConfig(epochs=1, batch_size=32),
+                 tmp_path / str(len(list(tmp_path.iterdir()))), progress=False, bn_batches=0,
+                 **kw)
+        return model
+
+    act = [m for m in run().modules() if isinstance(m, SoftAct)]
+    assert act and all(m.grad_temperature == ACT_GRAD_TEMPERATURE == 1.0 and not m.grad_keeps_t
+                       for m in act)
+    weights = [m for m in run().modules() if isinstance(m, SoftWeight)]
+    assert weights and all(m.grad_temperature is None for m in weights)  # ternary: at T
+    paper = [m for m in run(act_grad_temperature=None).modules() if isinstance(m, SoftAct)]
+    assert all(m.grad_temperature is None for m in paper)
+    with pytest.raises(ValueError, match="act_grad_temperature"):
+        run(act_grad_temperature=0.0)
+    # calibration: alpha "fit" is fit_alpha of the calibrated steps, "reciprocal" 1 / beta
+    x, _ = images(64, 7)
+    for alpha in ("reciprocal", "fit"):
+        model = lowbit.quantize(mlp_bn(), lowbit.Recipe("qnet", 32, "qnet", 2,
+                                                        keep_first=False, keep_last=False))
+        calibrate_activations(model, x, alpha=alpha)
+        (q,) = [m for m in model.modules() if isinstance(m, SoftAct)]
+        with torch.no_grad():
+            relu_out = torch.relu(model[2].eval()(model[1](model[0](x.float() / 255))))
+        want = (fit_alpha(relu_out, q.levels, q.biases, q.beta) if alpha == "fit"
+                else 1.0 / float(q.beta.detach()))
+        assert float(q.alpha) == pytest.approx(want, rel=1e-5)

@@ -70,6 +70,7 @@ GRAD_CLIP = 5.0  # "we clip the gradients with an L2 norm of 5" (sec. 4.1)
 FINAL_TEMPERATURE = 275.0  # ResNet: T = epoch x 5 (sec. 4.1) at its last epoch, 55
 BN_BATCHES = 100  # training batches for the BatchNorm re-estimation under eq. (11)
 PHASE_SEED_STRIDE = 1000  # phase k trains with seed + k * stride (see phase_seed)
+ACT_GRAD_TEMPERATURE = 1.0  # fit_qnet: the activations' backward at T = 1 (issue 12 item 3)
 
 
 def temperature_schedule(epoch: int, factor: float, fraction: float = 1.0) -> float:
@@ -258,6 +259,19 @@ def _with_beta_floor(hooks: dict[str, Callable], floors: list[tuple[Tensor, floa
     return {**hooks, "on_batch_start": on_batch_start}
 
 
+def set_act_grad_temperature(model: nn.Module, t: float | None) -> int:
+    """Every SoftAct's backward temperature: eq. (7)-(10) at T = ``t`` in the sigmoids and in
+    the chain-rule factor (``grad_keeps_t`` False); None: at the forward's T (eq. 7-10 as the
+    paper writes them). Returns how many were set."""
+    if t is not None and not (isinstance(t, (int, float)) and math.isfinite(t) and t > 0):
+        raise ValueError(f"act_grad_temperature must be a finite number > 0, got {t!r}")
+    acts = _soft_acts(model)
+    for m in acts:
+        m.quant.grad_temperature = None if t is None else float(t)
+        m.quant.grad_keeps_t = False
+    return len(acts)
+
+
 def _soft_acts(model: nn.Module) -> list[QuantAct]:
     return [m for m in model.modules() if isinstance(m, QuantAct) and isinstance(m.quant, SoftAct)]
 
@@ -363,8 +377,9 @@ def fit_qnet(model: nn.Module, train: tuple[Tensor, Tensor], test: tuple[Tensor,
              progress: bool = True, per_step: bool = False,
              final_temperature: float | None = None, restart_temperature: bool | None = None,
              bn_batches: int = BN_BATCHES, act_beta_floor: float | None = None,
-             act_init: str = "kmeans", act_alpha: str = "reciprocal",
-             initial_temperature: float | None = None) -> dict[str, Any]:
+             act_init: str = "kmeans", act_alpha: str = "fit",
+             initial_temperature: float | None = None,
+             act_grad_temperature: float | None = ACT_GRAD_TEMPERATURE) -> dict[str, Any]:
     """Train a model holding SoftWeight/SoftAct quantizers in ``phases`` (sec. 4.1).
 
     Each phase is one :func:`fit` of ``config.epochs`` epochs in ``out_dir/phase<k>-<name>``
@@ -378,29 +393,44 @@ def fit_qnet(model: nn.Module, train: tuple[Tensor, Tensor], test: tuple[Tensor,
     without it, phase 3 would repeat phase 1). Activations are calibrated on 1000 training
     samples (generator seeded with ``config.seed``) when first switched on.
 
+    Activations (issue 12 item 3). The paper's reading -- alpha = 1/beta and eq. (7)-(10) at the
+    forward's T -- does not train here: ResNet-20 2/2 collapses to chance (hard 0.0995, loss
+    ln 10) as the activation betas change sign. Two causes, each measured
+    (``benchmarks/qnet_short_budget.py``, 10k CIFAR-10 images, 3 phases of 1 epoch, 2k test
+    images, and a phase-2-only variant with float weights, 5k images, 40 steps):
+
+    - alpha = 1/beta = 4q/5p with q the largest activation and k-means steps on skewed ReLU
+      outputs maps the first step's activations (~0.4/beta) to 1/beta: magnitudes ~3x too
+      large; the hard network gives 0.102 before any step (0.157 with BatchNorm
+      re-estimated). ``act_alpha="fit"`` (default) fits alpha to the calibration activations by
+      least squares (:func:`lowbit.functional.soft.fit_alpha`): 0.668 (0.702) before any step.
+      ``"reciprocal"``: the paper's.
+    - the backward at T (eq. 7, 9 with the chain-rule factor T, as the paper writes them and
+      as the authors' reference code computes them for activations, models/quantization.py)
+      makes beta's gradient, summed over every activation element, T times larger (T up to
+      275): phase 2 alone with alpha fitted and T held at 275 falls from 0.668 to 0.416;
+      ``act_grad_temperature=1.0`` (default) evaluates the activations' backward at T = 1
+      (sigmoids and factor; the forward keeps T) -- the paper's "freezing T = 1 for the
+      back-propagation" (sec. 4.1, said of binary quantization), which the CIFAR-10
+      re-implementation github.com/haoyz/quantization-networks-cifar10 (models/qa.py) applies to
+      activations of every width: phase 2 alone 0.697, with paper alpha 0.269 (beta -> 0.004).
+      None: the backward at T.
+
+    Both defaults together: 2/2 trains, hard 0.649 (soft 0.661, betas stay in [0.21, 1.0]);
+    either alone does not (alpha fit only: 0.0995, betas -0.83; T = 1 backward only: 0.269).
+    Weights are unaffected (SoftWeight keeps the paper's initialisation and backward).
+
     ``act_beta_floor`` (a fraction f in (0, 1]; default None: off): before every step of a
     phase that trains the activation quantizers, each SoftAct's beta is projected onto
     beta >= f x its calibrated value (floors taken once, right after calibration; projected
-    SGD). Paper: beta is "the scale factor of the input" (sec. 3.1), initialised to 5p/(4q)
-    (sec. 4.1) and trained by eq. (9), with no constraint. Reference code (models/
-    quantization.py): beta an unconstrained nn.Parameter, its gradient eq. (9) by autograd
-    (T included), clipped with every model parameter at L2 norm 20, at lr x 1 (the network at
-    lr x 0.1). lowbit: unconstrained by default. Measured (issue 12 item 3; ResNet-20 2/2,
-    10k CIFAR-10 images, 3 phases of 1 epoch, 2k test images): no default (0.0965 hard),
-    f = 0.5 0.20 hard (beta stays positive, but phase 2 already ends at 0.24), with lr 0.001
-    and clip 20 (the reference's quantizer lr and clip) 0.23; beta's gradient divided by T
-    0.0995 (another layer's beta went to -0.60). The collapse
-    is not only beta's sign: the paper's initialisation with k-means biases gives 0.1075
-    hard (loss 77) before any training (levels alpha k = k / beta reached at the k-means
-    midpoints, far below k / beta), so the option stays off until a reading trains.
+    SGD). Measured under the paper's reading (before the defaults above): f = 0.5 kept beta
+    positive but 2/2 reached only 0.20 hard. ``act_init``: "kmeans" (the paper's, default) or
+    "linear" (evenly spaced steps b_i = i + 1/2, :meth:`lowbit.quantizers.soft.SoftAct.calibrate`);
+    under the paper's reading it did not train either (hard 0.0995).
 
-    ``act_init``: "kmeans" (the paper's, default) or "linear" -- the calibrated beta and
-    alpha = 1/beta with evenly spaced steps (:meth:`lowbit.quantizers.soft.SoftAct.calibrate`),
-    the uniform quantizer for which alpha = 1/beta keeps the magnitude. Measured (same 2/2
-    budget as above): it does not train either -- phases 0.84 / 0.0965 / 0.099, hard 0.0995,
-    the first two activation betas end at -0.71 and -0.77 -- so the k-means steps are not the
-    only cause; the sign change of beta is (``benchmarks/qnet_short_budget.py --w 2 --a 2
-    --extra '{"act_init": "linear"}'``, which made every measurement of this docstring).
+    ``initial_temperature``: with ``final_temperature``, each phase's ramp starts at this T
+    (:func:`ramp_temperature`) instead of final / steps; default None. Measured with
+    ``act_alpha="fit"`` alone (paper backward): T0 = 5 did not prevent the collapse (0.0995).
 
     Ends with every quantizer on eq. (11), BatchNorm statistics re-estimated under it over
     ``bn_batches`` training batches (0: kept from training) and all requires_grad flags
@@ -423,6 +453,7 @@ def fit_qnet(model: nn.Module, train: tuple[Tensor, Tensor], test: tuple[Tensor,
         beta_floors(nn.Sequential(), act_beta_floor)  # validate now
     if not _soft_acts(model):
         phases = tuple(p for p in phases if not p.quantize_acts)
+    set_act_grad_temperature(model, act_grad_temperature)
     flags = [(p, p.requires_grad) for p in model.parameters()]
     try:
         for k, phase in enumerate(phases):
