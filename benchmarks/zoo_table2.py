@@ -291,7 +291,10 @@ def remeasure_steps(cells_dir: Path, init: Path, dataset: str, methods: list[str
         recipe = cell_recipe(cell, cell.get("pact_alpha_from", "init") == "init")
         config = SimpleNamespace(precision=cell.get("precision", "fp32"),
                                  channels_last=cell.get("channels_last", False))
-        cell |= step_ratio(init, dataset, recipe, config) | {"step_commit": git_commit()}
+        from lowbit.report.provenance import command
+
+        cell |= step_ratio(init, dataset, recipe, config) | {"step_commit": git_commit(),
+                                                             "step_command": command()}
         write_atomic(cell, path)
         print(f"{cell['label']}: step x{cell['step_ratio']:.2f}", flush=True)
 
@@ -429,7 +432,11 @@ def _qnet_schedule_text(meta: dict) -> str:
         return (f"qnet's T ramps per step to {meta['final_temperature']:g} in each phase "
                 "(restarted per phase), BatchNorm statistics "
                 + (f"re-estimated under the hard weights ({bn} batches)" if bn else
-                   "as trained (soft weights)"))
+                   "as trained (soft weights)")
+                + "; qnet's quantized activations (cells from commit c4e7ca4 on): alpha fitted "
+                "to the calibration activations by least squares and their backward at T = 1 "
+                "(lowbit.train.qnet, issue 12 item 3; the paper's alpha = 1/beta and backward "
+                "at T collapse to chance)")
     return (f"qnet's T = epoch x {meta.get('temperature_factor', 5):g}"
             f"{' ramped per step' if meta.get('temperature_per_step') else ''}")
 
@@ -485,8 +492,11 @@ def markdown(rows: list[dict], targets: dict, meta: dict) -> str:
                     "Cells with several seeds show mean [min, max] n=seeds (change of the mean "
                     "from float).\n"]
     lines += matrix_lines(rows, meta["float_accuracy"])
+    if meta.get("float_history"):
+        lines += ["\nHow the float model was built:\n",
+                  *[f"- {line}" for line in meta["float_history"]]]
     lines += ["\n## Per cell (step ratio = quantized / float training step, batch 128, median "
-              "of interleaved rounds)\n"] + detail_lines(rows)
+              "of interleaved rounds)\n"] + detail_lines(rows) + _retimed_lines(rows)
     lines.append("\n## Targets (the paper's claims)\n")
     for name, t in targets.items():
         status = t["status"] if t["status"] != "MISSED" else "**MISSED**"
@@ -506,6 +516,27 @@ def _float_origin(meta: dict) -> str:
     c = meta.get("float_config", {})
     return (f" (fine-tuned from `{meta['float_init']}`, lr {c.get('lr')}, augmentation "
             f"{c.get('augment', 'none')}, {c.get('precision', 'fp32')})")
+
+
+def float_history(saved: Path | None) -> list[str]:
+    """The lines of ``COMMAND.md`` in a saved float model's directory and in the directory of
+    the model it was fine-tuned from (its summary's ``init``): how they were built."""
+    lines, seen = [], set()
+    while saved is not None and saved not in seen and (saved / "COMMAND.md").exists():
+        seen.add(saved)
+        name = saved.relative_to(HERE.parent) if saved.is_relative_to(HERE.parent) else saved
+        lines.append(f"`{name.as_posix()}`: " + " ".join((saved / "COMMAND.md").read_text()
+                                                         .split()))
+        init = json.loads((saved / "summary.json").read_text()).get("init")
+        saved = (HERE.parent / init).parent if init else None
+    return lines
+
+
+def _retimed_lines(rows: list[dict]) -> list[str]:
+    """The commands that re-timed step ratios (--remeasure-steps), with their commits."""
+    seen = {(r.get("step_command") or "not recorded", r["step_commit"]): None
+            for r in rows if r.get("step_commit")}
+    return [f"- step ratios re-timed at `{k}` by: `{c}`" for c, k in seen]
 
 
 def plot(rows: list[dict], meta: dict, path: Path) -> None:
@@ -636,6 +667,7 @@ def main() -> None:
             "float_epochs": float_summary["epochs"], "float_accuracy": float_acc,
             "float_init": float_summary.get("init"),
             "float_config": float_summary.get("config", {}),
+            "float_history": float_history(a.float_model.resolve() if a.float_model else None),
             "epochs": a.epochs, "lr": finetune_config(task, 1).lr,
             "threads": a.threads, "jobs": a.jobs, "precision": a.precision,
             "channels_last": a.channels_last, "augment": finetune_config(task, 1).augment,

@@ -40,3 +40,20 @@ def test_fast_path_accuracy_rows_say_which_run_trained_them():
     assert md.count("2a5e876 (reused)") == len(d["accuracy"])
     fresh = [{**d["accuracy"][0], "reused": False, "trained_at": None}]
     assert "| not recorded |" in fast_path.markdown([], fresh, d["meta"])
+
+
+def test_zoo_float_model_history_follows_the_init_chain_and_retimes_are_listed():
+    import zoo_table2
+
+    lines = zoo_table2.float_history(ROOT / "benchmarks" / "results" / "zoo_table2" / "float_aug")
+    assert len(lines) == 2
+    assert lines[0].startswith("`benchmarks/results/zoo_table2/float_aug`: ")
+    assert "lowbit train --model resnet20" in lines[0] and "121cf52" in lines[0]
+    assert lines[1].startswith("`benchmarks/results/zoo_table2/float`: ") and "f14fbf2" in lines[1]
+    assert zoo_table2.float_history(None) == []
+    rows = [{"step_commit": "abc1234", "step_command": "python benchmarks/zoo_table2.py -x"},
+            {"step_commit": "abc1234", "step_command": "python benchmarks/zoo_table2.py -x"},
+            {"step_commit": "def5678"}, {}]
+    assert zoo_table2._retimed_lines(rows) == [
+        "- step ratios re-timed at `abc1234` by: `python benchmarks/zoo_table2.py -x`",
+        "- step ratios re-timed at `def5678` by: `not recorded`"]

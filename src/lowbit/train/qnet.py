@@ -401,14 +401,16 @@ def fit_qnet(model: nn.Module, train: tuple[Tensor, Tensor], test: tuple[Tensor,
 
     - alpha = 1/beta = 4q/5p with q the largest activation and k-means steps on skewed ReLU
       outputs maps the first step's activations (~0.4/beta) to 1/beta: magnitudes ~3x too
-      large; the hard network gives 0.102 before any step (0.157 with BatchNorm
-      re-estimated). ``act_alpha="fit"`` (default) fits alpha to the calibration activations by
-      least squares (:func:`lowbit.functional.soft.fit_alpha`): 0.668 (0.702) before any step.
+      large; with float weights the hard network gives 0.107 before any step (0.287 with
+      BatchNorm re-estimated; ``--w 32 --a 2 --init-check``). ``act_alpha="fit"`` (default)
+      fits alpha to the calibration activations by least squares
+      (:func:`lowbit.functional.soft.fit_alpha`): 0.555 (0.706) before any step.
       ``"reciprocal"``: the paper's.
     - the backward at T (eq. 7, 9 with the chain-rule factor T, as the paper writes them and
       as the authors' reference code computes them for activations, models/quantization.py)
       makes beta's gradient, summed over every activation element, T times larger (T up to
-      275): phase 2 alone with alpha fitted and T held at 275 falls from 0.668 to 0.416;
+      275): phase 2 alone (``--w 32 --a 2 --n 5000 --phases activations``) with alpha fitted,
+      the backward at T and T held at 275 ends at 0.416;
       ``act_grad_temperature=1.0`` (default) evaluates the activations' backward at T = 1
       (sigmoids and factor; the forward keeps T) -- the paper's "freezing T = 1 for the
       back-propagation" (sec. 4.1, said of binary quantization), which the CIFAR-10
