@@ -35,6 +35,7 @@ from lowbit.train import TrainConfig, atomic_save, evaluate, fit
 from lowbit.train.files import atomic_write_text, load_verified
 from lowbit.train.inq import fit_inq, inq_layers
 from lowbit.train.qnet import (
+    ACT_GRAD_TEMPERATURE,
     BN_BATCHES,
     FINAL_TEMPERATURE,
     fit_qnet,
@@ -78,6 +79,10 @@ class Job:
     temperature_per_step: bool = False
     final_temperature: float | None = FINAL_TEMPERATURE
     qnet_bn_batches: int = BN_BATCHES  # qnet: BatchNorm re-estimation under eq. (11); 0: off
+    # qnet activations (lowbit.train.qnet.fit_qnet, issue 12 item 3): alpha "fit" (least
+    # squares) or "reciprocal" (the paper's 1/beta); backward temperature (None: at the forward T)
+    qnet_act_alpha: str = "fit"
+    qnet_act_grad_temperature: float | None = ACT_GRAD_TEMPERATURE
 
 
 # Augmentation per dataset: He et al. 2016's pad-crop-flip for CIFAR; none for digits (a mirrored
@@ -148,7 +153,9 @@ def _train(job: Job, net: nn.Module, train, test, out_dir: Path, resume: bool, p
         final = job.final_temperature
         r = fit_qnet(net, *data, config, out_dir, None if final else job.temperature_factor,
                      resume=resume, progress=progress, per_step=job.temperature_per_step,
-                     final_temperature=final, bn_batches=job.qnet_bn_batches)
+                     final_temperature=final, bn_batches=job.qnet_bn_batches,
+                     act_alpha=job.qnet_act_alpha,
+                     act_grad_temperature=job.qnet_act_grad_temperature)
         return {"test_accuracy": r["hard_test_accuracy"], "test_loss": r["hard_test_loss"],
                 "epochs": sum(s["epochs"] for s in r["phases"]),
                 "wall_seconds": sum(s["wall_seconds"] for s in r["phases"]),
@@ -177,7 +184,9 @@ def job_record(job: Job, kwargs: dict[str, Any], net: nn.Module) -> dict[str, An
             "recipe": job.recipe.to_dict(), "config": config, "init": job.init,
             "temperature_factor": job.temperature_factor,
             "temperature_per_step": job.temperature_per_step,
-            "final_temperature": job.final_temperature, "qnet_bn_batches": job.qnet_bn_batches}
+            "final_temperature": job.final_temperature, "qnet_bn_batches": job.qnet_bn_batches,
+            "qnet_act_alpha": job.qnet_act_alpha,
+            "qnet_act_grad_temperature": job.qnet_act_grad_temperature}
 
 
 def _record_diff(stored: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:

@@ -149,3 +149,35 @@ def test_init_must_be_a_float_model_of_the_same_shape(tmp_path, capsys):
     main([*TRAIN, "--out", str(q)])
     assert main([*TRAIN, "--init", str(q / "model.pt"), "--out", str(tmp_path / "x")]) == 2
     assert "quantized model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags,alpha,grad_t", [
+    ([], "fit", 1.0),
+    (["--qnet-act-alpha", "reciprocal", "--qnet-act-grad-temperature", "0"], "reciprocal", None),
+])
+def test_qnet_activation_flags_reach_fit_qnet_and_job_json(tmp_path, monkeypatch, capsys, flags,
+                                                           alpha, grad_t):
+    """--qnet-act-alpha / --qnet-act-grad-temperature (issue 12 item 3) reach fit_qnet and are
+    recorded in job.json, so --resume refuses a run trained with the other reading."""
+    import lowbit.experiment as ex
+
+    seen = {}
+    real = ex.fit_qnet
+
+    def spy(*args, **kw):
+        seen.update(kw)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(ex, "fit_qnet", spy)
+    out = tmp_path / "run"
+    argv = ["train", "--model", "lenet300", "--dataset", "digits", "--method", "qnet",
+            "--w-bits", "2", "--a-bits", "2", "--epochs", "1", "--batch-size", "256",
+            "--qnet-bn-batches", "1", "--no-progress", "--out", str(out), *flags]
+    assert main(argv) == 0
+    assert (seen["act_alpha"], seen["act_grad_temperature"]) == (alpha, grad_t)
+    job = json.loads((out / "job.json").read_text())
+    assert (job["qnet_act_alpha"], job["qnet_act_grad_temperature"]) == (alpha, grad_t)
+    other = ["--qnet-act-alpha", "fit" if alpha == "reciprocal" else "reciprocal"]
+    capsys.readouterr()
+    assert main([*argv[:len(argv) - len(flags)], *other, "--resume"]) != 0
+    assert "qnet_act_alpha" in capsys.readouterr().err

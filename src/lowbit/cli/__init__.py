@@ -60,7 +60,7 @@ def _final_temperature(a) -> float | None:
 def _train_parser(sub) -> None:
     from lowbit.data.registry import DATASETS
     from lowbit.models import MODELS
-    from lowbit.train.qnet import BN_BATCHES
+    from lowbit.train.qnet import ACT_GRAD_TEMPERATURE, BN_BATCHES
 
     p = sub.add_parser("train", help="train a (quantized) model; writes model.pt, summary.json",
                        description="Train a model, float or quantized, and write DIR/model.pt, "
@@ -102,6 +102,14 @@ def _train_parser(sub) -> None:
     p.add_argument("--qnet-bn-batches", type=int, default=BN_BATCHES,
                    help=f"qnet: re-estimate BatchNorm statistics under the hard quantizers over "
                         f"this many training batches at the end (default {BN_BATCHES}; 0: off)")
+    p.add_argument("--qnet-act-alpha", choices=("fit", "reciprocal"), default="fit",
+                   help="qnet activations: alpha fitted to the calibration activations by least "
+                        "squares (default) or the paper's 1/beta (which collapses: "
+                        "lowbit.train.qnet.fit_qnet)")
+    p.add_argument("--qnet-act-grad-temperature", type=float, default=ACT_GRAD_TEMPERATURE,
+                   help=f"qnet activations: the backward's temperature (default "
+                        f"{ACT_GRAD_TEMPERATURE:g}; 0: at the forward's T, as the paper writes "
+                        "eq. 7-10)")
     for flag, typ, field, what in (("--epochs", int, "epochs", "epochs"),
                                    ("--batch-size", int, "batch_size", "batch size"),
                                    ("--lr", float, "lr", "learning rate"),
@@ -148,7 +156,9 @@ def _cmd_train(a) -> int:
                             channels_last=a.channels_last)
     job = Job(a.model, a.dataset, recipe, config, a.data_dir, a.init,
               5.0 if a.temperature_factor is None else a.temperature_factor,
-              a.temperature_per_step, _final_temperature(a), a.qnet_bn_batches)
+              a.temperature_per_step, _final_temperature(a), a.qnet_bn_batches,
+              qnet_act_alpha=a.qnet_act_alpha,
+              qnet_act_grad_temperature=a.qnet_act_grad_temperature or None)
     s = run(job, a.out, resume=a.resume, progress=progress_wanted(not a.no_progress),
             overwrite=a.overwrite)
     print(f"test accuracy {100 * s['test_accuracy']:.2f} %  loss {s['test_loss']:.4f}  "

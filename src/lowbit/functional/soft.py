@@ -382,7 +382,8 @@ def fit_alpha(x: torch.Tensor, levels: torch.Tensor, biases: torch.Tensor,
     """
     x = tensor_arg(x, "x").detach().reshape(-1).to(torch.float64)
     lv = tensor_arg(levels, "levels", table=True).detach().reshape(-1).to(torch.float64)
-    y = lv[_hard_codes(x, biases.to(torch.float64), _as_scalar(beta, x, "beta"))]
+    b = tensor_arg(biases, "biases", like=x, table=True).to(torch.float64)
+    beta = _as_scalar(beta, x, "beta").detach()
+    y = lv[_hard_codes(x, b, beta)]
     den = float((y * y).sum())
-    b = float(beta)
-    return float((x * y).sum()) / den if den > 0 else 1.0 / b
+    return float((x * y).sum()) / den if den > 0 else 1.0 / float(beta)

@@ -415,11 +415,13 @@ def fit_qnet(model: nn.Module, train: tuple[Tensor, Tensor], test: tuple[Tensor,
       (sigmoids and factor; the forward keeps T) -- the paper's "freezing T = 1 for the
       back-propagation" (sec. 4.1, said of binary quantization), which the CIFAR-10
       re-implementation github.com/haoyz/quantization-networks-cifar10 (models/qa.py) applies to
-      activations of every width: phase 2 alone 0.697, with paper alpha 0.269 (beta -> 0.004).
+      activations of every width: phase 2 alone 0.697, with the paper's alpha 0.315 (a beta
+      reaches -0.06).
       None: the backward at T.
 
     Both defaults together: 2/2 trains, hard 0.649 (soft 0.661, betas stay in [0.21, 1.0]);
-    either alone does not (alpha fit only: 0.0995, betas -0.83; T = 1 backward only: 0.269).
+    either alone does not (three phases, alpha fit only: 0.0995, betas down to -0.83; T = 1
+    backward only: RESULT_T1_ONLY).
     Weights are unaffected (SoftWeight keeps the paper's initialisation and backward).
 
     ``act_beta_floor`` (a fraction f in (0, 1]; default None: off): before every step of a
