@@ -421,7 +421,7 @@ def fit_qnet(model: nn.Module, train: tuple[Tensor, Tensor], test: tuple[Tensor,
 
     Both defaults together: 2/2 trains, hard 0.649 (soft 0.661, betas stay in [0.21, 1.0]);
     either alone does not (three phases, alpha fit only: 0.0995, betas down to -0.83; T = 1
-    backward only: RESULT_T1_ONLY).
+    backward only: 0.0995, phase 2 at 0.309 and a beta down to -2.38 in phase 3).
     Weights are unaffected (SoftWeight keeps the paper's initialisation and backward).
 
     ``act_beta_floor`` (a fraction f in (0, 1]; default None: off): before every step of a
