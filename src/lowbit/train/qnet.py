@@ -419,7 +419,9 @@ def fit_qnet(model: nn.Module, train: tuple[Tensor, Tensor], test: tuple[Tensor,
       reaches -0.06).
       None: the backward at T.
 
-    Both defaults together: 2/2 trains, hard 0.649 (soft 0.661, betas stay in [0.21, 1.0]);
+    Both defaults together: 2/2 trains, hard 0.649 (soft 0.661; no beta below 0.21, and the
+    first six betas end at their calibrated values to 4 decimals: at T = 1 beta's gradient is
+    small next to the network's, so the activation grid stays near its calibration);
     either alone does not (three phases, alpha fit only: 0.0995, betas down to -0.83; T = 1
     backward only: 0.0995, phase 2 at 0.309 and a beta down to -2.38 in phase 3).
     Weights are unaffected (SoftWeight keeps the paper's initialisation and backward).
