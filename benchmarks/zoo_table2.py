@@ -266,7 +266,8 @@ def run_cell(spec: dict, task: dict, work: Path, cells: Path) -> dict:
     stages = max(1, round(s.get("epochs", epochs) / epochs))
     cell["schedule"] = schedule_of(s, config, train_size, stages)
     cell |= step_ratio(init, task["dataset"], recipe, config)
-    cell |= {"trained_by": task["command"], "trained_at_commit": task["commit"]}
+    cell |= {"trained_by": task["command"], "trained_at_commit": task["commit"],
+             "cpu": task.get("cpu"), "cpu_kind": task.get("cpu_kind"), "cpu_isa": task.get("cpu_isa")}
     cell |= cell_provenance(task, seed)
     if spec["method"] == "qnet":  # the temperature schedule and BN re-estimation that ran
         cell["qnet"] = {"final_temperature": task.get("final_temperature") or None,
@@ -645,7 +646,8 @@ def main() -> None:
             "temperature_per_step": a.temperature_per_step,
             "final_temperature": a.final_temperature, "qnet_bn_batches": a.qnet_bn_batches,
             "command": prov["command"], "commit": prov["commit"], "dirty": prov["dirty"],
-            "dirty_files": prov["dirty_files"], "pact_alpha_init": a.pact_alpha_init}
+            "dirty_files": prov["dirty_files"], "pact_alpha_init": a.pact_alpha_init,
+            "cpu": prov["cpu"], "cpu_kind": prov["cpu_kind"], "cpu_isa": prov["cpu_isa"]}
     settings = [tuple(int(b) for b in s.split("/")) for s in a.settings]
     specs = cell_specs(a.methods, [s for s in SETTINGS if s in settings], a.seeds)
     if a.ttq_region_mean:

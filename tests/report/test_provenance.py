@@ -84,3 +84,17 @@ def test_meta_header_reads_old_and_new_results(tmp_path):
     p = write_provenance(tmp_path)
     assert json.loads((tmp_path / "provenance.json").read_text()) == p
     assert meta_header({"command": "x", "provenance": p}) == provenance_line(p)
+
+
+def test_cpu_isa_tells_zen3_from_zen4_and_reaches_the_line():
+    """Zen 3 and Zen 4 both report the model name "AMD EPYC": the ISA flags tell them apart."""
+    from lowbit.report.provenance import cpu_isa
+
+    zen3 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 popcnt\n"
+    zen4 = "processor\t: 0\nflags\t\t: avx2 avx512f avx512_vnni avx512_vpopcntdq avx512_bf16\n"
+    assert cpu_isa(zen3) == ["avx2"]
+    assert cpu_isa(zen4) == ["avx2", "avx512f", "avx512_vnni", "avx512_vpopcntdq", "avx512_bf16"]
+    assert cpu_isa("") == []
+    p = provenance(["python", "x.py"])
+    assert isinstance(p["cpu_isa"], list) and "cpu_kind" in p
+    assert f"{p['cpu']} ({p['cpu_kind'] or 'kind unknown'}: " in provenance_line(p)

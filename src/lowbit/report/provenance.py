@@ -26,6 +26,10 @@ import torch
 RESULT_PATHS = ("benchmarks/results/",)
 MAX_LISTED = 8  # dirty files named in the record; the count says how many there are
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS", "OMP_WAIT_POLICY")
+# the ISA extensions that tell this project's two CPU kinds (and Zen 3, which reports the same
+# "AMD EPYC" model name as Zen 4) apart and that its kernels and bf16 paths depend on
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_vpopcntdq", "avx512_bf16",
+             "amx_tile")
 
 
 def command(argv: Sequence[str] | None = None) -> str:
@@ -106,11 +110,27 @@ def threads() -> dict[str, Any]:
             "env": {k: os.environ[k] for k in THREAD_ENV if k in os.environ}}
 
 
+def cpu_isa(text: str | None = None) -> list[str]:
+    """The :data:`ISA_FLAGS` the first CPU of /proc/cpuinfo (or ``text``) has, in that order
+    ([] where it cannot be read)."""
+    if text is None:
+        try:
+            text = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return []
+    line = next((x for x in text.splitlines() if x.startswith("flags")), "")
+    flags = set(line.partition(":")[2].split())
+    return [f for f in ISA_FLAGS if f in flags]
+
+
 def provenance(argv: Sequence[str] | None = None, root: str | Path | None = None) -> dict:
     """The provenance record of a result: command, git commit and dirty files, versions, CPU,
     threads, load average (1, 5, 15 min) and the UTC time. Plain JSON values."""
+    from lowbit.bench.kernels import cpu_kind
+
     return {"command": command(argv), **git_state(root), "versions": versions(),
-            "cpu": cpu_model(), "threads": threads(), "load_average": list(os.getloadavg()),
+            "cpu": cpu_model(), "cpu_kind": cpu_kind(), "cpu_isa": cpu_isa(),
+            "threads": threads(), "load_average": list(os.getloadavg()),
             "utc": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
@@ -125,8 +145,10 @@ def provenance_line(p: dict) -> str:
     v, t = p.get("versions", {}), p.get("threads", {})
     env = "".join(f", {k}={val}" for k, val in t.get("env", {}).items())
     load = " ".join(f"{x:.2f}" for x in p.get("load_average", ()))
+    isa = (f" ({p.get('cpu_kind') or 'kind unknown'}: {' '.join(p['cpu_isa']) or 'no AVX2'})"
+           if "cpu_isa" in p else "")
     return (f"Command: `{p.get('command')}` at commit `{commit}`; torch {v.get('torch')}, "
-            f"numba {v.get('numba')}, numpy {v.get('numpy')}; {p.get('cpu')}; threads torch "
+            f"numba {v.get('numba')}, numpy {v.get('numpy')}; {p.get('cpu')}{isa}; threads torch "
             f"{t.get('torch')}, numba {t.get('numba')}{env}; load {load}; {p.get('utc')}")
 
 
