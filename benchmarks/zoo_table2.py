@@ -267,7 +267,7 @@ def run_cell(spec: dict, task: dict, work: Path, cells: Path) -> dict:
     cell["schedule"] = schedule_of(s, config, train_size, stages)
     cell |= step_ratio(init, task["dataset"], recipe, config)
     cell |= {"trained_by": task["command"], "trained_at_commit": task["commit"],
-             "cpu": task.get("cpu"), "cpu_kind": task.get("cpu_kind"), "cpu_isa": task.get("cpu_isa")}
+             **{k: task.get(k) for k in ("cpu", "cpu_kind", "cpu_isa")}}
     cell |= cell_provenance(task, seed)
     if spec["method"] == "qnet":  # the temperature schedule and BN re-estimation that ran
         cell["qnet"] = {"final_temperature": task.get("final_temperature") or None,
