@@ -356,26 +356,51 @@ def target_qnet_3bit(rows: list[dict], float_acc: float) -> dict:
     if acc is None:
         return {"status": "not measured", "detail": "no qnet 3(±4)/32 cell"}
     gap = 100 * (float_acc - acc)
+    seeds = _accs(rows, "qnet", 3, 32)
+    spread = (f" (seeds: {', '.join(f'{100 * (float_acc - v):.2f}' for v in seeds)})"
+              if len(seeds) > 1 else "")
     return {"status": "met" if gap <= 1.0 else "MISSED", "gap_points": gap,
             "detail": f"qnet {100 * acc:.2f} % vs float {100 * float_acc:.2f} %: drop "
-                      f"{gap:.2f} points (target <= 1)"}
+                      f"{gap:.2f} points{spread} (target <= 1, on the mean)"}
+
+
+def _accs(rows: list[dict], method: str, w: int, a: int) -> list[float]:
+    """The test accuracies of the (method, w/a) cells, one per seed."""
+    return [r["test_accuracy"] for r in rows
+            if (r["method"], r["w_bits"], r["a_bits"]) == (method, w, a)]
 
 
 def target_qnet_vs_ste(rows: list[dict], w: int) -> dict:
-    q = _acc(rows, "qnet", w, 32)
-    others = {m: _acc(rows, m, w, 32) for m in STE_BASED}
-    others = {m: v for m, v in others.items() if v is not None}
-    if q is None or not others:
+    """QN against every STE method at w/32, over seeds: a method is "better" than another
+    only when all its seeds are (min above the other's max; single-seed noise is about +-0.5
+    points, issue 12 item 8). MISSED: an STE method beats QN so; met: QN beats every one of
+    at least 3 STE methods so; else undecided (means and ranges given)."""
+    q = _accs(rows, "qnet", w, 32)
+    others = {m: v for m in STE_BASED if (v := _accs(rows, m, w, 32))}
+    if not q or not others:
         return {"status": "not measured", "detail": f"need qnet and an STE method at {w}/32"}
-    beaten = sorted(m for m, v in others.items() if v >= q)
-    parts = ", ".join(f"{m} {100 * v:.2f}" for m, v in sorted(others.items()))
-    # a claim against "every STE method" that rests on one or two of them is not decided
-    status = "MISSED" if beaten else "met" if len(others) >= 3 else "undecided"
-    return {"status": status, "qnet": q, "others": others, "not_beaten": beaten,
-            "detail": f"qnet {100 * q:.2f} % vs {parts}"
-                      + (f"; qnet not better than: {', '.join(beaten)}" if beaten else "")
-                      + ("; fewer than 3 STE methods in this run" if status == "undecided"
-                         else "")}
+
+    def text(v: list[float]) -> str:
+        mean = 100 * sum(v) / len(v)
+        return (f"{mean:.2f}" if len(v) == 1 else
+                f"{mean:.2f} [{100 * min(v):.2f}, {100 * max(v):.2f}] n={len(v)}")
+
+    better = sorted(m for m, v in others.items() if min(v) > max(q))
+    worse = sorted(m for m, v in others.items() if max(v) < min(q))
+    ties = sorted(set(others) - set(better) - set(worse))
+    status = ("MISSED" if better else "met" if not ties and len(others) >= 3
+              else "undecided")
+    parts = ", ".join(f"{m} {text(v)}" for m, v in sorted(others.items()))
+    detail = f"qnet {text(q)} % vs {parts}"
+    if better:
+        detail += f"; better than qnet at every seed: {', '.join(better)}"
+    if ties:
+        detail += f"; within the seeds' spread of qnet: {', '.join(ties)}"
+    if status == "undecided" and not ties:
+        detail += "; fewer than 3 STE methods in this run"
+    return {"status": status, "qnet": sum(q) / len(q),
+            "others": {m: sum(v) / len(v) for m, v in others.items()},
+            "better_than_qnet": better, "ties": ties, "detail": detail}
 
 
 def target_step_cost(rows: list[dict]) -> dict:

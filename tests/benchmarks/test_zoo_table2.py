@@ -65,3 +65,23 @@ def test_ttq_region_mean_cells_are_labelled_apart_and_take_the_former_defaults()
     q = zt.cell_recipe(ttq[0])
     assert dict(q.weight_options) == {"init": "mean", "scale_grad": "mean"}
     assert [s["label"] for s in specs if s["weight"] == "twn"] == ["twn_w2a32_s0"]
+
+
+def test_qnet_vs_ste_needs_every_seed_to_decide():
+    """'Better' means all seeds above the other's (issue 12 item 8: single-seed noise ~0.5)."""
+    def rows(method, w, accs):
+        return [{"method": method, "w_bits": w, "a_bits": 32, "test_accuracy": a} for a in accs]
+
+    q = rows("qnet", 1, [0.832, 0.833, 0.834])
+    close = q + rows("dorefa", 1, [0.8323]) + rows("ivan", 1, [0.80]) + rows("xnor", 1, [0.79])
+    t = zt.target_qnet_vs_ste(close, 1)
+    assert t["status"] == "undecided" and t["ties"] == ["dorefa"]
+    assert "within the seeds' spread of qnet: dorefa" in t["detail"]
+    clear = q + rows("dorefa", 1, [0.82, 0.825]) + rows("ivan", 1, [0.80]) + rows("xnor", 1, [0.79])
+    assert zt.target_qnet_vs_ste(clear, 1)["status"] == "met"
+    two = q + rows("ivan", 1, [0.80]) + rows("xnor", 1, [0.79])
+    assert zt.target_qnet_vs_ste(two, 1)["status"] == "undecided"  # fewer than 3 methods
+    beaten = q + rows("lsq", 1, [0.835, 0.836]) + rows("twn", 1, [0.8335])
+    t = zt.target_qnet_vs_ste(beaten, 1)
+    assert t["status"] == "MISSED" and t["better_than_qnet"] == ["lsq"] and t["ties"] == ["twn"]
+    assert zt.target_qnet_vs_ste(rows("lsq", 1, [0.8]), 1)["status"] == "not measured"
