@@ -171,6 +171,13 @@ def ttq_region_mean(specs: list[dict]) -> list[dict]:
             for s in specs]
 
 
+def pact_init_labels(specs: list[dict]) -> list[dict]:
+    """The PACT cells of ``specs`` labelled ``dorefa+pact10`` (alpha starting at the paper's
+    10, ``--pact-alpha-init``), so they sit beside the default alpha_from="mse" cells."""
+    return [s | {"label": s["label"].replace("+pact_", "+pact10_", 1),
+                 "method": s["method"] + "10"} if s["act"] == "pact" else s for s in specs]
+
+
 def schedule_of(summary: dict, config, train_size: int, stages: int) -> dict:
     """The lr schedule a cell ran: fit()'s own record, or (INQ / qnet, whose summaries do not
     carry it) the same record rebuilt from the config, per stage (each stage restarts it)."""
@@ -639,7 +646,8 @@ def parse_args() -> argparse.Namespace:
                    "initialised at the region means and the mean gradient (lowbit's former "
                    "defaults), labelled ttq-mean, beside the paper's defaults")
     p.add_argument("--pact-alpha-init", action="store_true", help="PACT cells start alpha at "
-                   "the paper's from-scratch 10 instead of the observed range (alpha_from=mse)")
+                   "the paper's from-scratch 10 instead of the observed range (alpha_from=mse), "
+                   "labelled dorefa+pact10")
     p.add_argument("--remeasure-steps", action="store_true",
                    help="train nothing: re-time the step ratio of the finished cells of "
                    "--methods with the current code (after a speed-up), rewrite the report")
@@ -677,6 +685,8 @@ def main() -> None:
     specs = cell_specs(a.methods, [s for s in SETTINGS if s in settings], a.seeds)
     if a.ttq_region_mean:
         specs = ttq_region_mean(specs)
+    if a.pact_alpha_init:
+        specs = pact_init_labels(specs)
     if a.remeasure_steps:
         remeasure_steps(cells_dir, a.work / "float" / "model.pt", dataset, a.methods)
     if a.remeasure_steps or a.report_only:

@@ -85,3 +85,9 @@ def test_qnet_vs_ste_needs_every_seed_to_decide():
     t = zt.target_qnet_vs_ste(beaten, 1)
     assert t["status"] == "MISSED" and t["better_than_qnet"] == ["lsq"] and t["ties"] == ["twn"]
     assert zt.target_qnet_vs_ste(rows("lsq", 1, [0.8]), 1)["status"] == "not measured"
+
+
+def test_pact_alpha_init_cells_get_their_own_label():
+    specs = zt.pact_init_labels(zt.cell_specs(["pact", "ttq"], [(2, 32), (2, 2)], [0]))
+    assert sorted((s["label"], s["method"]) for s in specs) == [
+        ("dorefa+pact10_w2a2_s0", "dorefa+pact10"), ("ttq_w2a32_s0", "ttq")]
