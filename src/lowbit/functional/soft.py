@@ -47,6 +47,10 @@ Initialisation (sec. 4.1), :func:`init_soft_params`: beta = 5p / (4q), p = max |
   Deviation (reading): the biases are compared with beta x in eq. (6), so we store
   b_i = beta (c_i + c_{i+1}) / 2: the steps then sit at the cluster midpoints of x, as the paper
   intends (unscaled midpoints would put every step near x = 0 once beta is large).
+  :func:`fit_alpha` (an option, the default of :func:`lowbit.train.qnet.fit_qnet` for
+  activations): alpha = sum x Y_k / sum Y_k^2, the least-squares scale of the hard levels to
+  the values, instead of 1 / beta (issue 12 item 3: with k-means steps on ReLU outputs,
+  1 / beta blows small activations up ~3x and the network starts at chance).
 
 Level sets (table 2 notation), :func:`levels_for`: see WEIGHT_LEVELS and ACT_LEVELS below.
 

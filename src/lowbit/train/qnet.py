@@ -40,6 +40,11 @@ last phase's evaluation, eq. 6), the hard accuracy with the soft statistics and 
 after re-estimation (the model it returns), labelled; each phase's metrics.jsonl records say
 which function each quantizer evaluated with ("eval_weights", "eval_activations").
 
+Quantized activations (issue 12 item 3; measurements in :func:`fit_qnet`): alpha is fitted to
+the calibration activations by least squares and the activations' backward runs at T = 1 (the
+forward keeps T) by default; the paper's alpha = 1/beta and backward at T collapse ResNet-20
+2/2 to chance here (``act_alpha="reciprocal"``, ``act_grad_temperature=None`` select them).
+
 Phase seeds: phase k trains with seed ``config.seed + k * PHASE_SEED_STRIDE`` (:func:`phase_seed`),
 so each phase draws its own shuffle and augmentation order (issue 12 item 5), and phase k of seed
 s < 1000 never replays a phase of another seed below 1000.
