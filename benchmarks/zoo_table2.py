@@ -262,7 +262,8 @@ def run_cell(spec: dict, task: dict, work: Path, cells: Path) -> dict:
               temperature_factor=task["temperature_factor"],
               temperature_per_step=task["temperature_per_step"],
               final_temperature=task.get("final_temperature") or None,
-              qnet_bn_batches=task.get("qnet_bn_batches", 0))
+              qnet_bn_batches=task.get("qnet_bn_batches", 0),
+              qnet_act_init=task.get("qnet_act_init", "kmeans"))
     s = run(job, work / "cells" / spec["label"], resume=True, progress=False)
     cell = spec | {k: s[k] for k in ("test_accuracy", "test_loss", "epochs", "wall_seconds",
                                      "float_bytes", "packed_bytes") if k in s}
@@ -276,8 +277,9 @@ def run_cell(spec: dict, task: dict, work: Path, cells: Path) -> dict:
     cell |= {"trained_by": task["command"], "trained_at_commit": task["commit"],
              **{k: task.get(k) for k in ("cpu", "cpu_kind", "cpu_isa")}}
     cell |= cell_provenance(task, seed)
-    if spec["method"] == "qnet":  # the temperature schedule and BN re-estimation that ran
+    if spec["weight"] == "qnet":  # the temperature schedule and BN re-estimation that ran
         cell["qnet"] = {"final_temperature": task.get("final_temperature") or None,
+                        "act_init": task.get("qnet_act_init", "kmeans"),
                         "temperature_factor": task["temperature_factor"],
                         "bn_batches": task.get("qnet_bn_batches", 0), **s.get("qnet", {})}
     if spec["act"] == "pact":
@@ -648,6 +650,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--pact-alpha-init", action="store_true", help="PACT cells start alpha at "
                    "the paper's from-scratch 10 instead of the observed range (alpha_from=mse), "
                    "labelled dorefa+pact10")
+    p.add_argument("--qnet-act-init", choices=("kmeans", "linear"), default="kmeans",
+                   help="qnet activation steps: k-means midpoints (the paper's) or evenly "
+                        "spaced; linear cells with quantized activations are labelled "
+                        "qnet-linear")
     p.add_argument("--remeasure-steps", action="store_true",
                    help="train nothing: re-time the step ratio of the finished cells of "
                    "--methods with the current code (after a speed-up), rewrite the report")
@@ -680,13 +686,18 @@ def main() -> None:
             "final_temperature": a.final_temperature, "qnet_bn_batches": a.qnet_bn_batches,
             "command": prov["command"], "commit": prov["commit"], "dirty": prov["dirty"],
             "dirty_files": prov["dirty_files"], "pact_alpha_init": a.pact_alpha_init,
-            "cpu": prov["cpu"], "cpu_kind": prov["cpu_kind"], "cpu_isa": prov["cpu_isa"]}
+            "cpu": prov["cpu"], "cpu_kind": prov["cpu_kind"], "cpu_isa": prov["cpu_isa"],
+            "qnet_act_init": a.qnet_act_init}
     settings = [tuple(int(b) for b in s.split("/")) for s in a.settings]
     specs = cell_specs(a.methods, [s for s in SETTINGS if s in settings], a.seeds)
     if a.ttq_region_mean:
         specs = ttq_region_mean(specs)
     if a.pact_alpha_init:
         specs = pact_init_labels(specs)
+    if a.qnet_act_init == "linear":
+        specs = [s | {"label": s["label"].replace("qnet_", "qnet-linear_", 1),
+                      "method": "qnet-linear"}
+                 if s["weight"] == "qnet" and s["a_bits"] != 32 else s for s in specs]
     if a.remeasure_steps:
         remeasure_steps(cells_dir, a.work / "float" / "model.pt", dataset, a.methods)
     if a.remeasure_steps or a.report_only:

@@ -82,6 +82,7 @@ class Job:
     # qnet activations (lowbit.train.qnet.fit_qnet, issue 12 item 3): alpha "fit" (least
     # squares) or "reciprocal" (the paper's 1/beta); backward temperature (None: at the forward T)
     qnet_act_alpha: str = "fit"
+    qnet_act_init: str = "kmeans"  # the activation steps: the paper's k-means or "linear"
     qnet_act_grad_temperature: float | None = ACT_GRAD_TEMPERATURE
 
 
@@ -154,7 +155,7 @@ def _train(job: Job, net: nn.Module, train, test, out_dir: Path, resume: bool, p
         r = fit_qnet(net, *data, config, out_dir, None if final else job.temperature_factor,
                      resume=resume, progress=progress, per_step=job.temperature_per_step,
                      final_temperature=final, bn_batches=job.qnet_bn_batches,
-                     act_alpha=job.qnet_act_alpha,
+                     act_alpha=job.qnet_act_alpha, act_init=job.qnet_act_init,
                      act_grad_temperature=job.qnet_act_grad_temperature)
         return {"test_accuracy": r["hard_test_accuracy"], "test_loss": r["hard_test_loss"],
                 "epochs": sum(s["epochs"] for s in r["phases"]),
@@ -185,7 +186,7 @@ def job_record(job: Job, kwargs: dict[str, Any], net: nn.Module) -> dict[str, An
             "temperature_factor": job.temperature_factor,
             "temperature_per_step": job.temperature_per_step,
             "final_temperature": job.final_temperature, "qnet_bn_batches": job.qnet_bn_batches,
-            "qnet_act_alpha": job.qnet_act_alpha,
+            "qnet_act_alpha": job.qnet_act_alpha, "qnet_act_init": job.qnet_act_init,
             "qnet_act_grad_temperature": job.qnet_act_grad_temperature}
 
 

@@ -181,3 +181,23 @@ def test_qnet_activation_flags_reach_fit_qnet_and_job_json(tmp_path, monkeypatch
     capsys.readouterr()
     assert main([*argv[:len(argv) - len(flags)], *other, "--resume"]) != 0
     assert "qnet_act_alpha" in capsys.readouterr().err
+
+
+def test_qnet_act_init_flag_reaches_fit_qnet(tmp_path, monkeypatch):
+    import lowbit.experiment as ex
+
+    seen = {}
+    real = ex.fit_qnet
+
+    def spy(*args, **kw):
+        seen.update(kw)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(ex, "fit_qnet", spy)
+    out = tmp_path / "run"
+    assert main(["train", "--model", "lenet300", "--dataset", "digits", "--method", "qnet",
+                 "--w-bits", "2", "--a-bits", "2", "--epochs", "1", "--batch-size", "256",
+                 "--qnet-bn-batches", "1", "--no-progress", "--out", str(out),
+                 "--qnet-act-init", "linear"]) == 0
+    assert seen["act_init"] == "linear"
+    assert json.loads((out / "job.json").read_text())["qnet_act_init"] == "linear"

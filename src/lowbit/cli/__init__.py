@@ -106,6 +106,9 @@ def _train_parser(sub) -> None:
                    help="qnet activations: alpha fitted to the calibration activations by least "
                         "squares (default) or the paper's 1/beta (which collapses: "
                         "lowbit.train.qnet.fit_qnet)")
+    p.add_argument("--qnet-act-init", choices=("kmeans", "linear"), default="kmeans",
+                   help="qnet activations: steps at the k-means midpoints (the paper's, default) "
+                        "or evenly spaced (linear)")
     p.add_argument("--qnet-act-grad-temperature", type=float, default=ACT_GRAD_TEMPERATURE,
                    help=f"qnet activations: the backward's temperature (default "
                         f"{ACT_GRAD_TEMPERATURE:g}; 0: at the forward's T, as the paper writes "
@@ -157,7 +160,7 @@ def _cmd_train(a) -> int:
     job = Job(a.model, a.dataset, recipe, config, a.data_dir, a.init,
               5.0 if a.temperature_factor is None else a.temperature_factor,
               a.temperature_per_step, _final_temperature(a), a.qnet_bn_batches,
-              qnet_act_alpha=a.qnet_act_alpha,
+              qnet_act_alpha=a.qnet_act_alpha, qnet_act_init=a.qnet_act_init,
               qnet_act_grad_temperature=a.qnet_act_grad_temperature or None)
     s = run(job, a.out, resume=a.resume, progress=progress_wanted(not a.no_progress),
             overwrite=a.overwrite)
