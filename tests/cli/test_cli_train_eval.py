@@ -151,6 +151,20 @@ def test_init_must_be_a_float_model_of_the_same_shape(tmp_path, capsys):
     assert "quantized model" in capsys.readouterr().err
 
 
+def spy_fit_qnet(monkeypatch) -> dict:
+    """The keyword arguments lowbit.experiment passes to fit_qnet, filled in as it runs."""
+    import lowbit.experiment as ex
+
+    seen, real = {}, ex.fit_qnet
+
+    def spy(*args, **kw):
+        seen.update(kw)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(ex, "fit_qnet", spy)
+    return seen
+
+
 @pytest.mark.parametrize("flags,alpha,grad_t", [
     ([], "fit", 1.0),
     (["--qnet-act-alpha", "reciprocal", "--qnet-act-grad-temperature", "0"], "reciprocal", None),
@@ -159,16 +173,7 @@ def test_qnet_activation_flags_reach_fit_qnet_and_job_json(tmp_path, monkeypatch
                                                            alpha, grad_t):
     """--qnet-act-alpha / --qnet-act-grad-temperature (issue 12 item 3) reach fit_qnet and are
     recorded in job.json, so --resume refuses a run trained with the other reading."""
-    import lowbit.experiment as ex
-
-    seen = {}
-    real = ex.fit_qnet
-
-    def spy(*args, **kw):
-        seen.update(kw)
-        return real(*args, **kw)
-
-    monkeypatch.setattr(ex, "fit_qnet", spy)
+    seen = spy_fit_qnet(monkeypatch)
     out = tmp_path / "run"
     argv = ["train", "--model", "lenet300", "--dataset", "digits", "--method", "qnet",
             "--w-bits", "2", "--a-bits", "2", "--epochs", "1", "--batch-size", "256",
@@ -184,16 +189,7 @@ def test_qnet_activation_flags_reach_fit_qnet_and_job_json(tmp_path, monkeypatch
 
 
 def test_qnet_act_init_flag_reaches_fit_qnet(tmp_path, monkeypatch):
-    import lowbit.experiment as ex
-
-    seen = {}
-    real = ex.fit_qnet
-
-    def spy(*args, **kw):
-        seen.update(kw)
-        return real(*args, **kw)
-
-    monkeypatch.setattr(ex, "fit_qnet", spy)
+    seen = spy_fit_qnet(monkeypatch)
     out = tmp_path / "run"
     assert main(["train", "--model", "lenet300", "--dataset", "digits", "--method", "qnet",
                  "--w-bits", "2", "--a-bits", "2", "--epochs", "1", "--batch-size", "256",
