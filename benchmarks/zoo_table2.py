@@ -164,18 +164,32 @@ def cell_recipe(spec: dict, pact_alpha_init: bool = False):
 TTQ_REGION_MEAN = {"init": "mean", "scale_grad": "mean"}
 
 
+def _relabel(specs: list[dict], which, old: str, new: str, **extra) -> list[dict]:
+    """``specs`` with the ones ``which`` selects relabelled: ``old`` -> ``new`` in the label,
+    and in the method name without the "+" / "_" delimiters; plus ``extra`` fields."""
+    name_old, name_new = old.strip("+_"), new.strip("+_")
+    return [s | {"label": s["label"].replace(old, new, 1),
+                 "method": s["method"].replace(name_old, name_new, 1), **extra}
+            if which(s) else s for s in specs]
+
+
 def ttq_region_mean(specs: list[dict]) -> list[dict]:
     """The TTQ cells of ``specs`` as ``ttq-mean`` cells (:data:`TTQ_REGION_MEAN`)."""
-    return [s | {"label": "ttq-mean" + s["label"][len("ttq"):], "method": "ttq-mean",
-                 "weight_options": dict(TTQ_REGION_MEAN)} if s["weight"] == "ttq" else s
-            for s in specs]
+    return _relabel(specs, lambda s: s["weight"] == "ttq", "ttq_", "ttq-mean_",
+                    weight_options=dict(TTQ_REGION_MEAN))
 
 
 def pact_init_labels(specs: list[dict]) -> list[dict]:
     """The PACT cells of ``specs`` labelled ``dorefa+pact10`` (alpha starting at the paper's
     10, ``--pact-alpha-init``), so they sit beside the default alpha_from="mse" cells."""
-    return [s | {"label": s["label"].replace("+pact_", "+pact10_", 1),
-                 "method": s["method"] + "10"} if s["act"] == "pact" else s for s in specs]
+    return _relabel(specs, lambda s: s["act"] == "pact", "+pact_", "+pact10_")
+
+
+def qnet_linear_labels(specs: list[dict]) -> list[dict]:
+    """The qnet cells with quantized activations labelled ``qnet-linear``
+    (``--qnet-act-init linear``: evenly spaced activation steps)."""
+    return _relabel(specs, lambda s: s["weight"] == "qnet" and s["a_bits"] != 32, "qnet_",
+                    "qnet-linear_")
 
 
 def schedule_of(summary: dict, config, train_size: int, stages: int) -> dict:
@@ -339,8 +353,7 @@ def add_drops(cells: list[dict], float_acc: float) -> list[dict]:
 
 def _acc(rows: list[dict], method: str, w: int, a: int) -> float | None:
     """Mean test accuracy of the (method, w/a) cells (one per seed), None without any."""
-    hits = [r["test_accuracy"] for r in rows
-            if (r["method"], r["w_bits"], r["a_bits"]) == (method, w, a)]
+    hits = _accs(rows, method, w, a)
     return sum(hits) / len(hits) if hits else None
 
 
@@ -350,14 +363,19 @@ def seed_stats(values: list[float]) -> dict:
             "n": len(values)}
 
 
-def _matrix_cell(rows: list[dict], float_acc: float) -> str:
-    """'mean (change)' for one seed, 'mean [min, max] n=k (change)' for several (percent)."""
-    st = seed_stats([r["test_accuracy"] for r in rows])
-    change = 100 * (st["mean"] - float_acc)
+def _mean_range(values: list[float]) -> str:
+    """'mean' for one seed, 'mean [min, max] n=k' for several (percent)."""
+    st = seed_stats(values)
     if st["n"] == 1:
-        return f"{100 * st['mean']:.2f} ({change:+.2f})"
-    return (f"{100 * st['mean']:.2f} [{100 * st['min']:.2f}, {100 * st['max']:.2f}] "
-            f"n={st['n']} ({change:+.2f})")
+        return f"{100 * st['mean']:.2f}"
+    return f"{100 * st['mean']:.2f} [{100 * st['min']:.2f}, {100 * st['max']:.2f}] n={st['n']}"
+
+
+def _matrix_cell(rows: list[dict], float_acc: float) -> str:
+    """:func:`_mean_range` of the rows' accuracies and the mean's change from float."""
+    values = [r["test_accuracy"] for r in rows]
+    change = 100 * (sum(values) / len(values) - float_acc)
+    return f"{_mean_range(values)} ({change:+.2f})"
 
 
 def target_qnet_3bit(rows: list[dict], float_acc: float) -> dict:
@@ -389,18 +407,13 @@ def target_qnet_vs_ste(rows: list[dict], w: int) -> dict:
     if not q or not others:
         return {"status": "not measured", "detail": f"need qnet and an STE method at {w}/32"}
 
-    def text(v: list[float]) -> str:
-        mean = 100 * sum(v) / len(v)
-        return (f"{mean:.2f}" if len(v) == 1 else
-                f"{mean:.2f} [{100 * min(v):.2f}, {100 * max(v):.2f}] n={len(v)}")
-
     better = sorted(m for m, v in others.items() if min(v) > max(q))
     worse = sorted(m for m, v in others.items() if max(v) < min(q))
     ties = sorted(set(others) - set(better) - set(worse))
     status = ("MISSED" if better else "met" if not ties and len(others) >= 3
               else "undecided")
-    parts = ", ".join(f"{m} {text(v)}" for m, v in sorted(others.items()))
-    detail = f"qnet {text(q)} % vs {parts}"
+    parts = ", ".join(f"{m} {_mean_range(v)}" for m, v in sorted(others.items()))
+    detail = f"qnet {_mean_range(q)} % vs {parts}"
     if better:
         detail += f"; better than qnet at every seed: {', '.join(better)}"
     if ties:
@@ -695,9 +708,7 @@ def main() -> None:
     if a.pact_alpha_init:
         specs = pact_init_labels(specs)
     if a.qnet_act_init == "linear":
-        specs = [s | {"label": s["label"].replace("qnet_", "qnet-linear_", 1),
-                      "method": "qnet-linear"}
-                 if s["weight"] == "qnet" and s["a_bits"] != 32 else s for s in specs]
+        specs = qnet_linear_labels(specs)
     if a.remeasure_steps:
         remeasure_steps(cells_dir, a.work / "float" / "model.pt", dataset, a.methods)
     if a.remeasure_steps or a.report_only:

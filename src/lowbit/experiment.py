@@ -35,7 +35,9 @@ from lowbit.train import TrainConfig, atomic_save, evaluate, fit
 from lowbit.train.files import atomic_write_text, load_verified
 from lowbit.train.inq import fit_inq, inq_layers
 from lowbit.train.qnet import (
+    ACT_ALPHA,
     ACT_GRAD_TEMPERATURE,
+    ACT_INIT,
     BN_BATCHES,
     FINAL_TEMPERATURE,
     fit_qnet,
@@ -81,8 +83,8 @@ class Job:
     qnet_bn_batches: int = BN_BATCHES  # qnet: BatchNorm re-estimation under eq. (11); 0: off
     # qnet activations (lowbit.train.qnet.fit_qnet, issue 12 item 3): alpha "fit" (least
     # squares) or "reciprocal" (the paper's 1/beta); backward temperature (None: at the forward T)
-    qnet_act_alpha: str = "fit"
-    qnet_act_init: str = "kmeans"  # the activation steps: the paper's k-means or "linear"
+    qnet_act_alpha: str = ACT_ALPHA
+    qnet_act_init: str = ACT_INIT  # the activation steps: the paper's k-means or "linear"
     qnet_act_grad_temperature: float | None = ACT_GRAD_TEMPERATURE
 
 

@@ -60,7 +60,7 @@ def _final_temperature(a) -> float | None:
 def _train_parser(sub) -> None:
     from lowbit.data.registry import DATASETS
     from lowbit.models import MODELS
-    from lowbit.train.qnet import ACT_GRAD_TEMPERATURE, BN_BATCHES
+    from lowbit.train.qnet import ACT_ALPHA, ACT_GRAD_TEMPERATURE, ACT_INIT, BN_BATCHES
 
     p = sub.add_parser("train", help="train a (quantized) model; writes model.pt, summary.json",
                        description="Train a model, float or quantized, and write DIR/model.pt, "
@@ -102,11 +102,11 @@ def _train_parser(sub) -> None:
     p.add_argument("--qnet-bn-batches", type=int, default=BN_BATCHES,
                    help=f"qnet: re-estimate BatchNorm statistics under the hard quantizers over "
                         f"this many training batches at the end (default {BN_BATCHES}; 0: off)")
-    p.add_argument("--qnet-act-alpha", choices=("fit", "reciprocal"), default="fit",
+    p.add_argument("--qnet-act-alpha", choices=("fit", "reciprocal"), default=ACT_ALPHA,
                    help="qnet activations: alpha fitted to the calibration activations by least "
                         "squares (default) or the paper's 1/beta (which collapses: "
                         "lowbit.train.qnet.fit_qnet)")
-    p.add_argument("--qnet-act-init", choices=("kmeans", "linear"), default="kmeans",
+    p.add_argument("--qnet-act-init", choices=("kmeans", "linear"), default=ACT_INIT,
                    help="qnet activations: steps at the k-means midpoints (the paper's, default) "
                         "or evenly spaced (linear)")
     p.add_argument("--qnet-act-grad-temperature", type=float, default=ACT_GRAD_TEMPERATURE,

@@ -77,15 +77,13 @@ def git_state(root: str | Path | None = None,
             "dirty_count": len(files)}
 
 
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo, else what :mod:`platform` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+def cpu_model(text: str | None = None) -> str:
+    """The CPU's model name from /proc/cpuinfo (or ``text``), else what :mod:`platform` knows."""
+    from lowbit.bench.kernels import _cpuinfo
+
+    text = _cpuinfo_text() if text is None else text
+    name = _cpuinfo(text or "").get("model name")
+    return name or platform.processor() or platform.machine()
 
 
 def _numba() -> Any:
@@ -110,16 +108,20 @@ def threads() -> dict[str, Any]:
             "env": {k: os.environ[k] for k in THREAD_ENV if k in os.environ}}
 
 
+def _cpuinfo_text() -> str | None:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+
+
 def cpu_isa(text: str | None = None) -> list[str]:
     """The :data:`ISA_FLAGS` the first CPU of /proc/cpuinfo (or ``text``) has, in that order
     ([] where it cannot be read)."""
-    if text is None:
-        try:
-            text = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return []
-    line = next((x for x in text.splitlines() if x.startswith("flags")), "")
-    flags = set(line.partition(":")[2].split())
+    from lowbit.bench.kernels import _cpuinfo
+
+    text = _cpuinfo_text() if text is None else text
+    flags = set(_cpuinfo(text or "").get("flags", "").split())
     return [f for f in ISA_FLAGS if f in flags]
 
 
@@ -128,8 +130,11 @@ def provenance(argv: Sequence[str] | None = None, root: str | Path | None = None
     threads, load average (1, 5, 15 min) and the UTC time. Plain JSON values."""
     from lowbit.bench.kernels import cpu_kind
 
+    info = _cpuinfo_text()  # read once for the model, the kind and the flags
     return {"command": command(argv), **git_state(root), "versions": versions(),
-            "cpu": cpu_model(), "cpu_kind": cpu_kind(), "cpu_isa": cpu_isa(),
+            "cpu": cpu_model(info or ""),
+            "cpu_kind": cpu_kind(info) if info is not None else None,
+            "cpu_isa": cpu_isa(info or ""),
             "threads": threads(), "load_average": list(os.getloadavg()),
             "utc": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 

@@ -76,6 +76,8 @@ FINAL_TEMPERATURE = 275.0  # ResNet: T = epoch x 5 (sec. 4.1) at its last epoch,
 BN_BATCHES = 100  # training batches for the BatchNorm re-estimation under eq. (11)
 PHASE_SEED_STRIDE = 1000  # phase k trains with seed + k * stride (see phase_seed)
 ACT_GRAD_TEMPERATURE = 1.0  # fit_qnet: the activations' backward at T = 1 (issue 12 item 3)
+ACT_ALPHA = "fit"  # fit_qnet: activation alpha by least squares (issue 12 item 3)
+ACT_INIT = "kmeans"  # fit_qnet: activation steps at the k-means midpoints (sec. 4.1)
 
 
 def temperature_schedule(epoch: int, factor: float, fraction: float = 1.0) -> float:
@@ -382,7 +384,7 @@ def fit_qnet(model: nn.Module, train: tuple[Tensor, Tensor], test: tuple[Tensor,
              progress: bool = True, per_step: bool = False,
              final_temperature: float | None = None, restart_temperature: bool | None = None,
              bn_batches: int = BN_BATCHES, act_beta_floor: float | None = None,
-             act_init: str = "kmeans", act_alpha: str = "fit",
+             act_init: str = ACT_INIT, act_alpha: str = ACT_ALPHA,
              initial_temperature: float | None = None,
              act_grad_temperature: float | None = ACT_GRAD_TEMPERATURE) -> dict[str, Any]:
     """Train a model holding SoftWeight/SoftAct quantizers in ``phases`` (sec. 4.1).
@@ -424,9 +426,9 @@ def fit_qnet(model: nn.Module, train: tuple[Tensor, Tensor], test: tuple[Tensor,
       reaches -0.06).
       None: the backward at T.
 
-    Both defaults together: 2/2 trains, hard 0.649 (soft 0.661; no beta below 0.21, and the
-    first six betas end at their calibrated values to 4 decimals: at T = 1 beta's gradient is
-    small next to the network's, so the activation grid stays near its calibration);
+    Both defaults together: 2/2 trains, hard 0.649 (soft 0.661; no beta below 0.21; the
+    first six betas end at the same values, to 4 decimals, as in the run with the paper's
+    alpha below, so at T = 1 they barely move from their common calibration);
     either alone does not (three phases, alpha fit only: 0.0995, betas down to -0.83; T = 1
     backward only: 0.0995, phase 2 at 0.309 and a beta down to -2.38 in phase 3).
     Weights are unaffected (SoftWeight keeps the paper's initialisation and backward).
