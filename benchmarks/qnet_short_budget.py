@@ -17,6 +17,10 @@ gives the paper's backward at T):
 
     python benchmarks/qnet_short_budget.py --w 2 --a 2                 # defaults
     python benchmarks/qnet_short_budget.py --w 2 --a 2 --extra '{"act_grad_temperature": null}'
+    python benchmarks/qnet_short_budget.py --w 2 --a 2 --extra '{"act_alpha": "reciprocal"}'
+    python benchmarks/qnet_short_budget.py --w 2 --a 2 \
+        --extra '{"act_grad_temperature": null, "initial_temperature": 5}'
+    python benchmarks/qnet_short_budget.py --w 4 --a 4 --extra '{"act_init": "linear"}'
     python benchmarks/qnet_short_budget.py --w 32 --a 2 --init-check   # hard net before a step
     python benchmarks/qnet_short_budget.py --w 32 --a 2 --n 5000 --phases activations \
         --extra '{"act_alpha": "reciprocal"}'                          # phase 2 alone
