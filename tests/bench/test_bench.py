@@ -110,7 +110,7 @@ def test_kernels_quick_with_a_fake_kernel_module(monkeypatch, tmp_path, capsys):
     monkeypatch.setitem(sys.modules, "lowbit.runtime.kernels.fake", _fake_kernels())
     monkeypatch.setitem(sys.modules, "lowbit.runtime.kernels.plain", types.ModuleType("plain"))
     monkeypatch.setattr(fast, "KERNELS", ("fake", "plain", "absent"))
-    monkeypatch.setattr(kb, "cpu_kind", lambda: "zen4")
+    monkeypatch.setattr(kb, "cpu_kind", lambda text=None: "zen4")
     capsys.readouterr()
     assert main(["bench", "--kernels", "--quick", "--repeat", "2",
                  "--json", "-o", str(tmp_path)]) == 0
@@ -136,7 +136,12 @@ def test_cpu_kind_and_units():
     spr = "vendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 143\nflags\t\t: avx512f\n"
     zen4 = "vendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\nflags\t\t: avx2 avx512f\n"
     zen3 = "vendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 1\nflags\t\t: avx2\n"
-    assert [kb.cpu_kind(t) for t in (spr, zen4, zen3)] == ["sapphire_rapids", "zen4", None]
+    # a Sapphire Rapids VM as this machine kind reports it (model 167, AMX flags)
+    rocket = "vendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 167\nflags\t\t: avx512f"
+    spr_vm = rocket + " amx_tile\n"
+    rocket += "\n"
+    assert ([kb.cpu_kind(t) for t in (spr, zen4, zen3, spr_vm, rocket)]
+            == ["sapphire_rapids", "zen4", None, "sapphire_rapids", None])
     assert kb.ceiling("binary", None, 2) is None
     assert kb.ceiling("int8", "sapphire_rapids", 2) == 0.55e12
     assert kb.parse_sizes("1024,1x4096x4096") == [(1024,) * 3, (1, 4096, 4096)]

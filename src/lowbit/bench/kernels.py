@@ -67,8 +67,13 @@ def _cpuinfo(text: str) -> dict[str, str]:
 
 
 def cpu_kind(text: str | None = None) -> str | None:
-    """``"sapphire_rapids"`` (GenuineIntel family 6 model 143), ``"zen4"`` (AuthenticAMD
-    family 25 with AVX-512: Zen 3 has the same family and none) or None."""
+    """``"sapphire_rapids"`` (GenuineIntel family 6 with AMX tiles, or model 143), ``"zen4"``
+    (AuthenticAMD family 25 with AVX-512: Zen 3 has the same family and none) or None.
+
+    The Sapphire Rapids VMs of this machine kind report model 167 (Rocket Lake's number) and
+    the model name "Intel(R) Xeon(R) Processor", so the model number alone misses them; the
+    ``amx_tile`` flag is what tells them apart (no other Intel family-6 part before Sapphire
+    Rapids has AMX; its successors share its ceilings' instruction set)."""
     if text is None:
         try:
             text = Path("/proc/cpuinfo").read_text()
@@ -77,7 +82,7 @@ def cpu_kind(text: str | None = None) -> str | None:
     info = _cpuinfo(text)
     vendor, family, model = info.get("vendor_id"), info.get("cpu family"), info.get("model")
     flags = set(info.get("flags", "").split())
-    if vendor == "GenuineIntel" and family == "6" and model == "143":
+    if vendor == "GenuineIntel" and family == "6" and (model == "143" or "amx_tile" in flags):
         return "sapphire_rapids"
     if vendor == "AuthenticAMD" and family == "25" and "avx512f" in flags:
         return "zen4"
