@@ -26,6 +26,7 @@ from lowbit.nn.layers import QuantConv2d
 from lowbit.runtime import ops
 from lowbit.runtime.fast import kernels
 from lowbit.runtime.kernels import bitserial as bs
+from lowbit.runtime.kernels import int_gemm as ig
 from lowbit.runtime.kernels import integer as ki
 from lowbit.runtime.layers import Layer
 from lowbit.runtime.records import Codebook, Grid, Weight
@@ -51,30 +52,51 @@ RANGES = [((0, 15), (-8, 7)), ((0, 3), (-2, 1)), ((-4, 3), (-4, 3)), ((0, 255), 
           ((0, 1000), (-1000, 1000))]
 
 
+#: the kernel sets to test: the AVX2 kernels on every CPU, the VNNI ones where it has VNNI
+ISAS = ["avx2"] + (["vnni"] if ig.HAS_VNNI else [])
+
+
+@contextmanager
+def _isa(name: str):
+    """Matmul and choose_kind as on a CPU where :data:`int_gemm.VNNI` is ``name == "vnni"``
+    (the AVX2 kernels stay tested on VNNI CPUs, where they are not the default)."""
+    saved = ki.VNNI, ki.GEMM
+    ki.VNNI, ki.GEMM = name == "vnni", ig.gemms(name == "vnni")
+    try:
+        yield
+    finally:
+        ki.VNNI, ki.GEMM = saved
+
+
+@pytest.mark.parametrize("isa", ISAS)
 @FAST
 @given(st.integers(1, 9), st.integers(1, 300), st.integers(1, 41),
        st.sampled_from(RANGES), st.integers(0, 2**32 - 1))
-def test_gemm_equals_int64_matmul(m, k, n, ranges, seed):
+def test_gemm_equals_int64_matmul(isa, m, k, n, ranges, seed):
     rng = np.random.default_rng(seed)
     (alo, ahi), (wlo, whi) = ranges
     a, w = _ints(rng, alo, ahi, (m, k)), _ints(rng, wlo, whi, (n, k))
-    mm = ki.Matmul(w, alo, ahi)
-    np.testing.assert_array_equal(mm(a), a @ w.T)
+    with _isa(isa):
+        mm = ki.Matmul(w, alo, ahi)
+        np.testing.assert_array_equal(mm(a), a @ w.T)
 
 
-def test_kernel_choice_keeps_int16_pairs_exact():
+@pytest.mark.parametrize("isa", ISAS)
+def test_kernel_choice_keeps_int16_pairs_exact(isa):
     """Without VNNI, u8 x s8 pairs go through saturating int16 (vpmaddubsw): the choice must
     never allow a pair above 32767, and the int16 chunk must keep every partial sum below it."""
-    for (alo, ahi), (wlo, whi) in RANGES:
-        kind, z, chunk = ki.choose_kind(alo, ahi, wlo, whi, 1000)
-        span, wmax = max(ahi, 0) - min(alo, 0), max(-wlo, whi)
-        if kind == "u8s8" and not ki.VNNI:
-            assert chunk >= 2 and chunk * 2 * span * wmax <= 32767
-    assert ki.choose_kind(0, 255, -128, 127, 64)[0] == ("u8s8" if ki.VNNI else "s16")
-    assert ki.choose_kind(0, 2**16, -1, 1, 64) is None  # beyond int16
+    with _isa(isa):
+        for (alo, ahi), (wlo, whi) in RANGES:
+            kind, z, chunk = ki.choose_kind(alo, ahi, wlo, whi, 1000)
+            span, wmax = max(ahi, 0) - min(alo, 0), max(-wlo, whi)
+            if kind == "u8s8" and isa == "avx2":
+                assert chunk >= 2 and chunk * 2 * span * wmax <= 32767
+        assert ki.choose_kind(0, 255, -128, 127, 64)[0] == ("u8s8" if isa == "vnni" else "s16")
+        assert ki.choose_kind(0, 2**16, -1, 1, 64) is None  # beyond int16
 
 
-def test_extreme_codes_over_a_long_k():
+@pytest.mark.parametrize("isa", ISAS)
+def test_extreme_codes_over_a_long_k(isa):
     rng = np.random.default_rng(0)
     for (alo, ahi), (wlo, whi) in RANGES:
         k = 4097
@@ -84,7 +106,8 @@ def test_extreme_codes_over_a_long_k():
         w[3], w[4, 1::2] = whi, whi
         w[6] = rng.integers(wlo, whi + 1, k)
         if k * max(-alo, ahi) * max(-wlo, whi) < 2**31:
-            np.testing.assert_array_equal(ki.Matmul(w, alo, ahi)(a), a @ w.T)
+            with _isa(isa):
+                np.testing.assert_array_equal(ki.Matmul(w, alo, ahi)(a), a @ w.T)
 
 
 def _asm(fn, sig) -> str:
@@ -102,15 +125,47 @@ def test_the_microkernel_uses_the_instruction_it_names():
     arr = lambda dt, nd: types.Array(dt, nd, "C")  # noqa: E731
     sig = (arr(types.uint8, 1), arr(types.int64, 1), arr(types.int64, 1), arr(types.int8, 3),
            arr(types.int32, 2), types.intp, types.intp, types.intp)
-    from lowbit.runtime.kernels.int_gemm import gemm_u8s8
+    # AVX2: u8 x s8 pairs to s16 (vpmaddubsw), s16 pairs to s32 by vpmaddwd + add -- which LLVM
+    # fuses into vpdpwssd (same exact s32 result) where the CPU has AVX512-VNNI or AVX-VNNI
+    # (Zen 4, Sapphire Rapids), so either instruction names the second step
+    kernels = [(ig.gemm_u8s8_avx2, [("vpmaddubsw",), ("vpmaddwd", "vpdpwssd")])]
+    if ig.HAS_VNNI:  # the VNNI kernel compiles (and is checked) on every VNNI CPU
+        kernels.append((ig.gemm_u8s8_vnni, [("vpdpbusd",)]))
+    for fn, want in kernels:
+        asm = _asm(fn, sig)
+        for alternatives in want:
+            assert any(re.search(rf"\b{ins}\b", asm) for ins in alternatives), alternatives
+    assert ig.GEMM["u8s8"] is (ig.gemm_u8s8_vnni if ki.VNNI else ig.gemm_u8s8_avx2)
 
-    asm = _asm(gemm_u8s8, sig)
-    # without LOWBIT_VNNI: u8 x s8 pairs to s16 (vpmaddubsw), s16 pairs to s32 by vpmaddwd + add
-    # -- which LLVM fuses into vpdpwssd (same exact s32 result) where the CPU has AVX512-VNNI
-    # or AVX-VNNI (Zen 4, Sapphire Rapids), so either instruction names the second step
-    want = [("vpdpbusd",)] if ki.VNNI else [("vpmaddubsw",), ("vpmaddwd", "vpdpwssd")]
-    for alternatives in want:
-        assert any(re.search(rf"\b{ins}\b", asm) for ins in alternatives), alternatives
+
+_CACHE_PROBE = """
+import numpy as np
+from lowbit.runtime.kernels import integer as ki
+rng = np.random.default_rng(0)
+for (lo, hi), (wlo, whi) in (((0, 255), (-128, 127)), ((0, 15), (-8, 7))):
+    a, w = rng.integers(lo, hi + 1, (5, 300)), rng.integers(wlo, whi + 1, (17, 300))
+    mm = ki.Matmul(w, lo, hi)
+    assert (mm(a) == a @ w.T).all(), (lo, hi)
+print(ki.ISA, mm.kind)
+"""
+
+
+@pytest.mark.skipif(not ig.HAS_VNNI, reason="needs a CPU with VNNI")
+def test_vnni_and_avx2_runs_share_a_numba_cache(tmp_path):
+    """A run with LOWBIT_VNNI=0 (the AVX2 kernels) and then one with the VNNI kernels, on one
+    numba cache directory: each gets its own kernels, exact (one function whose tile read the
+    VNNI flag had the VNNI run load the cached AVX2 code: SIGFPE)."""
+    import os
+    import subprocess
+    import sys
+
+    src = str(Path(ki.__file__).parents[3])
+    env = {**os.environ, "PYTHONPATH": src, "NUMBA_CACHE_DIR": str(tmp_path)}
+    for flag, isa in (("0", "avx2"), ("1", "vnni"), ("0", "avx2"), ("", "vnni")):
+        out = subprocess.run([sys.executable, "-c", _CACHE_PROBE], capture_output=True,
+                             text=True, timeout=600, env={**env, "LOWBIT_VNNI": flag})
+        assert out.returncode == 0, (flag, out.stderr[-2000:])
+        assert out.stdout.split()[0] == isa
 
 
 # -- hand-made layers against the reference ---------------------------------------------------

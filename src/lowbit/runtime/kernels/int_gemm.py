@@ -30,13 +30,14 @@ def _features() -> set[str]:
 
 _FEATURES = _features()
 AVX2 = "avx2" in _FEATURES
-#: VNNI (``vpdpbusd`` / ``vpdpwssd``) is opt-in, ``LOWBIT_VNNI=1``: its assembly was checked
-#: with NUMBA_CPU_NAME=znver4 / sapphirerapids, and tests/runtime/kernels/test_integer.py
-#: passed with LOWBIT_VNNI=1 on a Zen 4 (2026-12-04, 26 tests, exact against numpy); it is not
-#: yet benchmarked or run by CI, so by default every CPU takes the AVX2 kernels (which LLVM
-#: still compiles with vpdpwssd where the CPU has VNNI: the same exact sums)
-VNNI = AVX2 and os.environ.get("LOWBIT_VNNI") == "1" and (
-    "avxvnni" in _FEATURES or {"avx512vnni", "avx512vl"} <= _FEATURES)
+#: the CPU can run the VNNI kernels (AVX512-VNNI with VL, or AVX-VNNI)
+HAS_VNNI = AVX2 and ("avxvnni" in _FEATURES or {"avx512vnni", "avx512vl"} <= _FEATURES)
+#: VNNI (``vpdpbusd`` / ``vpdpwssd``) is the default where the CPU has it; ``LOWBIT_VNNI=0``
+#: opts out (the AVX2 kernels). Measured by benchmarks/int8_vnni.py on Sapphire Rapids
+#: (2026-12-04, 1 thread, one process): 1.9-2.2x the AVX2 kernels at 8 bits (where AVX2 must
+#: take s16) and 1.06-1.35x at 2 and 4 bits; exact against numpy in test_integer.py there and
+#: on a Zen 4 (2026-12-04, LOWBIT_VNNI=1; its speed there is not measured)
+VNNI = HAS_VNNI and os.environ.get("LOWBIT_VNNI", "1") != "0"
 ISA = "vnni" if VNNI else "avx2" if AVX2 else None
 
 # -- the micro-kernel (LLVM IR) --------------------------------------------------------------
@@ -50,22 +51,22 @@ def _call(builder, name: str, ret, args):
     return builder.call(fn, args)
 
 
-def _make_tile(kind: str):
+def _make_tile(kind: str, vnni: bool):
     """The intrinsic ``tile(a, rbase, koff, w, c, i0, p, k0, k1, chunk)``: ``c[i0:i0+4,
     16p:16p+16] = sum over K groups k0 <= s < k1`` of row ``i0 + r`` (the 4 bytes at
     ``a + rbase[i0 + r] + koff[s]``) times panel ``p`` group ``s`` (64 bytes of ``w``)."""
     wvec = _V8 if kind == "u8s8" else _V16
 
     def step(b, acc, av, wv):
-        if kind == "u8s8" and VNNI:
+        if kind == "u8s8" and vnni:
             return _call(b, "llvm.x86.avx512.vpdpbusd.256", _V32, [acc, av, wv])
-        if kind == "s16" and VNNI:
+        if kind == "s16" and vnni:
             return _call(b, "llvm.x86.avx512.vpdpwssd.256", _V32, [acc, av, wv])
         if kind == "s16":
             return b.add(acc, _call(b, "llvm.x86.avx2.pmadd.wd", _V32, [av, wv]))
         return b.add(acc, _call(b, "llvm.x86.avx2.pmadd.ub.sw", _V16, [av, wv]))  # int16
 
-    chunked = kind == "u8s8" and not VNNI  # int16 pair sums, flushed every `chunk` steps
+    chunked = kind == "u8s8" and not vnni  # int16 pair sums, flushed every `chunk` steps
 
     @intrinsic
     def tile(typingctx, a, rbase, koff, w, c, i0, p, k0, k1, chunk):
@@ -137,36 +138,82 @@ def _make_tile(kind: str):
     return tile
 
 
-_tile_u8s8 = _make_tile("u8s8")
-_tile_s16 = _make_tile("s16")
+# One compiled function per layout and ISA, under its own name: numba's on-disk cache keys a
+# function by its name, source and signature, not by the globals it reads, so one function
+# whose tile depended on VNNI loaded the AVX2 code cached by a run without LOWBIT_VNNI=1 into
+# a VNNI run (u8s8 then divided by the VNNI layout's chunk 0: SIGFPE).
+_tile_u8s8_avx2, _tile_s16_avx2 = _make_tile("u8s8", False), _make_tile("s16", False)
+_tile_u8s8_vnni, _tile_s16_vnni = _make_tile("u8s8", True), _make_tile("s16", True)
+
+
+@njit(inline="always")
+def _tasks(rbase, w):  # pragma: no cover - compiled
+    """(row blocks, panel groups) of a GEMM's parallel tasks."""
+    return -(-rbase.shape[0] // ROW_BLOCK), -(-w.shape[0] // PANELS)
+
+
+@njit(inline="always")
+def _ranges(t, npg, rbase, w):  # pragma: no cover - compiled
+    """Task t's panels [p0, p1) and rows [i0, i1) (stepped by MR)."""
+    rb, pg = t // npg, t % npg
+    return (pg * PANELS, min(w.shape[0], (pg + 1) * PANELS), rb * ROW_BLOCK,
+            min(rbase.shape[0], (rb + 1) * ROW_BLOCK))
 
 
 @njit(parallel=True, cache=True)
-def gemm_u8s8(a, rbase, koff, w, c, k0, k1, chunk):
+def gemm_u8s8_avx2(a, rbase, koff, w, c, k0, k1, chunk):  # pragma: no cover - compiled
     """``c[i, n] = sum_{k0 <= s < k1}`` row i's group s times panel n's (module doc), int32.
     ``rbase`` has one entry per row of ``c`` (a multiple of 4 rows)."""
-    nrb = -(-rbase.shape[0] // ROW_BLOCK)
-    npg = -(-w.shape[0] // PANELS)
+    nrb, npg = _tasks(rbase, w)
     for t in prange(nrb * npg):
-        rb, pg = t // npg, t % npg
-        for p in range(pg * PANELS, min(w.shape[0], (pg + 1) * PANELS)):
-            for i0 in range(rb * ROW_BLOCK, min(rbase.shape[0], (rb + 1) * ROW_BLOCK), MR):
-                _tile_u8s8(a, rbase, koff, w, c, i0, p, k0, k1, chunk)
+        p0, p1, r0, r1 = _ranges(t, npg, rbase, w)
+        for p in range(p0, p1):
+            for i0 in range(r0, r1, MR):
+                _tile_u8s8_avx2(a, rbase, koff, w, c, i0, p, k0, k1, chunk)
 
 
 @njit(parallel=True, cache=True)
-def gemm_s16(a, rbase, koff, w, c, k0, k1, chunk):
-    """:func:`gemm_u8s8` with int16 pairs (``chunk`` unused)."""
-    nrb = -(-rbase.shape[0] // ROW_BLOCK)
-    npg = -(-w.shape[0] // PANELS)
+def gemm_s16_avx2(a, rbase, koff, w, c, k0, k1, chunk):  # pragma: no cover - compiled
+    """:func:`gemm_u8s8_avx2` with int16 pairs (``chunk`` unused)."""
+    nrb, npg = _tasks(rbase, w)
     for t in prange(nrb * npg):
-        rb, pg = t // npg, t % npg
-        for p in range(pg * PANELS, min(w.shape[0], (pg + 1) * PANELS)):
-            for i0 in range(rb * ROW_BLOCK, min(rbase.shape[0], (rb + 1) * ROW_BLOCK), MR):
-                _tile_s16(a, rbase, koff, w, c, i0, p, k0, k1, chunk)
+        p0, p1, r0, r1 = _ranges(t, npg, rbase, w)
+        for p in range(p0, p1):
+            for i0 in range(r0, r1, MR):
+                _tile_s16_avx2(a, rbase, koff, w, c, i0, p, k0, k1, chunk)
 
 
-GEMM = {"u8s8": gemm_u8s8, "s16": gemm_s16}
+@njit(parallel=True, cache=True)
+def gemm_u8s8_vnni(a, rbase, koff, w, c, k0, k1, chunk):  # pragma: no cover - compiled
+    """:func:`gemm_u8s8_avx2` by ``vpdpbusd`` (``chunk`` unused)."""
+    nrb, npg = _tasks(rbase, w)
+    for t in prange(nrb * npg):
+        p0, p1, r0, r1 = _ranges(t, npg, rbase, w)
+        for p in range(p0, p1):
+            for i0 in range(r0, r1, MR):
+                _tile_u8s8_vnni(a, rbase, koff, w, c, i0, p, k0, k1, chunk)
+
+
+@njit(parallel=True, cache=True)
+def gemm_s16_vnni(a, rbase, koff, w, c, k0, k1, chunk):  # pragma: no cover - compiled
+    """:func:`gemm_s16_avx2` by ``vpdpwssd``."""
+    nrb, npg = _tasks(rbase, w)
+    for t in prange(nrb * npg):
+        p0, p1, r0, r1 = _ranges(t, npg, rbase, w)
+        for p in range(p0, p1):
+            for i0 in range(r0, r1, MR):
+                _tile_s16_vnni(a, rbase, koff, w, c, i0, p, k0, k1, chunk)
+
+
+def gemms(vnni: bool) -> dict:
+    """The GEMM kernels of one ISA, keyed by layout (``u8s8``, ``s16``)."""
+    if vnni:
+        return {"u8s8": gemm_u8s8_vnni, "s16": gemm_s16_vnni}
+    return {"u8s8": gemm_u8s8_avx2, "s16": gemm_s16_avx2}
+
+
+#: the kernels this process runs (by :data:`VNNI`)
+GEMM = gemms(VNNI)
 
 
 # -- packing --------------------------------------------------------------------------------
