@@ -63,6 +63,7 @@ def _operands(a, w, kind, z):
 def main(argv=None) -> int:
     import numba
 
+    from lowbit.bench.kernels import ceiling, cpu_kind
     from lowbit.report.provenance import provenance, provenance_line
     from lowbit.runtime.kernels import int_gemm as ig
     from lowbit.train.files import atomic_write_text
@@ -106,6 +107,8 @@ def main(argv=None) -> int:
                         "seconds": med, "gmacs": m * n * k / med / 1e9,
                         "spread": [min(r["t"]), max(r["t"])]}
         row["vnni_over_avx2"] = row["avx2"]["seconds"] / row["vnni"]["seconds"]
+        top = ceiling("int8", cpu_kind(), a.threads)  # PERFORMANCE.md's int8 VNNI ceiling
+        row["vnni_fraction_of_int8_ceiling"] = row["vnni"]["gmacs"] * 1e9 / top if top else None
         rows.append(row)
     prov = provenance()
     out = Path(a.out)
@@ -130,11 +133,15 @@ def _markdown(r: dict, prov_line: str) -> str:
              f"{prov_line}  ", f"Threads {r['threads']}, median of {r['repeat']} "
              "interleaved rounds; every result equal to the int64 product.", "",
              "| M x N x K | range | AVX2 kernel | AVX2 GMAC/s | VNNI kernel | VNNI GMAC/s "
-             "| VNNI / AVX2 |", "|---|---|---|---:|---|---:|---:|"]
+             "| VNNI / AVX2 | VNNI of int8 ceiling |", "|---|---|---|---:|---|---:|---:|---:|"]
     for w in r["rows"]:
+        frac = w["vnni_fraction_of_int8_ceiling"]
         lines.append(f"| {w['m']}x{w['n']}x{w['k']} | {w['range']} | {w['avx2']['kind']} | "
                      f"{w['avx2']['gmacs']:.1f} | {w['vnni']['kind']} | {w['vnni']['gmacs']:.1f}"
-                     f" | {w['vnni_over_avx2']:.2f}x |")
+                     f" | {w['vnni_over_avx2']:.2f}x | "
+                     f"{'-' if frac is None else f'{100 * frac:.0f} %'} |")
+    lines += ["", "Ceiling: ../shared/PERFORMANCE.md's int8 VNNI rate of this CPU kind "
+              "(lowbit.bench.kernels.CEILINGS) at this many threads."]
     return "\n".join(lines) + "\n"
 
 
