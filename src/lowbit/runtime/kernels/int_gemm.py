@@ -34,9 +34,10 @@ AVX2 = "avx2" in _FEATURES
 HAS_VNNI = AVX2 and ("avxvnni" in _FEATURES or {"avx512vnni", "avx512vl"} <= _FEATURES)
 #: VNNI (``vpdpbusd`` / ``vpdpwssd``) is the default where the CPU has it; ``LOWBIT_VNNI=0``
 #: opts out (the AVX2 kernels). Measured by benchmarks/int8_vnni.py on Sapphire Rapids
-#: (2026-12-04, 1 thread, one process): 1.9-2.2x the AVX2 kernels at 8 bits (where AVX2 must
-#: take s16) and 1.06-1.35x at 2 and 4 bits; exact against numpy in test_integer.py there and
-#: on a Zen 4 (2026-12-04, LOWBIT_VNNI=1; its speed there is not measured)
+#: (2026-12-04, 1 thread, one process; benchmarks/results/int8_vnni/): 1.94-2.20x the AVX2
+#: kernels at 8 bits (where AVX2 must take s16) and 1.07-1.36x at 2 and 4 bits, 46-62 % of the
+#: int8 ceiling at M >= 64; exact against numpy in test_integer.py there and on a Zen 4
+#: (2026-12-04, LOWBIT_VNNI=1; its speed there is not measured)
 VNNI = HAS_VNNI and os.environ.get("LOWBIT_VNNI", "1") != "0"
 ISA = "vnni" if VNNI else "avx2" if AVX2 else None
 

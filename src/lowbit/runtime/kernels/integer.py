@@ -11,8 +11,8 @@ Two GEMM micro-kernels (:mod:`~lowbit.runtime.kernels.int_gemm`; the passes arou
 - ``u8s8``: activations as uint8 (``a - z``, ``z = min(0, min a)``; the shift is undone by
   ``z * sum_k w[n, k]``, exact), weights int8, in groups of 4 along K: AVX-512 VNNI / AVX-VNNI
   ``vpdpbusd`` (4 products into an int32, never saturates) where the CPU has it (the default
-  there, ``LOWBIT_VNNI=0`` opts out; 1.9-2.2x the AVX2 kernels at 8 bits, 1.06-1.35x at 2-4
-  bits on Sapphire Rapids: benchmarks/int8_vnni.py), else AVX2
+  there, ``LOWBIT_VNNI=0`` opts out; 1.94-2.20x the AVX2 kernels at 8 bits, 1.07-1.36x at
+  2-4 bits on Sapphire Rapids: benchmarks/int8_vnni.py), else AVX2
   ``vpmaddubsw`` (pairs into int16, *saturating*) + ``vpmaddwd`` by ones into int32. The AVX2
   form is used only when ``4 max|a| max|w| <= 32767``: no pair can saturate, and the int16 pair
   sums of ``chunk = 32767 // (2 max|a| max|w|) >= 2`` steps are added in int16 (exact: every
