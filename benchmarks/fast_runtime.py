@@ -131,12 +131,51 @@ def _breakdown_md(name: str, b: dict) -> str:
     return "\n".join(lines)
 
 
+def ratio_table(out: Path, batch: int = 64) -> str:
+    """The fast runtime against every contender at ``batch``, from the ``<arch>-<config>.json``
+    files in ``out`` (samples/s; ratios of one run's medians)."""
+    others = [("torch_fp32", "torch fp32"), ("ort_fp32", "ORT fp32"),
+              ("ort_int8_qdq", "ORT int8"), ("lowbit_reference", "lowbit reference")]
+    lines = [f"| net | config | fast /s | {' | '.join('x ' + n for _, n in others)} |",
+             "|---|---|---:|" + "---:|" * len(others)]
+    for arch in BATCHES:
+        for name in CONFIGS:
+            path = out / f"{arch}-{name}.json"
+            if not path.exists():
+                continue
+            rows = {r["contender"]: r for r in json.loads(path.read_text())["rows"]
+                    if r["batch"] == batch}
+            if "lowbit_fast" not in rows:
+                continue
+            fast = rows["lowbit_fast"]["samples_per_s"]
+            cells = [f"{fast / rows[c]['samples_per_s']:.2f}" if c in rows else "-"
+                     for c, _ in others]
+            lines.append(f"| {arch} | {name} | {fast:,.0f} | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
+def relabel_kernels(r: dict) -> dict:
+    """``lowbit bench --kernels`` results with each row's unit, ceiling and fraction of it
+    recomputed by the current :mod:`lowbit.bench.kernels` (the measurements unchanged)."""
+    from lowbit.bench.kernels import ceiling, unit_of
+
+    threads = r["threads"]["requested"]
+    for row in r["rows"]:
+        row["unit"] = unit_of(row["kernel"])
+        top = ceiling(row["unit"], r["cpu_kind"], threads)
+        row["ceiling_macs_per_s"] = top
+        row["fraction_of_ceiling"] = None if top is None else row["macs_per_s"] / top
+    return r
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--archs", nargs="+", default=list(BATCHES), choices=list(BATCHES))
     p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
-    p.add_argument("--only", choices=["nets", "kernels", "cold"], nargs="+",
-                   default=["nets", "kernels", "cold"])
+    p.add_argument("--only", choices=["nets", "kernels", "cold", "report"], nargs="+",
+                   default=["nets", "kernels", "cold"],
+                   help="report: only rewrite ratios.md and kernels.md from the JSONs in --out "
+                        "(kernel units and ceiling fractions recomputed; runs nothing)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--data-dir")
@@ -189,6 +228,13 @@ def main() -> None:
         r = cold_start(path)
         write(r, out, "cold_start", cold_table(r))
         done.append("## Cold start (LeNet300 W1A1)\n\n" + cold_table(r))
+    if "report" in args.only and (out / "kernels.json").exists():
+        r = relabel_kernels(json.loads((out / "kernels.json").read_text()))
+        write(r, out, "kernels", kernel_table(r))
+    if "nets" in args.only or "report" in args.only:
+        (out / "ratios.md").write_text(
+            f"# lowbit fast runtime at batch 64, x each contender (from the JSONs here)\n\n"
+            f"{ratio_table(out)}\n")
     if done:
         (out / f"summary-{'-'.join(args.only)}.md").write_text(
             "# lowbit bench results\n\n" + "\n\n".join(done) + "\n")

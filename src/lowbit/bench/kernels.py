@@ -16,7 +16,8 @@ fp32 FMA, int8 VNNI (``vpdpbusd``) and binary XOR/AND + popcount, for Sapphire R
 None). They are for 2 vCPUs; at T threads the ceiling taken is ``min(T, 2) / 2`` of it (one
 vCPU's share: the machine kind has one thread per core). A kernel's unit follows its
 ``module.case`` name: ``xnor``, ``and``, ``binary``, ``ternary`` or ``bitserial`` -> binary,
-``int8`` -> int8, anything else -> fp32 (its MACs are then fp32-equivalent MACs).
+``int8`` or ``matmulinteger`` -> int8, anything else -> fp32 (its MACs are then
+fp32-equivalent MACs).
 
 JSON (:func:`bench_kernels`): ``cpu``, ``cpu_kind``, ``threads`` (requested; torch / numba /
 numpy's blas), ``repeat``, ``min_seconds``, ``ceilings`` (this CPU's row of :data:`CEILINGS`),
@@ -94,7 +95,7 @@ def unit_of(kernel: str) -> str:
     name = kernel.lower()
     if any(w in name for w in BINARY_WORDS):
         return "binary"
-    return "int8" if "int8" in name else "fp32"
+    return "int8" if "int8" in name or "matmulinteger" in name else "fp32"  # ORT's u8 x s8
 
 
 def ceiling(unit: str, kind: str | None, threads: int) -> float | None:
