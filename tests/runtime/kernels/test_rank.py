@@ -25,10 +25,17 @@ def test_rank_equals_searchsorted(t, x):
 
 
 def test_rank_on_thresholds_and_neighbours():
+    """On each threshold, its float32 neighbours, +-inf, NaN and -0, for each strategy's size:
+    the padded counts (4, 16 and 64 wide: +inf input must not count the +inf pads), the even
+    guess and the search."""
+    rng = np.random.default_rng(3)
     t = np.array([-1.0, 0.0, 0.5, 3.0], np.float32)
-    x = np.concatenate([t, np.nextafter(t, -np.inf), np.nextafter(t, np.inf),
-                        np.float32([-np.inf, np.inf, np.nan, -0.0])]).astype(np.float32)
-    assert np.array_equal(rank(t, x), np.searchsorted(t, x, side="right"))
+    uneven = [np.unique(rng.uniform(-3, 3, m).astype(np.float32)) for m in (2, 10, 16, 40, 64,
+                                                                         90)]
+    for tt in [t, np.float32([0.25]), np.arange(-8, 9, dtype=np.float32) + 0.5, *uneven]:
+        x = np.concatenate([tt, np.nextafter(tt, -np.inf), np.nextafter(tt, np.inf),
+                            np.float32([-np.inf, np.inf, np.nan, -0.0])]).astype(np.float32)
+        assert np.array_equal(rank(tt, x), np.searchsorted(tt, x, side="right")), tt.size
     big = np.random.default_rng(0).normal(size=(3, 70001)).astype(np.float32)
     assert np.array_equal(rank(t, big), np.searchsorted(t, big, side="right"))
 
@@ -53,7 +60,7 @@ def test_serial_and_parallel_variants_agree():
     from lowbit.runtime.kernels import rank as mod
 
     rng = np.random.default_rng(1)
-    for m in (3, 200):
+    for m in (3, 12, 40, 200):
         t = np.sort(rng.normal(size=m).astype(np.float32))
         for n in (100, mod.PARALLEL_MIN + 7):
             x = rng.normal(size=n).astype(np.float32)

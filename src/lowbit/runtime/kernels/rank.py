@@ -1,11 +1,14 @@
 """An activation quantizer's rank, ``searchsorted(thresholds, x, side="right")``, in numba
-(the reference is numpy's searchsorted, :meth:`lowbit.runtime.records.Grid.rank`). Four
+(the reference is numpy's searchsorted, :meth:`lowbit.runtime.records.Grid.rank`). Five
 strategies, chosen per grid: one threshold (binary activations) ``x >= t``; up to 16 a count
-``sum_j (t_j <= x)`` that vectorises over the elements; evenly spaced thresholds (every
-integer grid) a guess ``floor((x - t_0) / step) + 1`` corrected once, branch-free, by a
-comparison with each neighbour (a guess still wrong -- thresholds that drift from even -- sends
-the whole tensor to the binary search); else a binary search. The strategy and its
-constants are chosen once per grid (:func:`ranker`), not per call.
+``sum_j (t_j <= x)`` over the thresholds padded to 4 or 16 (one 512-bit compare and a mask popcount
+per element where the CPU has AVX-512; 1M elements with 15 thresholds: 5.2 -> 1.2 ms, one
+thread, Sapphire Rapids, against the former count that vectorised over the elements); evenly
+spaced thresholds (every integer grid) a guess ``floor((x - t_0) / step) + 1`` corrected once,
+branch-free, by a comparison with each neighbour (a guess still wrong -- thresholds that drift
+from even -- sends the whole tensor to the binary search); uneven up to 64 the padded count
+over 64; else a binary search. The strategy and its constants are chosen once per grid
+(:func:`ranker`), not per call.
 
 Exact: comparisons only, so the ranks equal numpy's for every float32 input, NaN included
 (numpy sorts NaN after every threshold: rank ``len(thresholds)``). Tested against numpy in
@@ -51,20 +54,38 @@ def _one(x: np.ndarray, t0: float, out: np.ndarray) -> None:
             out[i] = np.int16((v >= t0) | (v != v))
 
 
-@njit(cache=True, parallel=True)
-def _count(x: np.ndarray, t: np.ndarray, out: np.ndarray) -> None:
-    n, m = x.size, t.size
-    step = 2048
+@njit(inline="always")
+def _count_padded(x, tt, width, m, out):  # pragma: no cover - compiled
+    """``min(sum_j (tt_j <= x), m)`` over ``width`` thresholds ``tt`` (the grid's m, then +inf
+    pads; ``width`` a literal, so that LLVM unrolls the count into whole-register compares
+    and a mask popcount per element). The min undoes the pads' count for x = +inf; NaN: m."""
+    n = x.size
+    step = 4096
     for b in prange((n + step - 1) // step):
-        lo, hi = b * step, min(n, (b + 1) * step)
-        acc = np.zeros(hi - lo, np.int16)
-        for j in range(m):
-            tj = t[j]
-            for i in range(lo, hi):
-                acc[i - lo] += x[i] >= tj
-        for i in range(lo, hi):
+        for i in range(b * step, min(n, (b + 1) * step)):
             v = x[i]
-            out[i] = m if v != v else acc[i - lo]
+            c = 0
+            for j in range(width):
+                c += v >= tt[j]
+            out[i] = m if v != v else min(c, m)
+
+
+@njit(cache=True, parallel=True)
+def _count4(x: np.ndarray, tt: np.ndarray, m: int, out: np.ndarray) -> None:
+    """2 to 4 thresholds, padded to 4 (:func:`_count_padded`)."""
+    _count_padded(x, tt, 4, m, out)
+
+
+@njit(cache=True, parallel=True)
+def _count16(x: np.ndarray, tt: np.ndarray, m: int, out: np.ndarray) -> None:
+    """5 to 16 thresholds (or none), padded to 16 (:func:`_count_padded`)."""
+    _count_padded(x, tt, 16, m, out)
+
+
+@njit(cache=True, parallel=True)
+def _count64(x: np.ndarray, tt: np.ndarray, m: int, out: np.ndarray) -> None:
+    """17 to 64 thresholds, padded to 64 (:func:`_count_padded`)."""
+    _count_padded(x, tt, 64, m, out)
 
 
 @njit(cache=True, parallel=True)
@@ -102,7 +123,7 @@ def serial_copy(f):
     return njit(cache=True)(g)
 
 
-_SERIAL = {f: serial_copy(f) for f in (_one, _count, _guess, _rank)}
+_SERIAL = {f: serial_copy(f) for f in (_one, _count4, _count16, _count64, _guess, _rank)}
 
 
 def _even(t: np.ndarray) -> bool:
@@ -114,6 +135,12 @@ def _even(t: np.ndarray) -> bool:
     return bool(np.abs(d - d.mean()).max() <= 0.25 * d.mean())
 
 
+def _padded(t: np.ndarray, width: int) -> np.ndarray:
+    out = np.full(width, np.inf, np.float32)
+    out[:t.size] = t
+    return out
+
+
 def ranker(thresholds: np.ndarray):
     """``f(x)``: int16 ranks of float32 ``x`` (any shape) against the increasing
     ``thresholds``, with the strategy and its constants chosen once (the runtime builds one
@@ -121,12 +148,16 @@ def ranker(thresholds: np.ndarray):
     t = np.ascontiguousarray(thresholds, dtype=np.float32)
     if t.size == 1:
         kind, args = _one, (t[0],)
+    elif 2 <= t.size <= 4:
+        kind, args = _count4, (_padded(t, 4), t.size)
     elif t.size <= 16:
-        kind, args = _count, (t,)
+        kind, args = _count16, (_padded(t, 16), t.size)
     elif _even(t):
         step = (float(t[-1]) - float(t[0])) / (t.size - 1)
         tp = np.concatenate(([-np.inf], t, [np.inf])).astype(np.float32)
         kind, args = _guess, (tp, np.float32(t[0]), np.float32(1.0 / step))
+    elif t.size <= 64:
+        kind, args = _count64, (_padded(t, 64), t.size)
     else:
         kind, args = _rank, (t,)
 
