@@ -21,6 +21,8 @@ gives the paper's backward at T):
     python benchmarks/qnet_short_budget.py --w 2 --a 2 \
         --extra '{"act_grad_temperature": null, "initial_temperature": 5}'
     python benchmarks/qnet_short_budget.py --w 4 --a 4 --extra '{"act_init": "linear"}'
+    python benchmarks/qnet_short_budget.py --w 3 --a 3 --extra '{"act_init": "kmeans"}'
+    python benchmarks/qnet_short_budget.py --w 3 --a 3 --extra '{"act_init": "linear"}'
     python benchmarks/qnet_short_budget.py --w 32 --a 2 --init-check   # hard net before a step
     python benchmarks/qnet_short_budget.py --w 32 --a 2 --n 5000 --phases activations \
         --extra '{"act_alpha": "reciprocal"}'                          # phase 2 alone

@@ -84,7 +84,7 @@ class Job:
     # qnet activations (lowbit.train.qnet.fit_qnet, issue 12 item 3): alpha "fit" (least
     # squares) or "reciprocal" (the paper's 1/beta); backward temperature (None: at the forward T)
     qnet_act_alpha: str = ACT_ALPHA
-    qnet_act_init: str = ACT_INIT  # the activation steps: the paper's k-means or "linear"
+    qnet_act_init: str = ACT_INIT  # activation steps: "auto" (by bit width), "kmeans", "linear"
     qnet_act_grad_temperature: float | None = ACT_GRAD_TEMPERATURE
 
 

@@ -188,3 +188,29 @@ def test_fit_qnet_weights_only_runs_phase_one_with_a_per_step_ramp(tmp_path):
     epochwise = fit_qnet(lowbit.quantize(mlp(), recipe), train, test, cfg, tmp_path / "b",
                          factor=10, progress=False)
     assert len(epochwise["phases"]) == 1
+
+
+@pytest.mark.parametrize("a_bits", [2, 3, 4])
+def test_calibrate_activations_auto_steps_by_bit_width(a_bits):
+    """init="auto" (fit_qnet's default): the paper's k-means steps up to AUTO_KMEANS_MAX_BITS,
+    evenly spaced steps b_i = i + 1/2 above, each SoftAct by its own bit width."""
+    from lowbit.train.qnet import AUTO_KMEANS_MAX_BITS, act_init_for
+
+    x, _ = images(64, 2)
+    model = {}
+    for init in ("auto", "kmeans", "linear"):
+        model[init] = lowbit.quantize(mlp(), lowbit.Recipe(
+            weight="qnet", w_bits=2, act="qnet", a_bits=a_bits, keep_first=False,
+            keep_last=False))
+        calibrate_activations(model[init], x, n=50, init=init,
+                              generator=torch.Generator().manual_seed(0))
+    acts = {k: next(m for m in v.modules() if isinstance(m, QuantAct)).quant
+            for k, v in model.items()}
+    want = "kmeans" if a_bits <= AUTO_KMEANS_MAX_BITS else "linear"
+    assert act_init_for("auto", a_bits) == want
+    assert torch.equal(acts["auto"].biases, acts[want].biases)
+    lv = acts["linear"].levels
+    assert torch.equal(acts["linear"].biases, (lv[1:] + lv[:-1]) / 2)
+    assert not torch.equal(acts["kmeans"].biases, acts["linear"].biases)
+    with pytest.raises(ValueError, match="act_init"):
+        act_init_for("uniform", a_bits)

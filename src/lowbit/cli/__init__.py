@@ -60,7 +60,14 @@ def _final_temperature(a) -> float | None:
 def _train_parser(sub) -> None:
     from lowbit.data.registry import DATASETS
     from lowbit.models import MODELS
-    from lowbit.train.qnet import ACT_ALPHA, ACT_GRAD_TEMPERATURE, ACT_INIT, BN_BATCHES
+    from lowbit.train.qnet import (
+        ACT_ALPHA,
+        ACT_GRAD_TEMPERATURE,
+        ACT_INIT,
+        ACT_INITS,
+        AUTO_KMEANS_MAX_BITS,
+        BN_BATCHES,
+    )
 
     p = sub.add_parser("train", help="train a (quantized) model; writes model.pt, summary.json",
                        description="Train a model, float or quantized, and write DIR/model.pt, "
@@ -106,9 +113,11 @@ def _train_parser(sub) -> None:
                    help="qnet activations: alpha fitted to the calibration activations by least "
                         "squares (default) or the paper's 1/beta (which collapses: "
                         "lowbit.train.qnet.fit_qnet)")
-    p.add_argument("--qnet-act-init", choices=("kmeans", "linear"), default=ACT_INIT,
-                   help="qnet activations: steps at the k-means midpoints (the paper's, default) "
-                        "or evenly spaced (linear)")
+    p.add_argument("--qnet-act-init", choices=ACT_INITS, default=ACT_INIT,
+                   help=f"qnet activations: steps at the k-means midpoints (the paper's), evenly "
+                        f"spaced (linear) or auto (default: k-means up to "
+                        f"{AUTO_KMEANS_MAX_BITS}-bit activations, linear above; measured in "
+                        f"lowbit.train.qnet.fit_qnet)")
     p.add_argument("--qnet-act-grad-temperature", type=float, default=ACT_GRAD_TEMPERATURE,
                    help=f"qnet activations: the backward's temperature (default "
                         f"{ACT_GRAD_TEMPERATURE:g}; 0: at the forward's T, as the paper writes "

@@ -77,7 +77,21 @@ BN_BATCHES = 100  # training batches for the BatchNorm re-estimation under eq. (
 PHASE_SEED_STRIDE = 1000  # phase k trains with seed + k * stride (see phase_seed)
 ACT_GRAD_TEMPERATURE = 1.0  # fit_qnet: the activations' backward at T = 1 (issue 12 item 3)
 ACT_ALPHA = "fit"  # fit_qnet: activation alpha by least squares (issue 12 item 3)
-ACT_INIT = "kmeans"  # fit_qnet: activation steps at the k-means midpoints (sec. 4.1)
+ACT_INIT = "auto"  # fit_qnet: activation steps by bit width (act_init_for)
+#: "auto": activations of at most this many bits take the paper's k-means steps, wider ones
+#: evenly spaced steps (measured: fit_qnet's docstring)
+AUTO_KMEANS_MAX_BITS = 2
+ACT_INITS = ("auto", "kmeans", "linear")
+
+
+def act_init_for(init: str, bits: int) -> str:
+    """The steps a SoftAct of ``bits`` takes under ``init``: "kmeans" or "linear" as given;
+    "auto": k-means up to :data:`AUTO_KMEANS_MAX_BITS` bits, evenly spaced above."""
+    if init not in ACT_INITS:
+        raise ValueError(f"act_init must be one of {ACT_INITS}, got {init!r}")
+    if init != "auto":
+        return init
+    return "kmeans" if bits <= AUTO_KMEANS_MAX_BITS else "linear"
 
 
 def temperature_schedule(epoch: int, factor: float, fraction: float = 1.0) -> float:
@@ -287,7 +301,8 @@ def _soft_acts(model: nn.Module) -> list[QuantAct]:
 def calibrate_activations(model: nn.Module, images: Tensor, n: int = 1000,
                           batch_size: int = 250, generator: torch.Generator | None = None,
                           init: str = "kmeans", alpha: str = "reciprocal") -> int:
-    """Initialise every SoftAct from the activations ``n`` random samples produce (sec. 4.1).
+    """Initialise every SoftAct from the activations ``n`` random samples produce (sec. 4.1);
+    ``init`` as :func:`act_init_for` takes it.
 
     ``images``: uint8 (N, C, H, W) as :func:`fit` takes them (scaled by 1/255). The activations
     are the float ReLU outputs each SoftAct would quantize (its QuantAct runs with quantization
@@ -321,7 +336,8 @@ def calibrate_activations(model: nn.Module, images: Tensor, n: int = 1000,
             m.quant_enabled = e
         model.train(was_training)
     for m in acts:
-        m.quant.calibrate(torch.cat(seen[id(m)]), q=qmax[id(m)], init=init, alpha=alpha)
+        m.quant.calibrate(torch.cat(seen[id(m)]), q=qmax[id(m)],
+                          init=act_init_for(init, m.quant.bits), alpha=alpha)
     return len(acts)
 
 
@@ -433,19 +449,30 @@ def fit_qnet(model: nn.Module, train: tuple[Tensor, Tensor], test: tuple[Tensor,
     backward only: 0.0995, phase 2 at 0.309 and a beta down to -2.38 in phase 3).
     Weights are unaffected (SoftWeight keeps the paper's initialisation and backward).
 
-    The steps' placement matters by bit width (same budget, both defaults above): 2/2 with
-    k-means steps (the paper's, default) 0.649 hard, with evenly spaced steps
-    (``act_init="linear"``) 0.334; 4/4 with k-means steps 0.366, evenly spaced 0.849
-    (``--w 4 --a 4 --extra '{"act_init": "linear"}'``). The default stays the paper's k-means;
-    for 4-bit activations pass ``act_init="linear"`` (CLI ``--qnet-act-init linear``).
+    The steps' placement matters by bit width, so the default ``act_init="auto"`` chooses it
+    per SoftAct (:func:`act_init_for`): the paper's k-means steps up to
+    :data:`AUTO_KMEANS_MAX_BITS` = 2 bits, evenly spaced steps (``"linear"``) above. Measured
+    with both defaults above, ResNet-20 from the zoo's float model:
+
+    - 2/2: zoo cells (3 x 1 epoch, full CIFAR-10): k-means 66.98 % [66.67, 67.22] n=3,
+      evenly spaced 49.05 % (seed 0); short budget 0.649 vs 0.334.
+    - 3/3: short budget only, 0.736 (k-means) vs 0.7475 (evenly spaced), a tie within the
+      2k test images' noise (``--w 3 --a 3 --extra '{"act_init": "kmeans"}'`` / ``"linear"``):
+      3 bits follow 4.
+    - 4/4: zoo cells, k-means 44.27 / 46.74 % (seeds 0, 1), evenly spaced 85.46 % (seed 0);
+      short budget 0.366 vs 0.849 (``--w 4 --a 4 --extra '{"act_init": "linear"}'``).
+
+    (benchmarks/results/zoo_table2_v2/; the short budget is ``benchmarks/qnet_short_budget.py``.)
+    ``"kmeans"`` / ``"linear"`` force one placement for every width (CLI ``--qnet-act-init``).
 
     ``act_beta_floor`` (a fraction f in (0, 1]; default None: off): before every step of a
     phase that trains the activation quantizers, each SoftAct's beta is projected onto
     beta >= f x its calibrated value (floors taken once, right after calibration; projected
     SGD). Measured under the paper's reading (before the defaults above): f = 0.5 kept beta
-    positive but 2/2 reached only 0.20 hard. ``act_init``: "kmeans" (the paper's, default) or
-    "linear" (evenly spaced steps b_i = i + 1/2, :meth:`lowbit.quantizers.soft.SoftAct.calibrate`);
-    under the paper's reading it did not train either (hard 0.0995).
+    positive but 2/2 reached only 0.20 hard. ``act_init``: "auto" (default, above), "kmeans"
+    (the paper's) or "linear" (evenly spaced steps b_i = i + 1/2,
+    :meth:`lowbit.quantizers.soft.SoftAct.calibrate`); under the paper's reading "linear" did
+    not train either (hard 0.0995).
 
     ``initial_temperature``: with ``final_temperature``, each phase's ramp starts at this T
     (:func:`ramp_temperature`) instead of final / steps; default None. Measured with
@@ -469,6 +496,7 @@ def fit_qnet(model: nn.Module, train: tuple[Tensor, Tensor], test: tuple[Tensor,
         temperature_schedule(0, factor)
         restart = bool(restart_temperature)
     out_dir, summaries, calibrated, floors = Path(out_dir), [], False, []
+    act_init_for(act_init, 1)  # validate now, not when phase 2 calibrates
     if act_beta_floor:
         beta_floors(nn.Sequential(), act_beta_floor)  # validate now
     if not _soft_acts(model):
