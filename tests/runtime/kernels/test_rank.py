@@ -83,3 +83,29 @@ def test_drifting_even_grid_falls_back_to_the_search():
     out = np.empty(x.shape, np.int16)
     assert mod._SERIAL[mod._guess](x, tp, np.float32(t[0]), np.float32(1 / step), out)
     assert np.array_equal(rank(t, x), np.searchsorted(t, x, side="right"))
+
+
+def test_even_grids_take_the_unchecked_guess_only_when_provably_exact():
+    """Thresholds within a quarter step of the even grid (``_drift``) take ``_guess1`` (no check);
+    a cumulative drift beyond it takes the checked guess; both equal numpy, at +-inf and NaN
+    too, on the thresholds and their neighbours."""
+    from lowbit.runtime.kernels import rank as mod
+
+    rng = np.random.default_rng(5)
+    m = 255
+    even = ((np.arange(m) + 0.5) * 0.037 - 3.1).astype(np.float32)
+    shake = rng.uniform(-0.1, 0.1, m)
+    shake[[0, -1]] = 0  # the step is taken from the ends
+    jitter = (even + shake * 0.037).astype(np.float32)
+    d = np.where(np.arange(m - 1) < m // 2, 1.2, 0.8)
+    drifting = np.concatenate(([0.0], np.cumsum(d))).astype(np.float32)
+    for t, kernel in ((even, mod._guess1), (jitter, mod._guess1), (drifting, mod._guess)):
+        assert mod.ranker(t).strategy == kernel.__name__
+        x = np.concatenate([t, np.nextafter(t, -np.inf), np.nextafter(t, np.inf),
+                            rng.uniform(t[0] - 3, t[-1] + 3, 4000).astype(np.float32),
+                            np.float32([-np.inf, np.inf, np.nan, 3e38, -3e38])]).astype(
+                                np.float32)
+        want = np.searchsorted(t, x, side="right")
+        assert np.array_equal(rank(t, x), want)
+        big = np.tile(x, 1 + mod.PARALLEL_MIN // x.size)  # the parallel copy
+        assert np.array_equal(rank(t, big), np.searchsorted(t, big, side="right"))
