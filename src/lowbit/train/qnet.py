@@ -459,7 +459,7 @@ def fit_qnet(model: nn.Module, train: tuple[Tensor, Tensor], test: tuple[Tensor,
     - 3/3: short budget only, 0.736 (k-means) vs 0.7475 (evenly spaced), a tie within the
       2k test images' noise (``--w 3 --a 3 --extra '{"act_init": "kmeans"}'`` / ``"linear"``):
       3 bits follow 4.
-    - 4/4: zoo cells, k-means 44.27 / 46.74 % (seeds 0, 1), evenly spaced 85.31 %
+    - 4/4: zoo cells, k-means 45.87 % [44.27, 46.74] n=3, evenly spaced 85.31 %
       [85.11, 85.46] n=3;
       short budget 0.366 vs 0.849 (``--w 4 --a 4 --extra '{"act_init": "linear"}'``).
 
