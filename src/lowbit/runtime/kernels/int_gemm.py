@@ -12,10 +12,12 @@ import os
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import prange, types
 from numba.core import cgutils, config
 from numba.core.codegen import get_host_cpu_features
 from numba.extending import intrinsic
+
+from lowbit.runtime.kernels.jit import named_copy
 
 MR, NR = 4, 16          # tile rows, panel width (output channels)
 ROW_BLOCK, PANELS = 64, 4  # a parallel task: 64 rows x 4 panels
@@ -139,71 +141,30 @@ def _make_tile(kind: str, vnni: bool):
     return tile
 
 
-# One compiled function per layout and ISA, under its own name: numba's on-disk cache keys a
-# function by its name, source and signature, not by the globals it reads, so one function
-# whose tile depended on VNNI loaded the AVX2 code cached by a run without LOWBIT_VNNI=1 into
-# a VNNI run (u8s8 then divided by the VNNI layout's chunk 0: SIGFPE).
-_tile_u8s8_avx2, _tile_s16_avx2 = _make_tile("u8s8", False), _make_tile("s16", False)
-_tile_u8s8_vnni, _tile_s16_vnni = _make_tile("u8s8", True), _make_tile("s16", True)
+_tile = None  # bound per variant by named_copy (below)
 
 
-@njit(inline="always")
-def _tasks(rbase, w):  # pragma: no cover - compiled
-    """(row blocks, panel groups) of a GEMM's parallel tasks."""
-    return -(-rbase.shape[0] // ROW_BLOCK), -(-w.shape[0] // PANELS)
-
-
-@njit(inline="always")
-def _ranges(t, npg, rbase, w):  # pragma: no cover - compiled
-    """Task t's panels [p0, p1) and rows [i0, i1) (stepped by MR)."""
-    rb, pg = t // npg, t % npg
-    return (pg * PANELS, min(w.shape[0], (pg + 1) * PANELS), rb * ROW_BLOCK,
-            min(rbase.shape[0], (rb + 1) * ROW_BLOCK))
-
-
-@njit(parallel=True, cache=True)
-def gemm_u8s8_avx2(a, rbase, koff, w, c, k0, k1, chunk):  # pragma: no cover - compiled
-    """``c[i, n] = sum_{k0 <= s < k1}`` row i's group s times panel n's (module doc), int32.
-    ``rbase`` has one entry per row of ``c`` (a multiple of 4 rows)."""
-    nrb, npg = _tasks(rbase, w)
+def _gemm(a, rbase, koff, w, c, k0, k1, chunk):  # pragma: no cover - compiled
+    """``c[i, n] = sum_{k0 <= s < k1}`` row i's group s times panel n's (module doc), int32, by
+    the variant's ``_tile``. ``rbase`` has one entry per row of ``c`` (a multiple of 4 rows);
+    ``chunk``: the AVX2 u8s8 tile's int16 flush interval (unused by the others)."""
+    nrb = -(-rbase.shape[0] // ROW_BLOCK)
+    npg = -(-w.shape[0] // PANELS)
     for t in prange(nrb * npg):
-        p0, p1, r0, r1 = _ranges(t, npg, rbase, w)
-        for p in range(p0, p1):
-            for i0 in range(r0, r1, MR):
-                _tile_u8s8_avx2(a, rbase, koff, w, c, i0, p, k0, k1, chunk)
+        rb, pg = t // npg, t % npg
+        for p in range(pg * PANELS, min(w.shape[0], (pg + 1) * PANELS)):
+            for i0 in range(rb * ROW_BLOCK, min(rbase.shape[0], (rb + 1) * ROW_BLOCK), MR):
+                _tile(a, rbase, koff, w, c, i0, p, k0, k1, chunk)
 
 
-@njit(parallel=True, cache=True)
-def gemm_s16_avx2(a, rbase, koff, w, c, k0, k1, chunk):  # pragma: no cover - compiled
-    """:func:`gemm_u8s8_avx2` with int16 pairs (``chunk`` unused)."""
-    nrb, npg = _tasks(rbase, w)
-    for t in prange(nrb * npg):
-        p0, p1, r0, r1 = _ranges(t, npg, rbase, w)
-        for p in range(p0, p1):
-            for i0 in range(r0, r1, MR):
-                _tile_s16_avx2(a, rbase, koff, w, c, i0, p, k0, k1, chunk)
-
-
-@njit(parallel=True, cache=True)
-def gemm_u8s8_vnni(a, rbase, koff, w, c, k0, k1, chunk):  # pragma: no cover - compiled
-    """:func:`gemm_u8s8_avx2` by ``vpdpbusd`` (``chunk`` unused)."""
-    nrb, npg = _tasks(rbase, w)
-    for t in prange(nrb * npg):
-        p0, p1, r0, r1 = _ranges(t, npg, rbase, w)
-        for p in range(p0, p1):
-            for i0 in range(r0, r1, MR):
-                _tile_u8s8_vnni(a, rbase, koff, w, c, i0, p, k0, k1, chunk)
-
-
-@njit(parallel=True, cache=True)
-def gemm_s16_vnni(a, rbase, koff, w, c, k0, k1, chunk):  # pragma: no cover - compiled
-    """:func:`gemm_s16_avx2` by ``vpdpwssd``."""
-    nrb, npg = _tasks(rbase, w)
-    for t in prange(nrb * npg):
-        p0, p1, r0, r1 = _ranges(t, npg, rbase, w)
-        for p in range(p0, p1):
-            for i0 in range(r0, r1, MR):
-                _tile_s16_vnni(a, rbase, koff, w, c, i0, p, k0, k1, chunk)
+# One compiled function per layout and ISA, under its own name (lowbit.runtime.kernels.jit):
+# with one function whose tile depended on VNNI, a VNNI run loaded the AVX2 code cached by a
+# run with LOWBIT_VNNI=0 (u8s8 then divided by the VNNI layout's chunk 0: SIGFPE).
+_JIT = {"parallel": True, "cache": True}
+gemm_u8s8_avx2 = named_copy(_gemm, "gemm_u8s8_avx2", _JIT, _tile=_make_tile("u8s8", False))
+gemm_s16_avx2 = named_copy(_gemm, "gemm_s16_avx2", _JIT, _tile=_make_tile("s16", False))
+gemm_u8s8_vnni = named_copy(_gemm, "gemm_u8s8_vnni", _JIT, _tile=_make_tile("u8s8", True))
+gemm_s16_vnni = named_copy(_gemm, "gemm_s16_vnni", _JIT, _tile=_make_tile("s16", True))
 
 
 def gemms(vnni: bool) -> dict:

@@ -20,10 +20,10 @@ tests/runtime/kernels/test_rank.py.
 
 from __future__ import annotations
 
-import types
-
 import numpy as np
 from numba import njit, prange
+
+from lowbit.runtime.kernels.jit import named_copy
 
 
 @njit(cache=True, parallel=True)
@@ -143,11 +143,9 @@ def _guess(x: np.ndarray, tp: np.ndarray, t0: float, inv: float, out: np.ndarray
 # the work
 PARALLEL_MIN = 1 << 16
 def serial_copy(f):
-    """A one-thread copy of ``f`` under its own name (numba's cache is keyed by the function's
-    qualified name: two dispatchers of one name would share cache entries)."""
-    g = types.FunctionType(f.py_func.__code__, f.py_func.__globals__, f"{f.__name__}_serial")
-    g.__qualname__ = g.__name__
-    return njit(cache=True)(g)
+    """A one-thread copy of ``f`` under its own name (:mod:`lowbit.runtime.kernels.jit`: two
+    dispatchers of one name would share cache entries)."""
+    return named_copy(f, f"{f.__name__}_serial")
 
 
 _SERIAL = {f: serial_copy(f) for f in (_one, _count4, _count16, _count64, _guess1, _guess,
