@@ -157,14 +157,11 @@ def ratio_table(out: Path, batch: int = 64) -> str:
 def relabel_kernels(r: dict) -> dict:
     """``lowbit bench --kernels`` results with each row's unit, ceiling and fraction of it
     recomputed by the current :mod:`lowbit.bench.kernels` (the measurements unchanged)."""
-    from lowbit.bench.kernels import ceiling, unit_of
+    from lowbit.bench.kernels import ceiling_fields
 
-    threads = r["threads"]["requested"]
     for row in r["rows"]:
-        row["unit"] = unit_of(row["kernel"])
-        top = ceiling(row["unit"], r["cpu_kind"], threads)
-        row["ceiling_macs_per_s"] = top
-        row["fraction_of_ceiling"] = None if top is None else row["macs_per_s"] / top
+        row.update(ceiling_fields(row["kernel"], row["macs_per_s"], r["cpu_kind"],
+                                  r["threads"]["requested"]))
     return r
 
 

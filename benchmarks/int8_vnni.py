@@ -2,7 +2,8 @@
 (interleaved rounds, one thread): should a VNNI CPU take the VNNI kernels by default?
 
 For each shape (M x N x K) and activation/weight range, the kernel each ISA would choose
-(:func:`lowbit.runtime.kernels.integer.choose_kind` under AVX2 vs VNNI):
+(:func:`lowbit.runtime.kernels.integer.choose_kind` under AVX2 vs VNNI; ``Matmul(...,
+vnni=...)``), timed by :mod:`lowbit.bench.timing` (the GEMM call alone, packing excluded):
 
 - 8-bit (activations 0..255, weights -128..127): AVX2 ``s16`` (int16 pairs, ``vpmaddwd``: exact
   where ``vpmaddubsw`` would saturate) vs VNNI ``u8s8`` (``vpdpbusd``);
@@ -23,8 +24,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import statistics
-import time
 from pathlib import Path
 
 import numpy as np
@@ -36,36 +35,14 @@ RANGES = {"8-bit": ((0, 255), (-128, 127)), "4-bit": ((0, 15), (-8, 7)),
           "2-bit": ((0, 3), (-2, 1))}
 
 
-def _choose(alo, ahi, wlo, whi, k, vnni: bool):
-    """choose_kind's decision for either ISA (it reads the module's VNNI flag)."""
-    from lowbit.runtime.kernels import integer as ki
-
-    saved = ki.VNNI
-    ki.VNNI = vnni
-    try:
-        return ki.choose_kind(alo, ahi, wlo, whi, k)
-    finally:
-        ki.VNNI = saved
-
-
-def _operands(a, w, kind, z):
-    from lowbit.runtime.kernels.int_gemm import NR, pack_weights, rows_tables
-
-    e, dt = (4, np.uint8) if kind == "u8s8" else (2, np.int16)
-    packed = pack_weights(w, kind)
-    buf = np.zeros((a.shape[0], packed.shape[1] * e), dt)
-    buf[:, :a.shape[1]] = a - z
-    rbase, koff = rows_tables(a.shape[0], buf.strides[0])
-    c = np.empty((rbase.size, packed.shape[0] * NR), np.int32)
-    return buf.reshape(-1), rbase, koff, packed, c
-
-
 def main(argv=None) -> int:
     import numba
 
+    from lowbit.bench import timing
     from lowbit.bench.kernels import ceiling, cpu_kind
     from lowbit.report.provenance import provenance, provenance_line
     from lowbit.runtime.kernels import int_gemm as ig
+    from lowbit.runtime.kernels.integer import Matmul
     from lowbit.train.files import atomic_write_text
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -78,6 +55,7 @@ def main(argv=None) -> int:
     numba.set_num_threads(a.threads)
     rng = np.random.default_rng(0)
     rows = []
+    top = ceiling("int8", cpu_kind(), a.threads)  # PERFORMANCE.md's int8 VNNI ceiling
     from tqdm import tqdm
 
     cases = [(s, r) for s in SHAPES for r in RANGES]
@@ -85,29 +63,20 @@ def main(argv=None) -> int:
         (alo, ahi), (wlo, whi) = RANGES[rname]
         act, wt = rng.integers(alo, ahi + 1, (m, k)), rng.integers(wlo, whi + 1, (n, k))
         want = act @ wt.T
-        runs = {}
+        mms, fns = {}, {}
         for isa in ("avx2", "vnni"):
-            kind, z, chunk = _choose(alo, ahi, wlo, whi, k, isa == "vnni")
-            buf, rbase, koff, packed, c = _operands(act, wt, kind, z)
-            fn = ig.gemms(isa == "vnni")[kind]
-            call = functools.partial(fn, buf, rbase, koff, packed, c, 0, packed.shape[1], chunk)
-            call()
-            got = c[:m, :n].astype(np.int64) + z * wt.sum(1)
-            assert np.array_equal(got, want), (isa, kind, m, n, k, rname)
-            inner = max(1, int(0.05 / max(_time(call), 1e-7)))
-            runs[isa] = {"kind": kind, "chunk": chunk, "call": call, "inner": inner, "t": []}
-        for _ in range(a.repeat):  # interleaved rounds
-            for isa in ("avx2", "vnni"):
-                r = runs[isa]
-                r["t"].append(_time(r["call"], r["inner"]))
+            mm = Matmul(wt, alo, ahi, vnni=isa == "vnni")  # choose_kind's pick for that ISA
+            assert np.array_equal(mm(act), want), (isa, mm.kind, m, n, k, rname)
+            mms[isa], fns[isa] = mm, functools.partial(mm.run, mm.pack(act))  # the GEMM alone
+        calls = {isa: timing.calls_for(fn, 0.05) for isa, fn in fns.items()}
+        t = timing.interleave(fns, a.repeat, calls)
         row = {"m": m, "n": n, "k": k, "range": rname}
-        for isa, r in runs.items():
-            med = statistics.median(r["t"])
-            row[isa] = {"kind": r["kind"] + (f"-chunk{r['chunk']}" if r["chunk"] else ""),
+        for isa, mm in mms.items():
+            med = timing.stats(t[isa])["seconds"]
+            row[isa] = {"kind": mm.kind + (f"-chunk{mm.chunk}" if mm.chunk else ""),
                         "seconds": med, "gmacs": m * n * k / med / 1e9,
-                        "spread": [min(r["t"]), max(r["t"])]}
+                        "spread": [min(t[isa]), max(t[isa])]}
         row["vnni_over_avx2"] = row["avx2"]["seconds"] / row["vnni"]["seconds"]
-        top = ceiling("int8", cpu_kind(), a.threads)  # PERFORMANCE.md's int8 VNNI ceiling
         row["vnni_fraction_of_int8_ceiling"] = row["vnni"]["gmacs"] * 1e9 / top if top else None
         rows.append(row)
     prov = provenance()
@@ -119,13 +88,6 @@ def main(argv=None) -> int:
     _plot(rows, out / "int8_vnni.png")
     print(_markdown(result, provenance_line(prov)))
     return 0
-
-
-def _time(call, inner: int = 1) -> float:
-    t = time.perf_counter()
-    for _ in range(inner):
-        call()
-    return (time.perf_counter() - t) / inner
 
 
 def _markdown(r: dict, prov_line: str) -> str:

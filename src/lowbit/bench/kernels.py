@@ -104,6 +104,14 @@ def ceiling(unit: str, kind: str | None, threads: int) -> float | None:
     return CEILINGS[kind][unit] * min(threads, CEILING_THREADS) / CEILING_THREADS
 
 
+def ceiling_fields(kernel: str, macs_per_s: float, kind: str | None, threads: int) -> dict:
+    """A row's ``unit``, ``ceiling_macs_per_s`` and ``fraction_of_ceiling`` (module doc)."""
+    unit = unit_of(kernel)
+    top = ceiling(unit, kind, threads)
+    return {"unit": unit, "ceiling_macs_per_s": top,
+            "fraction_of_ceiling": None if top is None else macs_per_s / top}
+
+
 def parse_sizes(items) -> list[tuple[int, int, int]]:
     """``["1024", "64x4096x4096"]`` (or one comma-separated string) -> (M, N, K) triples."""
     if isinstance(items, str):
@@ -162,14 +170,11 @@ def _shape_rows(mods: dict, shape, repeat: int, threads: int, kind, min_seconds,
     rows = []
     for key, (module, _, macs) in cases.items():
         s = timing.stats(t[key])
-        unit = unit_of(key)
-        top = ceiling(unit, kind, threads)
         rate = macs / s["seconds"]
         rows.append({"kernel": key, "module": module, "M": m, "N": n, "K": k, "macs": macs,
                      **s, "calls": calls[key], "macs_per_s": rate,
                      "speedup_vs_fp32": timing.ratio(per_mac["torch_fp32"], per_mac[key]),
-                     "unit": unit, "ceiling_macs_per_s": top,
-                     "fraction_of_ceiling": None if top is None else rate / top})
+                     **ceiling_fields(key, rate, kind, threads)})
     return rows
 
 

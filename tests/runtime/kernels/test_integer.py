@@ -56,18 +56,6 @@ RANGES = [((0, 15), (-8, 7)), ((0, 3), (-2, 1)), ((-4, 3), (-4, 3)), ((0, 255), 
 ISAS = ["avx2"] + (["vnni"] if ig.HAS_VNNI else [])
 
 
-@contextmanager
-def _isa(name: str):
-    """Matmul and choose_kind as on a CPU where :data:`int_gemm.VNNI` is ``name == "vnni"``
-    (the AVX2 kernels stay tested on VNNI CPUs, where they are not the default)."""
-    saved = ki.VNNI, ki.GEMM
-    ki.VNNI, ki.GEMM = name == "vnni", ig.gemms(name == "vnni")
-    try:
-        yield
-    finally:
-        ki.VNNI, ki.GEMM = saved
-
-
 @pytest.mark.parametrize("isa", ISAS)
 @FAST
 @given(st.integers(1, 9), st.integers(1, 300), st.integers(1, 41),
@@ -76,23 +64,22 @@ def test_gemm_equals_int64_matmul(isa, m, k, n, ranges, seed):
     rng = np.random.default_rng(seed)
     (alo, ahi), (wlo, whi) = ranges
     a, w = _ints(rng, alo, ahi, (m, k)), _ints(rng, wlo, whi, (n, k))
-    with _isa(isa):
-        mm = ki.Matmul(w, alo, ahi)
-        np.testing.assert_array_equal(mm(a), a @ w.T)
+    mm = ki.Matmul(w, alo, ahi, vnni=isa == "vnni")
+    np.testing.assert_array_equal(mm(a), a @ w.T)
 
 
 @pytest.mark.parametrize("isa", ISAS)
 def test_kernel_choice_keeps_int16_pairs_exact(isa):
     """Without VNNI, u8 x s8 pairs go through saturating int16 (vpmaddubsw): the choice must
     never allow a pair above 32767, and the int16 chunk must keep every partial sum below it."""
-    with _isa(isa):
-        for (alo, ahi), (wlo, whi) in RANGES:
-            kind, z, chunk = ki.choose_kind(alo, ahi, wlo, whi, 1000)
-            span, wmax = max(ahi, 0) - min(alo, 0), max(-wlo, whi)
-            if kind == "u8s8" and isa == "avx2":
-                assert chunk >= 2 and chunk * 2 * span * wmax <= 32767
-        assert ki.choose_kind(0, 255, -128, 127, 64)[0] == ("u8s8" if isa == "vnni" else "s16")
-        assert ki.choose_kind(0, 2**16, -1, 1, 64) is None  # beyond int16
+    vnni = isa == "vnni"
+    for (alo, ahi), (wlo, whi) in RANGES:
+        kind, z, chunk = ki.choose_kind(alo, ahi, wlo, whi, 1000, vnni)
+        span, wmax = max(ahi, 0) - min(alo, 0), max(-wlo, whi)
+        if kind == "u8s8" and not vnni:
+            assert chunk >= 2 and chunk * 2 * span * wmax <= 32767
+    assert ki.choose_kind(0, 255, -128, 127, 64, vnni)[0] == ("u8s8" if vnni else "s16")
+    assert ki.choose_kind(0, 2**16, -1, 1, 64, vnni) is None  # beyond int16
 
 
 @pytest.mark.parametrize("isa", ISAS)
@@ -106,8 +93,8 @@ def test_extreme_codes_over_a_long_k(isa):
         w[3], w[4, 1::2] = whi, whi
         w[6] = rng.integers(wlo, whi + 1, k)
         if k * max(-alo, ahi) * max(-wlo, whi) < 2**31:
-            with _isa(isa):
-                np.testing.assert_array_equal(ki.Matmul(w, alo, ahi)(a), a @ w.T)
+            np.testing.assert_array_equal(ki.Matmul(w, alo, ahi, vnni=isa == "vnni")(a),
+                                          a @ w.T)
 
 
 def _asm(fn, sig) -> str:

@@ -51,11 +51,13 @@ from lowbit.runtime.kernels.int_epilogue import (
 )
 from lowbit.runtime.kernels.int_gemm import (
     GEMM,
+    HAS_VNNI,
     I16_MAX,
     ISA,
     MR,
     NR,
     VNNI,
+    gemms,
     pack_weights,
     rows_tables,
 )
@@ -65,14 +67,17 @@ from lowbit.runtime.kernels.int_gemm import (
 SERIAL_MACS = 4_000_000
 
 # -- build ----------------------------------------------------------------------------------
-def choose_kind(a_lo: int, a_hi: int, w_lo: int, w_hi: int, k: int):
+def choose_kind(a_lo: int, a_hi: int, w_lo: int, w_hi: int, k: int,
+                vnni: bool | None = None):
     """(kind, shift z, int16 chunk) for activation integers in [a_lo, a_hi] (0 included: a
-    convolution's pad), weight integers in [w_lo, w_hi] and K = ``k``; None when no kernel is
-    exact (module doc)."""
+    convolution's pad), weight integers in [w_lo, w_hi] and K = ``k``, for the VNNI kernels or
+    the AVX2 ones (``vnni``; None: this process's :data:`VNNI`); None when no kernel is exact
+    (module doc)."""
+    vnni = VNNI if vnni is None else vnni
     a_lo, a_hi = min(a_lo, 0), max(a_hi, 0)
     span, w_max = max(a_hi - a_lo, 1), max(-w_lo, w_hi, 1)
     if span <= 255 and -128 <= w_lo and w_hi <= 127 and k * span * w_max < 2**31:
-        if VNNI:
+        if vnni:
             return "u8s8", a_lo, 0
         chunk = I16_MAX // (2 * span * w_max)  # AVX2: int16 pair sums must not saturate
         if chunk >= 2:  # flushing every step is slower than s16 (57 vs 72 GMAC/s)
@@ -276,14 +281,18 @@ def build(layer):
 # -- plain matrices (tests, benchmarks) -----------------------------------------------------
 class Matmul:
     """``Matmul(w, a_lo, a_hi)(a)``: the exact int64 ``a @ w.T`` of integer matrices through the
-    kernel :func:`choose_kind` picks (weights packed once); activations in [a_lo, a_hi]."""
+    kernel :func:`choose_kind` picks (weights packed once); activations in [a_lo, a_hi];
+    ``vnni``: the VNNI or the AVX2 kernels (None: this process's :data:`VNNI`; True needs a
+    VNNI CPU)."""
 
-    def __init__(self, w: np.ndarray, a_lo: int, a_hi: int) -> None:
+    def __init__(self, w: np.ndarray, a_lo: int, a_hi: int, vnni: bool | None = None) -> None:
+        vnni = VNNI if vnni is None else vnni
         choice = choose_kind(a_lo, a_hi, int(w.min(initial=0)), int(w.max(initial=0)),
-                             w.shape[1])
-        if ISA is None or choice is None:
+                             w.shape[1], vnni)
+        if ISA is None or choice is None or (vnni and not HAS_VNNI):
             raise ValueError("no exact kernel for these ranges on this CPU")
         self.kind, self.z, self.chunk = choice
+        self.gemm = gemms(vnni)[self.kind]
         self.n, self.e = w.shape[0], 4 if self.kind == "u8s8" else 2
         self.dtype = np.uint8 if self.kind == "u8s8" else np.int16
         self.packed = pack_weights(w, self.kind)
@@ -298,7 +307,7 @@ class Matmul:
 
     def run(self, packed_a: tuple) -> np.ndarray:
         buf, rbase, koff, c = packed_a
-        GEMM[self.kind](buf, rbase, koff, self.packed, c, 0, self.packed.shape[1], self.chunk)
+        self.gemm(buf, rbase, koff, self.packed, c, 0, self.packed.shape[1], self.chunk)
         return c
 
     def __call__(self, a: np.ndarray) -> np.ndarray:
