@@ -463,7 +463,8 @@ def fit_qnet(model: nn.Module, train: tuple[Tensor, Tensor], test: tuple[Tensor,
       [85.11, 85.46] n=3;
       short budget 0.366 vs 0.849 (``--w 4 --a 4 --extra '{"act_init": "linear"}'``).
 
-    (benchmarks/results/zoo_table2_v2/; the short budget is ``benchmarks/qnet_short_budget.py``.)
+    (benchmarks/results/zoo_table2_v2/; the short budget is ``benchmarks/qnet_short_budget.py``,
+    its 3/3 outputs in benchmarks/results/qnet_short_budget/.)
     ``"kmeans"`` / ``"linear"`` force one placement for every width (CLI ``--qnet-act-init``).
 
     ``act_beta_floor`` (a fraction f in (0, 1]; default None: off): before every step of a
